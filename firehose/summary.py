@@ -1,0 +1,107 @@
+"""End-of-run reconciliation and report: what was generated, acknowledged, and is in the database.
+
+Writers report per process (`ProcessRun.drain`); the database is counted by the run's writer keys.
+`lost` is generated minus in the database: rows an engineer handed over that never landed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from writers.base import TABLES
+
+_COUNT_BY_KEYS = """
+SELECT count(*) FROM {table} AS t
+JOIN firehose_writer_keys AS k
+  ON t.event_id >= k.writer_key << 32 AND t.event_id < (k.writer_key + 1) << 32
+WHERE k.run_id = %s
+"""
+
+
+def count_in_database(conninfo: str, run_id: int) -> dict[str, int]:
+    """Rows of the run in each table, found by its writer keys' event_id ranges (a primary-key scan)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return {table: conn.execute(_COUNT_BY_KEYS.format(table=table), [run_id]).fetchone()[0] for table in TABLES}
+
+
+@dataclass
+class RunSummary:
+    """One run's figures, from the writers' reports and a count in the database."""
+
+    run_id: int
+    seed: int
+    database: str  # redacted DSN
+    elapsed_s: float
+    reports: list[dict] = field(default_factory=list)
+    in_database: dict[str, int] = field(default_factory=dict)
+
+    def _sum(self, key: str) -> dict[str, int]:
+        totals = dict.fromkeys(TABLES, 0)
+        for report in self.reports:
+            for tally in report["writers"].values():
+                for table, value in tally[key].items():
+                    totals[table] += value
+        return totals
+
+    def as_dict(self) -> dict:
+        generated = self._sum("received")
+        acknowledged = self._sum("acknowledged")
+        size = self._sum("acknowledged_bytes")
+        failed = self._sum("failed")
+        elapsed = max(self.elapsed_s, 1e-9)
+        rows = sum(acknowledged.values())
+        return {
+            "run": {"run_id": self.run_id, "seed": self.seed, "database": self.database, "elapsed_s": self.elapsed_s},
+            "events": {
+                "generated": sum(generated.values()),
+                "acknowledged": rows,
+                "in_database": sum(self.in_database.values()),
+                "lost": sum(generated.values()) - sum(self.in_database.values()),
+                "failed": sum(failed.values()),
+            },
+            "writes": {
+                "rows": rows,
+                "rows_per_s": rows / elapsed,
+                "mb_per_s": sum(size.values()) / elapsed / 1e6,
+                "by_table": {
+                    table: {
+                        "generated": generated[table],
+                        "acknowledged": acknowledged[table],
+                        "in_database": self.in_database.get(table, 0),
+                        "rows_per_s": acknowledged[table] / elapsed,
+                        "mb_per_s": size[table] / elapsed / 1e6,
+                    }
+                    for table in TABLES
+                },
+            },
+        }
+
+    def render(self) -> str:
+        """The summary as a plain-text table for the terminal."""
+        figures = self.as_dict()
+        events, writes = figures["events"], figures["writes"]
+        lines = [
+            f"firehose run {self.run_id} (seed {self.seed}) on {self.database}: {self.elapsed_s:.1f} s",
+            f"{'table':<10}{'generated':>12}{'acknowledged':>14}{'in database':>13}{'rows/s':>10}{'MB/s':>8}",
+        ]
+        for table, row in writes["by_table"].items():
+            lines.append(
+                f"{table:<10}{row['generated']:>12,}{row['acknowledged']:>14,}{row['in_database']:>13,}"
+                f"{row['rows_per_s']:>10,.0f}{row['mb_per_s']:>8.1f}"
+            )
+        lines.append(
+            f"{'total':<10}{events['generated']:>12,}{events['acknowledged']:>14,}{events['in_database']:>13,}"
+            f"{writes['rows_per_s']:>10,.0f}{writes['mb_per_s']:>8.1f}"
+        )
+        verdict = "OK" if events["lost"] == 0 else "ROWS LOST"
+        lines.append(f"reconciliation: lost = {events['lost']:,}, failed = {events['failed']:,}  [{verdict}]")
+        return "\n".join(lines)
+
+    def write_json(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Telemetry generation: value pools built once, events composed from them as COPY rows."""

@@ -1,0 +1,51 @@
+"""Real Locust runs, headless, standalone and with --processes: every run reconciles with lost = 0."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_locust
+
+pytestmark = pytest.mark.slow
+
+
+def _summary(result, path):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(path.read_text())
+
+
+def test_headless_copy_run_reconciles(dsn, tmp_path):
+    path = tmp_path / "summary.json"
+    result = run_locust(
+        "CopyEngineer", "-u", "20", "-r", "20", "-t", "15s", "--pg-dsn", dsn, "--summary-json", str(path)
+    )
+    summary = _summary(result, path)
+    events = summary["events"]
+    assert events["generated"] > 20 * 1900 * 0.9
+    assert events["lost"] == 0
+    assert events["acknowledged"] == events["in_database"] == events["generated"]
+    assert summary["writes"]["rows_per_s"] > 0
+    assert set(summary["writes"]["by_table"]) == {"spans", "metrics", "logs"}
+    assert "reconciliation: lost = 0" in result.stdout
+
+
+def test_distributed_run_with_processes_reconciles(dsn, tmp_path):
+    path = tmp_path / "summary.json"
+    result = run_locust(
+        "CopyEngineer", "--processes", "2", "-u", "10", "-r", "10", "-t", "30s",
+        "--pg-dsn", dsn, "--summary-json", str(path),
+    )  # fmt: skip
+    events = _summary(result, path)["events"]
+    assert events["generated"] > 10 * 1900 * 0.9
+    assert events["lost"] == 0 and events["acknowledged"] == events["in_database"]
+
+
+def test_continuous_engineers_write_until_the_time_limit(dsn, tmp_path):
+    path = tmp_path / "summary.json"
+    result = run_locust(
+        "CopyEngineer", "-u", "2", "-r", "2", "-t", "6s", "--continuous", "--pg-dsn", dsn, "--summary-json", str(path),
+    )  # fmt: skip
+    summary = _summary(result, path)
+    assert summary["events"]["lost"] == 0
+    assert summary["run"]["elapsed_s"] >= 5.5
+    assert summary["events"]["generated"] > 2 * 1900
