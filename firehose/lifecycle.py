@@ -187,19 +187,22 @@ class Firehose:
 
     def _summarise(self) -> None:
         run = self.options.firehose_run
+        in_database, duplicates = count_in_database(self.options.pg_dsn, self.run_id)
         self.summary = RunSummary(
             run_id=self.run_id,
             seed=run["seed"],
             database=redact(self.options.pg_dsn),
             elapsed_s=time.perf_counter() - self.started_at,
             reports=list(self.reports.values()),
-            in_database=count_in_database(self.options.pg_dsn, self.run_id),
+            in_database=in_database,
+            duplicates=duplicates,
         )
         sys.stdout.write(self.summary.render() + "\n")
         sys.stdout.flush()
         if self.options.summary_json:
             self.summary.write_json(self.options.summary_json)
-        if self.summary.as_dict()["events"]["lost"]:
+        events = self.summary.as_dict()["events"]
+        if events["lost"] or events["duplicates"]:
             self.environment.process_exit_code = 1
 
     def on_quitting(self) -> None:

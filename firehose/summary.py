@@ -1,7 +1,9 @@
 """End-of-run reconciliation and report: what was generated, acknowledged, and is in the database.
 
 Writers report per process (`ProcessRun.drain`); the database is counted by the run's writer keys.
-`lost` is generated minus in the database: rows an engineer handed over that never landed.
+`lost` = generated - in the database - quarantined: rows an engineer handed over that never landed
+and were not set aside as malformed. `duplicates` counts spans of the run stored more than once (same
+trace and span id under another event id): a writer that re-sends must not produce any.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ WHERE k.run_id = %s
 """
 
 
-def count_in_database(conninfo: str, run_id: int) -> dict[str, int]:
-    """Rows of the run in each table, found by its writer keys' event_id ranges (a primary-key scan)."""
+_DUPLICATE_SPANS = """
+SELECT count(*) - count(DISTINCT (t.trace_id, t.span_id)) FROM spans AS t
+JOIN firehose_writer_keys AS k
+  ON t.event_id >= k.writer_key << 32 AND t.event_id < (k.writer_key + 1) << 32
+WHERE k.run_id = %s
+"""
+
+
+def count_in_database(conninfo: str, run_id: int) -> tuple[dict[str, int], int]:
+    """Rows of the run in each table (primary-key range scans over its writer keys), and duplicate spans."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        return {table: conn.execute(_COUNT_BY_KEYS.format(table=table), [run_id]).fetchone()[0] for table in TABLES}
+        counts = {table: conn.execute(_COUNT_BY_KEYS.format(table=table), [run_id]).fetchone()[0] for table in TABLES}
+        return counts, conn.execute(_DUPLICATE_SPANS, [run_id]).fetchone()[0]
 
 
 @dataclass
@@ -38,6 +49,7 @@ class RunSummary:
     elapsed_s: float
     reports: list[dict] = field(default_factory=list)
     in_database: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
 
     def _sum(self, key: str) -> dict[str, int]:
         totals = dict.fromkeys(TABLES, 0)
@@ -52,6 +64,7 @@ class RunSummary:
         acknowledged = self._sum("acknowledged")
         size = self._sum("acknowledged_bytes")
         failed = self._sum("failed")
+        quarantined = self._sum("quarantined")
         elapsed = max(self.elapsed_s, 1e-9)
         rows = sum(acknowledged.values())
         return {
@@ -60,8 +73,10 @@ class RunSummary:
                 "generated": sum(generated.values()),
                 "acknowledged": rows,
                 "in_database": sum(self.in_database.values()),
-                "lost": sum(generated.values()) - sum(self.in_database.values()),
+                "lost": sum(generated.values()) - sum(self.in_database.values()) - sum(quarantined.values()),
                 "failed": sum(failed.values()),
+                "quarantined": sum(quarantined.values()),
+                "duplicates": self.duplicates,
             },
             "writes": {
                 "rows": rows,
@@ -97,8 +112,11 @@ class RunSummary:
             f"{'total':<10}{events['generated']:>12,}{events['acknowledged']:>14,}{events['in_database']:>13,}"
             f"{writes['rows_per_s']:>10,.0f}{writes['mb_per_s']:>8.1f}"
         )
-        verdict = "OK" if events["lost"] == 0 else "ROWS LOST"
-        lines.append(f"reconciliation: lost = {events['lost']:,}, failed = {events['failed']:,}  [{verdict}]")
+        verdict = "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
+        lines.append(
+            f"reconciliation: lost = {events['lost']:,}, duplicates = {events['duplicates']:,}, "
+            f"quarantined = {events['quarantined']:,}, failed = {events['failed']:,}  [{verdict}]"
+        )
         return "\n".join(lines)
 
     def write_json(self, path: str | Path) -> None:

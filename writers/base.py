@@ -25,12 +25,17 @@ TABLES = ("spans", "metrics", "logs")
 
 @dataclass
 class Tally:
-    """Rows a writer received and the database acknowledged, per table; `failed` were given up on."""
+    """Rows a writer received and the database acknowledged, per table.
+
+    `failed` rows were given up on (they count as lost); `quarantined` rows were refused as malformed and
+    kept, with their reason, in the quarantine table (accounted for, not lost).
+    """
 
     received: Counter[str] = field(default_factory=Counter)
     acknowledged: Counter[str] = field(default_factory=Counter)
     acknowledged_bytes: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
+    quarantined: Counter[str] = field(default_factory=Counter)
 
     def receive(self, rows: TraceRows) -> None:
         self.received["spans"] += len(rows.spans)
@@ -43,6 +48,7 @@ class Tally:
             "acknowledged": dict(self.acknowledged),
             "acknowledged_bytes": dict(self.acknowledged_bytes),
             "failed": dict(self.failed),
+            "quarantined": dict(self.quarantined),
         }
 
 

@@ -111,9 +111,9 @@ class CopyWriter(Writer):
             try:
                 with self.round_trip(self.verb, table, len(lines), len(data)), self._pool.connection() as conn:
                     if attempt == 0:
-                        _copy(conn, copy_statement(table), data)
+                        copy_rows(conn, copy_statement(table), data)
                     else:
-                        _copy_deduplicated(conn, table, data)
+                        copy_deduplicated(conn, table, data)
                 return
             except psycopg.OperationalError:
                 gevent.sleep(0.5 * 2**attempt)
@@ -122,15 +122,16 @@ class CopyWriter(Writer):
         self.tally.failed[table] += len(lines)
 
 
-def _copy(conn: psycopg.Connection, statement: str, data: bytes) -> None:
+def copy_rows(conn: psycopg.Connection, statement: str, data: bytes) -> None:
+    """Stream COPY text `data` with `statement` (see writers.rows.copy_statement) in conn's transaction."""
     with conn.cursor() as cursor, cursor.copy(statement) as copy:
         copy.write(data)
 
 
-def _copy_deduplicated(conn: psycopg.Connection, table: str, data: bytes) -> None:
+def copy_deduplicated(conn: psycopg.Connection, table: str, data: bytes) -> None:
     """COPY into a temporary table, then keep only event_ids the table does not have yet."""
     staging = f"firehose_retry_{table}"
     columns = ", ".join(COLUMNS[table])
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-    _copy(conn, copy_statement(table, staging), data)
+    copy_rows(conn, copy_statement(table, staging), data)
     conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT (event_id) DO NOTHING")
