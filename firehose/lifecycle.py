@@ -26,6 +26,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import STATE_RUNNING, MasterRunner, WorkerRunner
 
+from firehose import tuning
 from firehose.database import EMBEDDED_PORT, EmbeddedPostgres, apply_schema, dsn_from_environment, redact
 from firehose.session import ProcessRun, open_run
 from firehose.summary import RunSummary, count_in_database
@@ -97,6 +98,7 @@ class Firehose:
         runner = self.environment.runner
         if not self.is_worker:
             self.options.pg_dsn = self._database()
+            self._stops.append(tuning.apply(self.options.pg_dsn, self.options))
             for writer_class in _writer_classes(self.environment.user_classes):
                 if (stop := writer_class.prepare(self.options)) is not None:
                     self._stops.append(stop)
@@ -218,6 +220,7 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
         add_arguments(parser)
+        tuning.add_arguments(parser)
         for writer_class in _writer_classes(user_classes):
             writer_class.add_arguments(parser)
 

@@ -8,14 +8,13 @@ are found and counted by key range, whatever process or machine wrote them.
 from __future__ import annotations
 
 import argparse
-import random
 from typing import TYPE_CHECKING
 
 import psycopg
 from gevent.lock import Semaphore
 from locust.event import Events
 
-from telemetry.generator import EngineerTelemetry, EventIds
+from telemetry.generator import EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import Pools
 
 if TYPE_CHECKING:
@@ -68,7 +67,7 @@ class ProcessRun:
     def engineer_telemetry(self, traces: int) -> EngineerTelemetry:
         """The next engineer's telemetry: its seed derives from the run's, so a seed replays a run."""
         self._engineers += 1
-        seed = random.Random(f"{self.seed}:{self.process_index}:{self._engineers}").getrandbits(64)
+        seed = engineer_seed(self.seed, self.process_index, self._engineers)
         return EngineerTelemetry(self.pools, seed, anchor_us=self.anchor_us, traces=traces)
 
     def writer(self, writer_class: type[Writer]) -> Writer:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from telemetry.pools import METRIC_KINDS, MODEL_SERVICES, MODELS, SEVERITIES, Pools
+from telemetry.pools import METRIC_KINDS, MODELS, SEVERITIES, Pools
 
 TRACES_PER_ENGINEER = 100
 """~100 traces x (8.5 spans + 5.5 metrics + 5 logs) = ~1,900 events, the seed's per-user volume."""
@@ -23,9 +23,13 @@ ERROR_SHARE = 0.03
 WINDOW_S = 3600
 """An engineer's traces start within the hour before the run's anchor time."""
 
-SPAN_ROW = "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%.3f\t%d\t%s\t{%s,%s,%s}\n"
-METRIC_ROW = '%d\t%s\t%s\t%s\t%.6f\t%s\t%s\t%s\t%s\t{%s,%s,%s,"gen_ai.request.model":"%s"}\n'
-LOG_ROW = "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t{%s,%s,%s}\n"
+# Timestamps are folded into the row formats ("%s.%06d+00": a cached second, then microseconds), so a
+# row is one `%` operation; this and SpanShape's pre-joined columns keep us above 100k events/s.
+SPAN_ROW = "%d\t%s\t%s\t%s\t%s\t%s.%06d+00\t%s.%06d+00\t%.3f\t%d\t%s\t{%s,%s,%s}\n"
+METRIC_ROW = '%d\t%s\t%s\t%s.%06d+00\t%.6f\t%s\t%s\t%s\t%s\t{%s,%s,%s,"gen_ai.request.model":"%s"}\n'
+LOG_ROW = "%d\t%s.%06d+00\t%d\t%s\t%s\t%s\t%s\t%s\t{%s,%s,%s}\n"
+TRACE_SECONDS = 8
+"""Seconds a trace can span: the root lasts at most ~6.02 s and children end within their parent."""
 NULL = "\\N"
 
 _SEVERITY_TABLE = tuple(sev for sev in SEVERITIES for _ in range(sev[2]))  # 100 entries, by weight
@@ -34,13 +38,13 @@ _ERROR_SEVERITY = SEVERITIES[-1]
 
 @lru_cache(maxsize=1 << 16)
 def _second(epoch_s: int) -> str:
+    """COPY text of a timestamptz's whole second (UTC); rows append ".micros+00"."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch_s))
 
 
-def timestamp(epoch_us: int) -> str:
-    """COPY text for a timestamptz, from microseconds since the epoch (UTC)."""
-    seconds, micros = divmod(epoch_us, 1_000_000)
-    return "%s.%06d+00" % (_second(seconds), micros)
+def engineer_seed(run_seed: int, process_index: int, ordinal: int) -> int:
+    """The seed of a run's `ordinal`-th engineer (from 1) in a process: a run's seed replays all of them."""
+    return random.Random(f"{run_seed}:{process_index}:{ordinal}").getrandbits(64)
 
 
 class EventIds:
@@ -133,6 +137,8 @@ class EngineerTelemetry:
         ends = [0] * n_spans
         errors = [False] * n_spans
         t0 = self._start_us + int(rand() * self._window_us)
+        first_second = t0 // 1_000_000
+        seconds = [_second(first_second + offset) for offset in range(TRACE_SECONDS)]
         for i, span in enumerate(shape):
             if span.parent < 0:
                 start = t0
@@ -146,7 +152,7 @@ class EngineerTelemetry:
             ends[i] = end = start + duration
             error = rand() < ERROR_SHARE
             errors[i] = error
-            if span.service in MODEL_SERVICES:
+            if span.is_model:
                 detail = llm_members
             else:
                 detail = '%s,"http.response.status_code":%d' % (
@@ -160,15 +166,15 @@ class EngineerTelemetry:
                     trace_id,
                     span_ids[i],
                     NULL if span.parent < 0 else span_ids[span.parent],
-                    span.service,
-                    span.operation,
-                    span.kind,
-                    timestamp(start),
-                    timestamp(end),
+                    span.columns,
+                    seconds[start // 1_000_000 - first_second],
+                    start % 1_000_000,
+                    seconds[end // 1_000_000 - first_second],
+                    end % 1_000_000,
                     duration / 1000,
                     2 if error else 1,
                     "upstream error" if error else NULL,
-                    pools.resources[span.service],
+                    span.resource,
                     context,
                     detail,
                 )
@@ -189,20 +195,22 @@ class EngineerTelemetry:
                 value = (ends[k] - starts[k]) / 1000
             else:
                 value = rand()
-            service = shape[k].service
+            span = shape[k]
+            at = ends[k]
             rows.metrics.append(
                 METRIC_ROW
                 % (
                     event_id,
                     name,
-                    service,
-                    timestamp(ends[k]),
+                    span.service,
+                    seconds[at // 1_000_000 - first_second],
+                    at % 1_000_000,
                     value,
                     unit,
                     kind,
                     trace_id,
                     span_ids[k],
-                    pools.resources[service],
+                    span.resource,
                     context,
                     histograms[int(rand() * len(histograms))],
                     model,
@@ -215,19 +223,21 @@ class EngineerTelemetry:
         for _ in range(n_logs):
             k = int(rand() * n_spans)
             number, text, _weight = _ERROR_SEVERITY if errors[k] else _SEVERITY_TABLE[int(rand() * 100)]
-            service = shape[k].service
+            span = shape[k]
+            at = starts[k] + int((ends[k] - starts[k]) * rand())
             rows.logs.append(
                 LOG_ROW
                 % (
                     event_id,
-                    timestamp(starts[k] + int((ends[k] - starts[k]) * rand())),
+                    seconds[at // 1_000_000 - first_second],
+                    at % 1_000_000,
                     number,
                     text,
-                    service,
+                    span.service,
                     trace_id,
                     span_ids[k],
                     bodies[int(rand() * len(bodies))],
-                    pools.resources[service],
+                    span.resource,
                     context,
                     log_contexts[int(rand() * len(log_contexts))],
                 )

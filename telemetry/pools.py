@@ -8,7 +8,7 @@ numbers and one string format. Fragments are stored already JSON-serialised and 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from faker import Faker
@@ -95,12 +95,23 @@ def json_members(obj: dict) -> str:
 
 @dataclass(frozen=True)
 class SpanShape:
-    """One span of a trace topology: parent is an index into the same topology (-1 for the root)."""
+    """One span of a trace topology: parent is an index into the same topology (-1 for the root).
+
+    `columns` (service, operation and kind as COPY text) and `resource` (the service's resource
+    attributes) are pre-made so composing a span pastes them instead of formatting them.
+    """
 
     service: str
     operation: str
     kind: int
     parent: int
+    resource: str
+    columns: str = field(init=False)
+    is_model: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", f"{self.service}\t{self.operation}\t{self.kind}")
+        object.__setattr__(self, "is_model", self.service in MODEL_SERVICES)
 
 
 @dataclass(frozen=True)
@@ -128,9 +139,10 @@ class Pools:
     def build(cls, seed: int = 0) -> Pools:
         fake = _QuickFaker(seed)
         rng = random.Random(seed)
+        resources = {service: _resource(fake, service) for service in SERVICES}
         return cls(
-            topologies=tuple(_topology(rng) for _ in range(TOPOLOGIES)),
-            resources={service: _resource(fake, service) for service in SERVICES},
+            topologies=tuple(_topology(rng, resources) for _ in range(TOPOLOGIES)),
+            resources=resources,
             headers=tuple(_headers(fake) for _ in range(HEADER_VARIANTS)),
             payloads=tuple(_payload(fake) for _ in range(PAYLOAD_VARIANTS)),
             log_bodies=tuple(copy_escape(fake.prose(260)) for _ in range(LOG_BODIES)),
@@ -171,11 +183,11 @@ def _hex(fake: Faker, digits: int) -> str:
     return "%0*x" % (digits, fake.random.getrandbits(4 * digits))
 
 
-def _topology(rng: random.Random) -> tuple[SpanShape, ...]:
+def _topology(rng: random.Random, resources: dict[str, str]) -> tuple[SpanShape, ...]:
     """A trace of 5..12 spans rooted at the gateway, each child calling a service its parent calls."""
     size = rng.randint(5, 12)
     root_op = rng.choice(SERVICES["api-gateway"])
-    spans = [SpanShape("api-gateway", root_op, 2, -1)]
+    spans = [SpanShape("api-gateway", root_op, 2, -1, resources["api-gateway"])]
     while len(spans) < size:
         parent = rng.randrange(len(spans))
         callees = CALLS[spans[parent].service]
@@ -185,7 +197,7 @@ def _topology(rng: random.Random) -> tuple[SpanShape, ...]:
         # The caller records a client span; we keep one span per hop (the server side), like a
         # sampled trace whose client spans were dropped, so every edge crosses services.
         kind = 3 if service in ("postgres", "redis") or service in MODEL_SERVICES else 2
-        spans.append(SpanShape(service, rng.choice(SERVICES[service]), kind, parent))
+        spans.append(SpanShape(service, rng.choice(SERVICES[service]), kind, parent, resources[service]))
     return tuple(spans)
 
 
