@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 USERS ?= 100
 DURATION ?= 120s
 
-.PHONY: run test test-fast lint services clean
+.PHONY: run test test-fast lint services clean sweep bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,21 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/locust -f locustfile.py CopyEngineer --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
 		--only-summary --summary-json results/run.json
+
+## sweep: each strategy (STRATEGIES, comma-separated; default all) at each of SWEEP_USERS for SWEEP_DURATION,
+## into results/sweep-<timestamp>/ (sweep.md, .csv, .json, .png); pgbouncer/redis-server only if a strategy needs them
+STRATEGIES ?=
+SWEEP_USERS ?= 10,50,100
+SWEEP_DURATION ?= 10s
+SWEEP_NEEDS_SERVICES := $(if $(STRATEGIES),$(findstring Pooled,$(STRATEGIES))$(findstring Stream,$(STRATEGIES)),all)
+sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
+	$(BIN)/firehose sweep $(if $(STRATEGIES),--strategies $(STRATEGIES)) --users $(SWEEP_USERS) --duration $(SWEEP_DURATION)
+
+## bench: generator events/s, CopyEngineer vs raw psql \copy, strategy ratios and levers -> bench/results/
+## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4)
+BENCH_ARGS ?=
+bench: $(BIN)/.installed services
+	$(BIN)/firehose bench $(BENCH_ARGS)
 
 ## test: lint, then every test (fast ones first, then the end-to-end ones marked slow)
 test: $(BIN)/.installed services

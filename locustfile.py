@@ -9,8 +9,18 @@ With no --pg-dsn (and no PG* variables) an embedded PostgreSQL is started on 127
 from locust import events
 
 from firehose import lifecycle
-from users import CopyEngineer
+from users import BatchedEngineer, CopyEngineer, NaiveEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer
 
-lifecycle.register(events, user_classes=[CopyEngineer])
+lifecycle.register(
+    events,
+    user_classes=[CopyEngineer, NaiveEngineer, BatchedEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer],
+)
 
-__all__ = ["CopyEngineer"]
+__all__ = [
+    "BatchedEngineer",
+    "CopyEngineer",
+    "NaiveEngineer",
+    "PooledEngineer",
+    "StreamEngineer",
+    "ValidatedCopyEngineer",
+]

@@ -6,6 +6,7 @@
 3. Strategies: rows/s of each engineer class at the same user count, as ratios to NaiveEngineer.
 4. Levers: CopyEngineer with one option changed at a time (lz4, WAL compression, synchronous_commit,
    checkpoints, COPY batch size, flushing connections).
+5. Client profile: where the load generator's own CPU goes per row on the COPY path.
 Every figure is the median of `--repetitions` runs, reported with its spread (min-max).
 """
 
@@ -24,16 +25,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gevent
 import orjson
 import psycopg
 from faker import Faker
+from locust.event import Events
 
 from firehose.database import EmbeddedPostgres, bundled_bin_dir, redact
 from firehose.headless import REPO, run_headless
 from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import Pools
 from writers.base import TABLES
-from writers.rows import COLUMNS
+from writers.copy import BATCH_SIZE as BATCH
+from writers.copy import CopyWriter, copy_rows
+from writers.rows import COLUMNS, copy_statement
 
 BENCH_SEED = 20261125
 ANCHOR_US = 1_764_000_000_000_000
@@ -121,6 +126,7 @@ class Bench:
         with tempfile.TemporaryDirectory(prefix="firehose-bench-") as scratch:
             parts, rows = write_copy_files(Path(scratch), pools, self.args.engineers, self.traces)
             results["end_to_end"] = self.end_to_end(parts, rows)
+        results["client_profile"] = profile_client(self.dsn, pools, engineers=50 if not self.args.quick else 2)
         results["strategies"] = self.strategies()
         results["levers"] = self.levers(results["end_to_end"]["copy_engineer_rows_per_s"])
         return results
@@ -231,6 +237,75 @@ class Bench:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for table in TABLES:
                 conn.execute(f"ALTER TABLE {table} ALTER COLUMN attributes SET COMPRESSION default")
+
+
+def profile_client(dsn: str, pools: Pools, engineers: int) -> dict:
+    """CPU per row of the COPY path in this process (no Locust), and its steps measured one at a time.
+
+    cProfile cannot split this path: it keeps one call stack per thread, and greenlet switches make a
+    suspended COPY look as if it ran what the other greenlets did. So each step runs on its own, timed
+    with the process's CPU clock (waiting for the server costs no CPU), next to the whole path.
+    """
+    whole = _copy_path(dsn, pools, engineers)
+    start = time.process_time()
+    lines: dict[str, list[str]] = {table: [] for table in TABLES}
+    ids = EventIds(3)
+    for ordinal in range(1, engineers + 1):
+        for rows in EngineerTelemetry(pools, engineer_seed(BENCH_SEED, 0, ordinal)).traces(ids):
+            for table in TABLES:
+                lines[table] += getattr(rows, table)
+    compose = time.process_time() - start
+    start = time.process_time()
+    batches = [
+        (table, "".join(rows[at : at + BATCH]).encode())
+        for table, rows in lines.items()
+        for at in range(0, len(rows), BATCH)
+    ]
+    encode = time.process_time() - start
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        start = time.process_time()
+        for table, data in batches:
+            copy_rows(conn, copy_statement(table), data)
+        send = time.process_time() - start
+    rows = sum(map(len, lines.values()))
+    steps = {
+        "compose rows (telemetry.generator)": compose,
+        "join + encode batches": encode,
+        "COPY through psycopg and libpq": send,
+    }
+    steps["everything else (buffering, gevent, pool, Locust-free bookkeeping)"] = max(
+        whole["cpu_s"] / whole["rows"] * rows - sum(steps.values()), 0.0
+    )
+    return {
+        "rows": whole["rows"],
+        "rows_per_s": whole["rows"] / whole["wall_s"],
+        "client_cpu_us_per_row": whole["cpu_s"] / whole["rows"] * 1e6,
+        "client_cpu_share_of_a_core": whole["cpu_s"] / whole["wall_s"],
+        "us_per_row": {label: seconds / rows * 1e6 for label, seconds in steps.items()},
+    }
+
+
+def _copy_path(dsn: str, pools: Pools, engineers: int) -> dict:
+    """Engineers' rows through a CopyWriter into emptied tables, as greenlets of this process."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+    writer = CopyWriter(dsn, Events())
+    ids = EventIds(2)
+
+    def engineer(ordinal: int) -> None:
+        for rows in EngineerTelemetry(pools, engineer_seed(BENCH_SEED, 0, ordinal)).traces(ids):
+            writer.write(rows)
+            gevent.sleep(0)
+
+    start_cpu, start_wall = time.process_time(), time.perf_counter()
+    gevent.joinall([gevent.spawn(engineer, ordinal) for ordinal in range(1, engineers + 1)])
+    writer.close()
+    return {
+        "rows": sum(writer.tally.acknowledged.values()),
+        "cpu_s": time.process_time() - start_cpu,
+        "wall_s": time.perf_counter() - start_wall,
+    }
 
 
 def time_generator(pools: Pools, engineers: int) -> tuple[int, float, float]:
@@ -362,6 +437,8 @@ def render_markdown(results: dict) -> str:
         f"| CopyEngineer through Locust, rows/s (same rows) | {_fig(e2e['copy_engineer_rows_per_s'])} |",
         f"| **end to end / raw \\copy** | **{e2e['ratio']:.2f}** |",
         "",
+        *_profile_lines(results["client_profile"]),
+        "",
         f"Strategies ({strategies['users']} users, {strategies['duration']} each, --continuous):",
         "",
         "| strategy | rows/s | ratio to naive |",
@@ -381,3 +458,16 @@ def render_markdown(results: dict) -> str:
 
 def _fig(data: dict) -> str:
     return Figure(data["values"]).text()
+
+
+def _profile_lines(profile: dict) -> list[str]:
+    lines = [
+        f"Client CPU per row on the COPY path (in-process, {profile['rows']:,} rows at {profile['rows_per_s']:,.0f} "
+        f"rows/s): **{profile['client_cpu_us_per_row']:.1f} us/row**, "
+        f"{profile['client_cpu_share_of_a_core']:.0%} of one core:",
+        "",
+        "| step | us/row |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {us:.1f} |" for label, us in profile["us_per_row"].items()]
+    return lines

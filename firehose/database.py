@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -32,7 +33,12 @@ _SERVER_USER = "postgres"
 
 
 def redact(conninfo: str) -> str:
-    """The DSN with its password masked, for logs, reports and the web UI."""
+    """A DSN or URL (PostgreSQL's, Redis's, ...) with its password masked, for logs, reports and the web UI."""
+    if "://" in conninfo and not conninfo.startswith(("postgres://", "postgresql://")):
+        parts = urlsplit(conninfo)
+        if not parts.password:
+            return conninfo
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
     try:
         params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
@@ -167,7 +173,7 @@ class EmbeddedPostgres:
         return self._run([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), *args], check=check)
 
     def _run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        user = _server_user()
+        user = server_user()
         result = subprocess.run(command, user=user, capture_output=True, text=True, cwd="/", timeout=120)
         if check and result.returncode != 0:
             log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
@@ -175,12 +181,12 @@ class EmbeddedPostgres:
         return result
 
     def _chown(self, path: Path) -> None:
-        if (user := _server_user()) is not None:
+        if (user := server_user()) is not None:
             entry = pwd.getpwnam(user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def _server_user() -> str | None:
+def server_user() -> str | None:
     """The user the server runs as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
         return None

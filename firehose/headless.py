@@ -1,16 +1,19 @@
-"""Run our locustfile headless in a subprocess and return its summary: the unit of sweeps and benchmarks."""
+"""Run our locustfile headless in a subprocess, bounded in time: the unit of sweeps, benchmarks and tests."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from firehose.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO / "locustfile.py"
@@ -29,10 +32,29 @@ class HeadlessRun:
         return self.returncode == 0 and self.summary is not None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def locust_command(*args: str, processes: int = 0) -> list[str]:
+    """`locust -f locustfile.py --headless --only-summary ARGS`, with a master port of its own when distributed."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", *args]
+    if processes:
+        port = str(free_port())  # both: forked workers connect to --master-port (environment notes)
+        command += ["--processes", str(processes), "--master-bind-port", port, "--master-port", port]
+    return command
+
+
+def run_bounded(command: list[str], timeout: float, stdout: IO | int, stderr: IO | int) -> tuple[int, bool]:
+    """Run `command` in a process group of its own; kill the whole group (forked workers too) if it outlives
+    `timeout` seconds or we are interrupted. Returns (exit code, timed out)."""
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        return process.wait(timeout), False
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        return process.returncode, True
+    except BaseException:  # Ctrl-C: the run's own session would not get it, and would outlive us
+        _kill_group(process)
+        raise
 
 
 def run_headless(
@@ -45,29 +67,21 @@ def run_headless(
     extra: list[str] | tuple[str, ...] = (),
     timeout: float = 900,
 ) -> HeadlessRun:
-    """`locust -f locustfile.py USER_CLASS --headless -u USERS -r USERS ...`, bounded by `timeout` seconds.
-
-    The run has a process group of its own, killed whole (forked workers too) if it outlives `timeout`.
-    """
+    """`locust ... USER_CLASS -u USERS -r USERS -t RUN_TIME --pg-dsn PG_DSN EXTRA` and its summary."""
     with tempfile.TemporaryDirectory(prefix="firehose-run-") as scratch:
-        summary_path = Path(scratch) / "summary.json"
-        command = [
-            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), user_class, "--headless", "--only-summary",
-            "-u", str(users), "-r", str(users), "-t", run_time, "--pg-dsn", pg_dsn,
-            "--summary-json", str(summary_path), *extra,
-        ]  # fmt: skip
-        if processes:
-            port = str(free_port())
-            command += ["--processes", str(processes), "--master-bind-port", port, "--master-port", port]
-        with subprocess.Popen(
-            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, start_new_session=True,
-        ) as process:  # fmt: skip
-            try:
-                output, _ = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                output, _ = process.communicate()
-                output += f"\nkilled after {timeout} s"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        return HeadlessRun(summary, process.returncode, output[-4000:])
+        summary_path, log_path = Path(scratch) / "summary.json", Path(scratch) / "output.log"
+        command = locust_command(
+            user_class, "-u", str(users), "-r", str(users), "-t", run_time, "--pg-dsn", pg_dsn,
+            "--summary-json", str(summary_path), *extra, processes=processes,
+        )  # fmt: skip
+        with log_path.open("w") as log:
+            returncode, timed_out = run_bounded(command, timeout, log, subprocess.STDOUT)
+        output = log_path.read_text(errors="replace")[-4000:] + (f"\nkilled after {timeout} s" if timed_out else "")
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() and not timed_out else None
+        return HeadlessRun(summary, returncode, output)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with suppress(ProcessLookupError):  # the whole group may have exited already
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import gevent
 import psycopg
+from gevent.event import AsyncResult
 from locust import User
 from locust.env import Environment
 from locust.event import Events
@@ -37,6 +38,7 @@ logger = logging.getLogger("firehose")
 
 DRAIN = "firehose:drain"
 DRAINED = "firehose:drained"
+ENGINEERS = "firehose_engineers"
 DRAIN_TIMEOUT_S = 300
 """How long the master waits for workers to commit what they buffered: a few backlogs of batches."""
 POOL_SEED = 0
@@ -78,11 +80,12 @@ class Firehose:
         self.environment = environment
         self.options = environment.parsed_options
         self.embedded: EmbeddedPostgres | None = None
-        self.pools: Pools | None = None
+        self._pools: AsyncResult | None = None
         self.process_run: ProcessRun | None = None
         self.run_id: int | None = None
         self.started_at = 0.0
         self.reports: dict[int, dict] = {}
+        self.engineer_reports: dict[str, tuple[int, int]] = {}
         self.summary: RunSummary | None = None
         self._stops: list[Callable[[], None]] = []
 
@@ -103,7 +106,9 @@ class Firehose:
                 if (stop := writer_class.prepare(self.options)) is not None:
                     self._stops.append(stop)
         if not self.is_master:
-            self.pools = Pools.build(POOL_SEED)
+            # ~1.5 s of CPU: in a real thread, so this process's greenlets (heartbeats to the master
+            # among them) keep running; test start waits for it.
+            self._pools = gevent.get_hub().threadpool.spawn(Pools.build, POOL_SEED)
         if self.is_worker:
             runner.register_message(DRAIN, self._on_drain_request, concurrent=True)
         elif self.is_master:
@@ -124,7 +129,8 @@ class Firehose:
             seed = self.options.seed if self.options.seed is not None else random.getrandbits(62)
             run_id = open_run(self.options.pg_dsn, seed, " ".join(sorted(self.environment.runner.user_classes_count)))
             self.options.firehose_run = {"run_id": run_id, "seed": seed, "anchor_us": int(time.time() * 1e6)}
-            self.run_id, self.started_at, self.reports, self.summary = run_id, time.perf_counter(), {}, None
+            self.run_id, self.started_at, self.summary = run_id, time.perf_counter(), None
+            self.reports, self.engineer_reports = {}, {}
         if not self.is_master:
             run = self.options.firehose_run
             runner = self.environment.runner
@@ -134,7 +140,7 @@ class Firehose:
                 run["seed"],
                 run["anchor_us"],
                 runner.worker_index if self.is_worker else 0,
-                self.pools,
+                self._pools.get(),
                 self.options,
                 self.environment.events,
             )
@@ -142,16 +148,36 @@ class Firehose:
     def on_spawning_complete(self) -> None:
         """Without --continuous, end the run once every engineer has emitted its telemetry."""
         if not self.is_worker and not self.options.continuous:
-            gevent.spawn(self._finish_when_idle)
+            gevent.spawn(self._finish_when_done)
 
-    def _finish_when_idle(self) -> None:
+    def engineers(self) -> tuple[int, int]:
+        """Engineers (started, finished) in the whole run: this process's, or the workers' latest reports."""
+        if not self.is_master:
+            run = self.process_run
+            return (run.engineers_started, run.engineers_finished) if run else (0, 0)
+        reports = list(self.engineer_reports.values())
+        return sum(started for started, _ in reports), sum(finished for _, finished in reports)
+
+    def _finish_when_done(self) -> None:
+        # Counting engineers, not users: a master may see 0 users before workers have spawned any,
+        # and engineers that finish between two reports would never be seen at all.
         runner = self.environment.runner
         while runner.state == STATE_RUNNING:
             gevent.sleep(0.5)
-            if runner.user_count == 0:
-                logger.info("every engineer has emitted its telemetry: ending the run")
+            started, finished = self.engineers()
+            if finished and finished >= started >= runner.target_user_count:
+                logger.info("all %d engineers have emitted their telemetry: ending the run", finished)
                 runner.quit() if self.options.headless else runner.stop()
                 return
+
+    def on_report_to_master(self, data: dict) -> None:
+        """Workers add their engineer counts to every stats report (every few seconds, and at the end)."""
+        if self.process_run is not None:
+            data[ENGINEERS] = (self.process_run.engineers_started, self.process_run.engineers_finished)
+
+    def on_worker_report(self, client_id: str, data: dict) -> None:
+        if ENGINEERS in data:
+            self.engineer_reports[client_id] = tuple(data[ENGINEERS])
 
     def on_test_stop(self) -> None:
         if self.process_run is not None:
@@ -231,6 +257,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.spawning_complete.add_listener(lambda **_: firehose.on_spawning_complete())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())
+        events.report_to_master.add_listener(lambda data, **_: firehose.on_report_to_master(data))
+        events.worker_report.add_listener(lambda client_id, data, **_: firehose.on_worker_report(client_id, data))
         events.quitting.add_listener(lambda **_: firehose.on_quitting())
 
 

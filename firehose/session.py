@@ -51,7 +51,8 @@ class ProcessRun:
         self.options = options
         self.events = events
         self.closing = False
-        self._engineers = 0
+        self.engineers_started = 0
+        self.engineers_finished = 0
         self._writers: dict[type[Writer], Writer] = {}
         self._report: dict | None = None
         self._draining = Semaphore()
@@ -66,8 +67,8 @@ class ProcessRun:
 
     def engineer_telemetry(self, traces: int) -> EngineerTelemetry:
         """The next engineer's telemetry: its seed derives from the run's, so a seed replays a run."""
-        self._engineers += 1
-        seed = engineer_seed(self.seed, self.process_index, self._engineers)
+        self.engineers_started += 1
+        seed = engineer_seed(self.seed, self.process_index, self.engineers_started)
         return EngineerTelemetry(self.pools, seed, anchor_us=self.anchor_us, traces=traces)
 
     def writer(self, writer_class: type[Writer]) -> Writer:

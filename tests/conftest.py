@@ -4,10 +4,7 @@ import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is i
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,14 +12,10 @@ import psycopg
 import pytest
 
 from firehose.database import EmbeddedPostgres
+from firehose.headless import locust_command, run_bounded
+from firehose.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -46,25 +39,19 @@ def dsn(postgres):
 
 
 def run_locust(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """A real headless Locust run of our locustfile, bounded in time; its own master port when distributed.
-
-    It runs in a process group of its own, killed whole (forked workers included) on timeout.
-    """
-    command = [sys.executable, "-m", "locust", "-f", str(REPO / "locustfile.py"), "--headless", "--only-summary"]
+    """A real headless Locust run of our locustfile, bounded in time (see firehose.headless)."""
+    processes = 0
     if "--processes" in args:
-        port = str(free_port())
-        command += ["--master-bind-port", port, "--master-port", port]
-    with subprocess.Popen(
-        [*command, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        text=True, start_new_session=True,
-    ) as process:  # fmt: skip
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            raise AssertionError(f"locust did not finish in {timeout} s:\n{stdout[-2000:]}\n{stderr[-4000:]}") from None
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        at = args.index("--processes")
+        processes, args = int(args[at + 1]), args[:at] + args[at + 2 :]
+    command = locust_command(*args, processes=processes)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        returncode, timed_out = run_bounded(command, timeout, stdout, stderr)
+        stdout.seek(0), stderr.seek(0)
+        result = subprocess.CompletedProcess(command, returncode, stdout.read(), stderr.read())
+    if timed_out:
+        raise AssertionError(f"locust did not finish in {timeout} s:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

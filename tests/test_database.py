@@ -21,6 +21,11 @@ def test_redact_hides_the_password(dsn):
     assert "db" in redacted
 
 
+def test_redact_masks_other_urls_and_leaves_them_whole_without_password():
+    assert redact("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
 def test_redact_keeps_a_dsn_without_password():
     assert "password" not in redact("host=127.0.0.1 port=5 user=postgres")
 

@@ -2,6 +2,22 @@
 
 import locust  # noqa: F401  (gevent must patch before psycopg is imported: see README, "Concurrency")
 
-from users.engineer import CopyEngineer, Engineer
+from users.engineer import (
+    BatchedEngineer,
+    CopyEngineer,
+    Engineer,
+    NaiveEngineer,
+    PooledEngineer,
+    StreamEngineer,
+    ValidatedCopyEngineer,
+)
 
-__all__ = ["CopyEngineer", "Engineer"]
+__all__ = [
+    "BatchedEngineer",
+    "CopyEngineer",
+    "Engineer",
+    "NaiveEngineer",
+    "PooledEngineer",
+    "StreamEngineer",
+    "ValidatedCopyEngineer",
+]

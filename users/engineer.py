@@ -11,8 +11,15 @@ import gevent
 from locust import User, constant, task
 from locust.exception import StopUser
 
+from telemetry.faults import Faults
+from telemetry.generator import TraceRows
 from writers.base import Writer
+from writers.batched import BatchedWriter
 from writers.copy import CopyWriter
+from writers.naive import NaiveWriter
+from writers.pooled import PooledWriter
+from writers.stream import StreamWriter
+from writers.validated import ValidatedCopyWriter
 
 
 class Engineer(User):
@@ -34,13 +41,58 @@ class Engineer(User):
         for rows in run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids):
             if run.closing:
                 raise StopUser()
-            writer.write(rows)
+            writer.write(self.outgoing(rows))
             gevent.sleep(0)  # one trace is ~0.2 ms of CPU: let other engineers and flushers run
         if not firehose.options.continuous:
+            run.engineers_finished += 1
             raise StopUser()
+
+    def outgoing(self, rows: TraceRows) -> TraceRows:
+        """The rows handed to the writer: a hook for subclasses that alter them (fault injection)."""
+        return rows
 
 
 class CopyEngineer(Engineer):
     """Writes through COPY in batches of 5,000 rows, from a buffer all engineers of the process share."""
 
     writer_class = CopyWriter
+
+
+class NaiveEngineer(Engineer):
+    """Writes each event with its own INSERT, autocommit, through a pool of 50 connections per process."""
+
+    writer_class = NaiveWriter
+
+
+class BatchedEngineer(Engineer):
+    """Writes through multi-row INSERTs of 500 rows, from a buffer all engineers of the process share."""
+
+    writer_class = BatchedWriter
+
+
+class PooledEngineer(Engineer):
+    """Writes the batched INSERTs through pgBouncer in transaction pooling mode (a local one by default)."""
+
+    writer_class = PooledWriter
+
+
+class StreamEngineer(Engineer):
+    """Writes each trace to a Redis Stream; the process's consumer greenlets COPY batches of 5,000 rows from it."""
+
+    writer_class = StreamWriter
+
+
+class ValidatedCopyEngineer(Engineer):
+    """Writes through COPY after checking every row; malformed rows go to the quarantine table.
+
+    With `--malformed-share`, it first corrupts that share of its rows (telemetry/faults.py).
+    """
+
+    writer_class = ValidatedCopyWriter
+
+    def on_start(self) -> None:
+        options = self.environment.firehose.options
+        self.faults = Faults(options.malformed_share, options.firehose_run["seed"])
+
+    def outgoing(self, rows: TraceRows) -> TraceRows:
+        return self.faults.corrupt(rows)

@@ -91,15 +91,21 @@ class Writer(ABC):
         """Flush, then release connections. The writer is unusable afterwards."""
 
     @contextmanager
-    def round_trip(self, verb: str, table: str, rows: int, size: int) -> Iterator[None]:
-        """Time one database round trip and report it as a Locust request; errors propagate."""
+    def timed(self, verb: str, name: str, size: int) -> Iterator[None]:
+        """Time one round trip and report it as a Locust request (a failure if it raises); errors propagate."""
         start = time.perf_counter()
         try:
             yield
         except Exception as error:
-            self._fire(verb, table, start, size, error)
+            self._fire(verb, name, start, size, error)
             raise
-        self._fire(verb, table, start, size, None)
+        self._fire(verb, name, start, size, None)
+
+    @contextmanager
+    def round_trip(self, verb: str, table: str, rows: int, size: int) -> Iterator[None]:
+        """A `timed` round trip that, when it succeeds, acknowledges `rows` rows of `table`."""
+        with self.timed(verb, table, size):
+            yield
         self.tally.acknowledged[table] += rows
         self.tally.acknowledged_bytes[table] += size
 

@@ -2,22 +2,18 @@
 
 Rows are appended to one buffer per table; every `batch_size` rows become a batch that one of
 `pool_size` flusher greenlets streams with COPY and commits. At most `backlog` batches wait: past
-that, `write` blocks its engineer until a flusher catches up (back-pressure, bounded memory).
+that, `write` blocks its engineer until a flusher catches up (back-pressure, bounded memory). The
+buffering is `writers.buffered.BufferedWriter`'s; this module only says how a batch is sent.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import gevent
 import psycopg
-from gevent.event import Event
-from gevent.queue import JoinableQueue
 from locust.event import Events
-from psycopg_pool import ConnectionPool
 
-from telemetry.generator import TraceRows
-from writers.base import TABLES, Writer
+from writers.buffered import BufferedWriter, deliver
 from writers.rows import COLUMNS, copy_statement
 
 BATCH_SIZE = 5_000
@@ -25,14 +21,9 @@ BATCH_SIZE = 5_000
 POOL_SIZE = 4
 """Flushing connections. Two saturate the two cores of the reference machine (27k rows/s, vs 13.7k for
 one); two more keep a batch ready while the others commit."""
-RETRIES = 3
-"""Attempts per batch after a lost connection; retries dedupe on event_id, so a COPY that committed
-before the connection dropped is not written twice."""
-
-_STOP = None
 
 
-class CopyWriter(Writer):
+class CopyWriter(BufferedWriter):
     """Batches rows per table and COPYs them; acknowledges a batch once its transaction commits."""
 
     verb = "COPY"
@@ -46,17 +37,7 @@ class CopyWriter(Writer):
         pool_size: int = POOL_SIZE,
         connect_kwargs: dict | None = None,
     ) -> None:
-        super().__init__(events)
-        self.batch_size = batch_size
-        self.backlog = 2 * pool_size
-        self._buffers: dict[str, list[str]] = {table: [] for table in TABLES}
-        self._batches: JoinableQueue = JoinableQueue()
-        self._room = Event()
-        self._pool = ConnectionPool(
-            conninfo, min_size=pool_size, max_size=pool_size, kwargs=connect_kwargs, name="copy", open=False
-        )
-        self._pool.open(wait=True, timeout=30)
-        self._flushers = [gevent.spawn(self._flush_forever) for _ in range(pool_size)]
+        super().__init__(conninfo, events, batch_size=batch_size, pool_size=pool_size, connect_kwargs=connect_kwargs)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -68,58 +49,17 @@ class CopyWriter(Writer):
     def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> CopyWriter:
         return cls(conninfo, events, batch_size=options.copy_batch_size, pool_size=options.copy_pool_size)
 
-    def write(self, rows: TraceRows) -> None:
-        self.tally.receive(rows)
-        for table, lines in (("spans", rows.spans), ("metrics", rows.metrics), ("logs", rows.logs)):
-            buffer = self._buffers[table]
-            buffer += lines
-            if len(buffer) >= self.batch_size:
-                self._batches.put((table, buffer[: self.batch_size]))
-                self._buffers[table] = buffer[self.batch_size :]
-        # The rows are handed over above without yielding; only now may this engineer wait.
-        while self._batches.qsize() >= self.backlog:
-            self._room.clear()
-            self._room.wait()
-
-    def flush(self) -> None:
-        for table in TABLES:
-            if self._buffers[table]:
-                self._batches.put((table, self._buffers[table]))
-                self._buffers[table] = []
-        self._batches.join()
-
-    def close(self) -> None:
-        self.flush()
-        for _ in self._flushers:
-            self._batches.put(_STOP)
-        gevent.joinall(self._flushers)
-        self._pool.close()
-
-    def _flush_forever(self) -> None:
-        while (batch := self._batches.get()) is not _STOP:
-            self._room.set()
-            try:
-                self.send(*batch)
-            finally:
-                self._batches.task_done()
-        self._batches.task_done()
-
     def send(self, table: str, lines: list[str]) -> None:
         """COPY one batch in its own transaction, retrying lost connections through a deduping path."""
         data = "".join(lines).encode()
-        for attempt in range(RETRIES):
-            try:
-                with self.round_trip(self.verb, table, len(lines), len(data)), self._pool.connection() as conn:
-                    if attempt == 0:
-                        copy_rows(conn, copy_statement(table), data)
-                    else:
-                        copy_deduplicated(conn, table, data)
-                return
-            except psycopg.OperationalError:
-                gevent.sleep(0.5 * 2**attempt)
-            except psycopg.Error:
-                break  # the data itself was refused: retrying cannot help (writers.validated can)
-        self.tally.failed[table] += len(lines)
+
+        def attempt(conn: psycopg.Connection, retry: bool) -> None:
+            if retry:
+                copy_deduplicated(conn, table, data)
+            else:
+                copy_rows(conn, copy_statement(table), data)
+
+        deliver(self, self.verb, self._pool, table, len(lines), len(data), attempt)
 
 
 def copy_rows(conn: psycopg.Connection, statement: str, data: bytes) -> None:

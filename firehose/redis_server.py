@@ -1,0 +1,99 @@
+"""A throwaway `redis-server` for the Redis Streams strategy when the user gives no --redis-url.
+
+It listens on a free 127.0.0.1 port, keeps nothing on disk (`--save '' --appendonly no`: the stream
+is a buffer in front of PostgreSQL, not a store), and works in a temporary directory removed when it
+stops. Only this process's own server is ever stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import redis
+
+from firehose.ports import free_port
+
+START_TIMEOUT_S = 10
+"""redis-server answers PING within ~50 ms here; ten seconds leaves room for a loaded machine."""
+STOP_TIMEOUT_S = 10
+"""Without persistence a SIGTERM shutdown is immediate; past this the server is killed."""
+PORT_ATTEMPTS = 3
+"""A free port can be taken by another process before redis-server binds it: try a few."""
+INSTALL_HINT = "install it (Debian/Ubuntu: `apt-get install redis-server`) or pass --redis-url redis://HOST:PORT/0"
+
+
+class LocalRedis:
+    """One redis-server child process on a free loopback port, stopped (and its directory removed) by `stop`."""
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._dir: Path | None = None
+
+    def start(self) -> str:
+        """Start the server and return its URL once it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(f"the Redis Streams strategy needs redis-server, which is not on PATH: {INSTALL_HINT}")
+        self._dir = Path(tempfile.mkdtemp(prefix="firehose-redis-"))
+        for _ in range(PORT_ATTEMPTS):
+            port = free_port()
+            self._process = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                 "--dir", str(self._dir), "--logfile", str(self._log)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            url = f"redis://127.0.0.1:{port}/0"
+            if self._wait_ready(url):
+                self.url = url
+                return url
+        self._fail("redis-server exited at start (ports taken?)")
+
+    def stop(self) -> None:
+        """Stop the server this object started and wait for it to exit. Idempotent."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    @property
+    def _log(self) -> Path:
+        return self._dir / "redis.log"
+
+    def _wait_ready(self, url: str) -> bool:
+        """True once the server answers; False when it exited (its port was taken), after reaping it."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    self._process = None
+                    return False
+                try:
+                    return client.ping()
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        self._fail(f"redis-server did not answer within {START_TIMEOUT_S} s")
+
+    def _fail(self, reason: str) -> NoReturn:
+        """Stop what was started and raise, with the end of the server's log (read before it is removed)."""
+        try:
+            tail = "\n".join(self._log.read_text().splitlines()[-10:])
+        except OSError:
+            tail = "(no log)"
+        self.stop()
+        raise RuntimeError(f"{reason}; its log ends with:\n{tail}")

@@ -1,0 +1,361 @@
+"""Every write strategy at every user count, one fresh headless Locust run per cell (`firehose sweep`).
+
+A sweep is the reference benchmark's table: strategies x engineers, rows/s in each cell. Each cell is a
+real `locust -f locustfile.py <Strategy> --headless --continuous` subprocess that writes for the same
+duration into the same emptied tables of one PostgreSQL (the embedded server, started once, when no
+DSN is given). What a strategy needs besides PostgreSQL (pgBouncer, Redis) is started once too, through
+its writer's `prepare` hook, and handed to each run as options; when that is not possible, each run
+starts its own. A cell whose run failed, lost rows or stored duplicates is marked, never dropped, and
+does not count toward a strategy's best or its ratios.
+
+The results (`firehose.sweep_report`) go to the output directory: `sweep.md`, `sweep.csv`, `sweep.json`
+and `sweep.png`, with each cell's summary and log in `cells/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import locust
+import psycopg
+from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments
+from psycopg.conninfo import conninfo_to_dict
+
+import users as user_package
+from firehose import lifecycle
+from firehose.database import (
+    EMBEDDED_PORT,
+    EmbeddedPostgres,
+    apply_schema,
+    dsn_from_environment,
+    redact,
+    server_settings,
+)
+from firehose.headless import locust_command, run_bounded
+from firehose.sweep_report import BASELINE, Cell, SweepResult, render_table, write_results
+from users.engineer import Engineer
+
+logger = logging.getLogger("firehose")
+
+DEFAULT_USERS = "10,50,100"
+DEFAULT_DURATION = "20s"
+CELL_OVERHEAD_S = 180
+"""Time a cell may take beyond its duration: Locust's start and value pools (~5 s here), then the drain of
+buffered batches and the reconciliation count. Generous, because a cell that outlives it is killed and
+marked, and its strategy loses that column."""
+TABLES_TO_EMPTY = ("spans", "metrics", "logs", "quarantine")
+"""What a cell writes; every cell starts with these empty (runs and writer keys are bookkeeping, kept)."""
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Locust run time: `20s`, `2m`, `1h30m`, or plain seconds."""
+    if text.isdigit():
+        return float(text)
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 20s, 2m, 1h30m)")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def parse_user_counts(text: str) -> list[int]:
+    """`10,50,100` as sorted, distinct, positive user counts."""
+    counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    if not counts or counts[0] < 1:
+        raise ValueError(f"user counts must be positive integers: {text!r}")
+    return counts
+
+
+def available_strategies() -> dict[str, type[Engineer]]:
+    """The concrete engineer classes of the `users` package, one per write strategy: the baseline first."""
+    found = {
+        name: value
+        for name, value in vars(user_package).items()
+        if isinstance(value, type) and issubclass(value, Engineer) and not value.abstract
+    }
+    return {name: found[name] for name in sorted(found, key=lambda name: (name != BASELINE, name))}
+
+
+@dataclass
+class SweepPlan:
+    """What to run: strategies x user counts, each cell for `duration` with the same extra Locust options."""
+
+    strategies: list[str]
+    user_counts: list[int]
+    duration: str
+    out: Path
+    dsn: str | None = None
+    processes: int = 0
+    locust_args: list[str] = field(default_factory=list)
+    cell_timeout_s: float | None = None
+    embedded_port: int = EMBEDDED_PORT
+
+
+def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) -> SweepResult:
+    """Run every cell, one after the other, on one server; report each as it ends through `progress`."""
+    engineers = resolve_strategies(plan.strategies)
+    progress = progress or _print_flushed
+    timeout = plan.cell_timeout_s or parse_duration(plan.duration) + CELL_OVERHEAD_S
+    (plan.out / "cells").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with _database(plan.dsn, plan.embedded_port) as dsn:
+        result = SweepResult(cells=[], machine=machine_info(dsn), settings=_settings(plan, dsn))
+        with _shared_services(engineers, dsn, plan.locust_args) as service_args:
+            total = len(engineers) * len(plan.user_counts)
+            for strategy in plan.strategies:
+                for users in plan.user_counts:
+                    empty_tables(dsn)
+                    cell = run_cell(strategy, users, plan, dsn, [*service_args[strategy], *plan.locust_args], timeout)
+                    result.cells.append(cell)
+                    progress(f"[{len(result.cells)}/{total}] {strategy} x {users} users: {cell.label()}")
+    result.settings["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def resolve_strategies(names: list[str]) -> list[type[Engineer]]:
+    """The engineer classes of these names; an unknown name is an error that lists the known ones."""
+    known = available_strategies()
+    if unknown := [name for name in names if name not in known]:
+        raise ValueError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(sorted(known))}")
+    return [known[name] for name in names]
+
+
+def run_cell(strategy: str, users: int, plan: SweepPlan, dsn: str, extra: list[str], timeout: float) -> Cell:
+    """One headless Locust run, in a process group of its own, killed whole if it outlives `timeout` s."""
+    name = f"{strategy}-{users}u"
+    summary_path, log_path = plan.out / "cells" / f"{name}.json", plan.out / "cells" / f"{name}.log"
+    summary_path.unlink(missing_ok=True)  # a reused --out must not lend a failed run an old summary
+    command = locust_command(
+        strategy, "-u", str(users), "-r", str(users), "-t", plan.duration, "--continuous",
+        "--pg-dsn", dsn, "--summary-json", str(summary_path), *extra, processes=plan.processes,
+    )  # fmt: skip
+    with open(log_path, "w") as log:
+        returncode, timed_out = run_bounded(command, timeout, log, subprocess.STDOUT)
+    scrub_log(log_path, command)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() and not timed_out else None
+    return Cell(
+        strategy,
+        users,
+        returncode,
+        summary,
+        timed_out,
+        str(log_path.relative_to(plan.out)),
+        redacted_command(command),
+    )
+
+
+def redacted_command(command: list[str]) -> list[str]:
+    """The command with the password of every DSN or URL option's value masked."""
+    return [redact(arg) if prev.endswith(("-dsn", "-url")) else arg for prev, arg in pairwise(["", *command])]
+
+
+def scrub_log(log_path: Path, command: list[str]) -> None:
+    """Mask in a run's log the password of every DSN or URL on its command line (libpq errors may quote them)."""
+    secrets = set()
+    for option, value in pairwise(command):
+        if option.endswith(("-dsn", "-url")):
+            try:
+                secrets.add(urlsplit(value).password if "://" in value else conninfo_to_dict(value).get("password"))
+            except (psycopg.ProgrammingError, ValueError):
+                continue  # not a DSN after all: nothing to mask
+    secrets -= {None, ""}
+    if secrets:
+        text = log_path.read_text(errors="replace")
+        for secret in secrets:
+            text = text.replace(str(secret), "***")
+        log_path.write_text(text)
+
+
+def empty_tables(dsn: str) -> None:
+    """Give the next cell empty tables, and a checkpoint so it does not pay for the previous cell's writes."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES_TO_EMPTY)}")
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            logger.info("no privilege to CHECKPOINT between cells: a cell may pay for the previous one's writes")
+
+
+def machine_info(dsn: str) -> dict:
+    """Cores, PostgreSQL's version and the server's settings of the reference benchmark, and the software."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        settings = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in server_settings()}
+    return {
+        "cores": os.cpu_count(),
+        "postgres_version": version,
+        "postgres_settings": settings,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "locust": locust.__version__,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`firehose sweep`'s options; what follows `--` goes to every Locust run as is."""
+    parser.add_argument(
+        "--strategies",
+        default=",".join(available_strategies()),
+        help="Comma-separated engineer classes (default: all of them, %(default)s).",
+    )
+    parser.add_argument("--users", default=DEFAULT_USERS, help="Comma-separated user counts (default: %(default)s).")
+    parser.add_argument("--duration", default=DEFAULT_DURATION, help="Run time of each cell (default: %(default)s).")
+    parser.add_argument(
+        "--pg-dsn",
+        default=None,
+        help="Target PostgreSQL. Default: the PG* variables when set, else the embedded server, started once.",
+    )
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    parser.add_argument("--out", default=None, help="Results directory (default: results/sweep-<timestamp>).")
+    parser.add_argument("--processes", type=int, default=0, help="Locust --processes of each run (default: one).")
+    parser.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=None,
+        help=f"Seconds after which a cell's run is killed and marked (default: duration + {CELL_OVERHEAD_S}).",
+    )
+    parser.add_argument(
+        "locust_args",
+        nargs=argparse.REMAINDER,
+        help="After `--`: options for every Locust run, e.g. `-- --traces-per-engineer 5`.",
+    )
+
+
+def plan_from_args(args: argparse.Namespace) -> SweepPlan:
+    """The sweep the command line asks for; a ValueError says what is wrong with it."""
+    plan = SweepPlan(
+        strategies=[name.strip() for name in args.strategies.split(",") if name.strip()],
+        user_counts=parse_user_counts(args.users),
+        duration=args.duration,
+        out=Path(args.out or Path("results") / f"sweep-{datetime.datetime.now():%Y%m%d-%H%M%S}"),
+        dsn=args.pg_dsn,
+        processes=args.processes,
+        locust_args=args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args,
+        cell_timeout_s=args.cell_timeout,
+        embedded_port=args.embedded_port,
+    )
+    parse_duration(plan.duration)
+    resolve_strategies(plan.strategies)
+    return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep, write its results, print the table; 0 when every cell is clean."""
+    try:
+        plan = plan_from_args(args)
+    except ValueError as error:
+        sys.stderr.write(f"firehose sweep: {error}\n")
+        return 2
+    result = run_sweep(plan)
+    paths = write_results(result, plan.out)
+    sys.stdout.write("\n" + render_table(result) + "\n\n" + "\n".join(str(path) for path in paths.values()) + "\n")
+    return 0 if all(cell.ok for cell in result.cells) else 1
+
+
+@contextmanager
+def _database(dsn: str | None, embedded_port: int) -> Iterator[str]:
+    """The target's DSN: the one given, the PG* variables', or the embedded server's (started once, stopped after)."""
+    conninfo = dsn if dsn is not None else dsn_from_environment()
+    if conninfo is not None:
+        apply_schema(conninfo)
+        yield conninfo
+        return
+    server = EmbeddedPostgres(port=embedded_port)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@contextmanager
+def _shared_services(
+    engineers: list[type[Engineer]], dsn: str, locust_args: list[str]
+) -> Iterator[dict[str, list[str]]]:
+    """Per strategy, the options that hand its runs the services its writer's `prepare` started once.
+
+    `prepare` records what it started in the parsed options (Writer.prepare's contract), and a run whose
+    options already name a service does not start its own. A service recorded in an option the command
+    line cannot carry, or a `prepare` that fails, leaves the runs to start their own.
+    """
+    by_writer: dict[type, list[str]] = {}
+    for engineer in engineers:
+        by_writer.setdefault(engineer.writer_class, []).append(engineer.__name__)
+    service_args: dict[str, list[str]] = {engineer.__name__: [] for engineer in engineers}
+    stops: list[Callable[[], None]] = []
+    try:
+        for writer_class, names in by_writer.items():
+            # The options a run of these classes parses, so `prepare` sees what it would see there.
+            parser = get_empty_argument_parser(add_help=False)
+            setup_parser_arguments(parser)
+            lifecycle.add_arguments(parser)
+            writer_class.add_arguments(parser)
+            options, _unknown = parser.parse_known_args([*names, *locust_args])
+            options.pg_dsn = dsn
+            before = dict(vars(options))
+            try:
+                stop = writer_class.prepare(options)
+            except Exception as error:
+                logger.warning("%s: no shared services (%s); each run tries on its own", writer_class.__name__, error)
+                continue
+            changed = {
+                dest: value for dest, value in vars(options).items() if dest not in before or before[dest] != value
+            }
+            flags = _as_flags(parser, changed)
+            if flags is None:
+                logger.warning(
+                    "%s: its services cannot be handed to runs; each run starts its own", writer_class.__name__
+                )
+                if stop is not None:
+                    stop()
+                continue
+            if stop is not None:
+                stops.append(stop)
+            for name in names:
+                service_args[name] = flags
+        yield service_args
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+def _as_flags(parser: argparse.ArgumentParser, values: dict) -> list[str] | None:
+    """These parsed values as command-line options; None when one has no option or no textual form."""
+    options = {action.dest: action.option_strings for action in parser._actions if action.option_strings}
+    flags: list[str] = []
+    for dest, value in values.items():
+        if dest not in options or not isinstance(value, str | int | float) or isinstance(value, bool):
+            return None
+        flags += [max(options[dest], key=len), str(value)]
+    return flags
+
+
+def _settings(plan: SweepPlan, dsn: str) -> dict:
+    return {
+        "strategies": plan.strategies,
+        "users": plan.user_counts,
+        "duration": plan.duration,
+        "processes": plan.processes,
+        "locust_args": plan.locust_args,
+        "database": redact(dsn),
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _print_flushed(line: str) -> None:
+    print(line, flush=True)  # at once, even into a pipe (make, CI): a sweep runs for minutes

@@ -1,0 +1,34 @@
+"""`firehose bench --quick` runs every section against a real server and writes well-formed results.
+
+No figure is asserted: benchmarks are measured by `make bench`, not judged by tests.
+"""
+
+import json
+
+import pytest
+
+from firehose.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_bench_writes_results(dsn, tmp_path):
+    assert main(["bench", "--quick", "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
+    [json_path] = tmp_path.glob("*.json")
+    results = json.loads(json_path.read_text())
+    assert results["machine"]["cores"] >= 1
+    assert results["generator"]["events_per_s"]["median"] > 0
+    e2e = results["end_to_end"]
+    assert e2e["rows"] > 0 and e2e["raw_copy_rows_per_s"]["values"] and e2e["copy_engineer_rows_per_s"]["values"]
+    assert set(results["strategies"]["rows_per_s"]) == {
+        "NaiveEngineer",
+        "BatchedEngineer",
+        "PooledEngineer",
+        "CopyEngineer",
+    }
+    assert all(figure["values"] for figure in results["strategies"]["rows_per_s"].values())
+    assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
+    assert results["client_profile"]["client_cpu_us_per_row"] > 0
+    assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0
+    markdown = json_path.with_suffix(".md").read_text()
+    assert "end to end / raw" in markdown and "| CopyEngineer |" in markdown

@@ -1,0 +1,354 @@
+"""Redis Streams strategy: engineers XADD their traces to a stream; a consumer group COPYs them to PostgreSQL.
+
+Producing: each `write` is one XADD of the trace (pipelined with an XLEN that keeps the backlog estimate
+fresh), tallied as received. While the backlog is at `--stream-max-len` entries, `write` blocks its
+engineer (cooperatively) instead of trimming: MAXLEN would silently drop rows.
+
+Consuming: `--stream-consumers` greenlets per writing process, owned by the writer, read batches with
+XREADGROUP, COPY each table's rows in its own transaction, and only then XACK and XDEL the entries (one
+MULTI, so Redis frees them and nothing is deleted unacknowledged). A consumer that dies before its XACK
+leaves its entries pending: once they have been idle for `CLAIM_IDLE_MS`, any consumer takes them over
+with XAUTOCLAIM and COPYs them through the de-duplicating path, so they land exactly once. Rows count as
+acknowledged in the process whose XACK removed their entry from the pending list: once, whichever
+process consumed it, so the run's summed tallies match the database.
+
+Consumers are the writer's greenlets, not a Locust user class: consumer users would count in -u and -r,
+be stopped with the engineers just when the stream must be drained, and keep the user count above 0, by
+which a fixed-volume run knows it is over. Owned by the writer they scale with --processes like every
+strategy's flushers, and `close` stops them only once the stream is empty.
+
+Granularity: one entry per trace, its three tables' COPY rows in three fields. Measured here (2,000
+traces = 37.8k rows of ~3 KB, redis-py, one core, pipelined XADD; XREADGROUP of 5,000 rows, then XACK per
+entry and XDEL): one entry per row, 13-18k rows/s produced and 14-16k consumed; per trace per table,
+38-40k and 58-64k; per trace, 31-39k and 90-95k. Redis memory is the same for all (~3.3 KB a row: the
+payload dominates), so the coarsest entry wins: the client's CPU per command is what a row pays for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import gevent
+import psycopg
+import redis
+from gevent.lock import Semaphore
+from gevent.pool import Group
+from locust.event import Events
+from psycopg_pool import ConnectionPool
+
+from firehose.redis_server import LocalRedis
+from telemetry.generator import TraceRows
+from writers.base import TABLES, Writer
+from writers.copy import copy_deduplicated, copy_rows
+from writers.rows import copy_statement
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 5_000
+"""Rows a consumer takes per batch (the seed's COPY batch), spread over one COPY per table."""
+ROWS_PER_ENTRY = 19
+"""Rows in one trace's entry on average (8.5 spans + 5.5 metrics + 5 logs): turns rows into XREADGROUP's COUNT."""
+CONSUMERS = 4
+"""Consumer greenlets per writing process, each with its PostgreSQL connection. Two connections saturate
+the reference machine's two cores, but each consumer's connection idles while it reads and settles a
+batch: draining 56k rows here, four consumers did 5.8-8.8k rows/s, two 5.6-6.0k (CPUs shared)."""
+MAX_LEN = 5_000
+"""Entries (one trace, ~62 KB of Redis memory each) before engineers wait: ~95k rows, ~310 MB, the
+memory 100k 3-KB messages took here (302 MB); four seconds of PostgreSQL's COPY rate."""
+CLAIM_IDLE_MS = 30_000
+"""Pending this long, an entry's consumer is taken for dead and XAUTOCLAIM hands the entry to another.
+A live consumer holds a batch for its three COPYs plus retries (seconds at worst), far below this."""
+BLOCK_MS = 250
+"""XREADGROUP waits this long for entries: bounds how long `close` waits for consumers to notice it."""
+REDIS_CONNECTIONS = 64
+"""Redis connections per process. Engineers beyond this wait for one instead of each opening its own:
+the client's CPU, not Redis, limits a process (one XADD per trace costs ~0.5 ms of Python)."""
+POOL_OPEN_TIMEOUT_S = 30
+"""Connecting the consumers' pool takes milliseconds; this long means the database is not there."""
+ROOM_POLL_S = 0.05
+"""While the stream is full, one engineer polls XLEN this often: a consumer frees a batch every ~0.3 s."""
+RETRIES = 3
+"""COPY attempts per table and batch after a lost connection; then the entries stay pending, to be claimed."""
+RETRY_BACKOFF_S = 0.5
+"""Wait after a lost connection, doubled per attempt (0.5, 1, 2 s: a server restart fits)."""
+ERROR_BACKOFF_S = 1.0
+"""A consumer's pause after an unexpected error (Redis gone), so it does not spin while the cause lasts."""
+DRAIN_POLL_S = 0.1
+DRAIN_TIMEOUT_S = 240
+"""`close` gives up after this (entries left count as lost), within the master's 300 s wait for reports."""
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+"""A stream entry as redis-py returns it: (id, {b"spans": rows, b"metrics": rows, b"logs": rows})."""
+_FIELDS = tuple(table.encode() for table in TABLES)
+
+
+class Outcome(enum.Enum):
+    """What became of one table's rows of a batch."""
+
+    COMMITTED = "committed"
+    REFUSED = "refused"
+    """The data itself was refused: retrying cannot help, the entries go to the refused stream."""
+    UNAVAILABLE = "unavailable"
+    """The database could not be reached: the entries stay pending, to be claimed again later."""
+
+
+class StreamWriter(Writer):
+    """XADDs each trace to the run's stream; the process's consumer greenlets COPY batches, then XACK them."""
+
+    verb = "COPY"
+
+    def __init__(
+        self,
+        conninfo: str,
+        events: Events,
+        *,
+        redis_url: str,
+        run_id: int,
+        batch_size: int = BATCH_SIZE,
+        consumers: int = CONSUMERS,
+        max_len: int = MAX_LEN,
+        claim_idle_ms: int = CLAIM_IDLE_MS,
+    ) -> None:
+        super().__init__(events)
+        self.stream = f"firehose:{run_id}:events"
+        self.group = f"firehose:{run_id}:copy"
+        self.refused_stream = f"firehose:{run_id}:refused"
+        self.max_len = max_len
+        self.claim_idle_ms = claim_idle_ms
+        self._per_read = max(1, batch_size // ROWS_PER_ENTRY)
+        self._redis_pool = redis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=REDIS_CONNECTIONS, timeout=None
+        )
+        self._redis = redis.Redis(connection_pool=self._redis_pool)
+        try:  # from id 0: entries another process added before the group existed are delivered too
+            self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # BUSYGROUP: another process of the run created it first
+                raise
+        # Back-pressure estimate: the last XLEN seen, plus own XADDs since; never below the truth for this process.
+        self._length = 0
+        self._in_flight = 0
+        self._added = 0
+        self._last_id: tuple[int, int] | None = None
+        self._adding = Group()
+        self._polling = Semaphore()
+        self._stopping = False
+        self._pool: ConnectionPool | None = None
+        if consumers > 0:
+            self._pool = ConnectionPool(conninfo, min_size=consumers, max_size=consumers, name="stream", open=False)
+            self._pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+        prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self._consumers = [gevent.spawn(self._consume_forever, f"{prefix}:{n}") for n in range(consumers)]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        # On the parser, not in the group: only there does Locust take include_in_web_ui (a URL may hold a password).
+        parser.add_argument(
+            "--redis-url",
+            default=None,
+            include_in_web_ui=False,
+            help="Redis for the Redis Streams strategy (redis://HOST:PORT/DB). Default: a redis-server started "
+            "on a free 127.0.0.1 port for the run, without persistence, stopped at exit.",
+        )
+        group = parser.add_argument_group("Redis Streams strategy")
+        group.add_argument(
+            "--stream-batch-size", type=int, default=BATCH_SIZE, help="Rows a consumer COPYs per batch (all tables)."
+        )
+        group.add_argument(
+            "--stream-consumers",
+            type=int,
+            default=CONSUMERS,
+            help="Consumers (each with a PostgreSQL connection) per writing process; 0: the process only produces.",
+        )
+        group.add_argument(
+            "--stream-max-len",
+            type=int,
+            default=MAX_LEN,
+            help="Entries (one per trace: ~19 rows, ~62 KB of Redis memory) the stream holds before engineers "
+            "wait. Nothing is trimmed.",
+        )
+
+    @classmethod
+    def prepare(cls, options: argparse.Namespace) -> Callable[[], None] | None:
+        """Start a local redis-server unless --redis-url names one; workers get its URL through the options."""
+        if options.redis_url:
+            return None
+        server = LocalRedis()
+        options.redis_url = server.start()
+        logger.info("redis-server on %s", options.redis_url)
+        return server.stop
+
+    @classmethod
+    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> StreamWriter:
+        if not options.redis_url:
+            raise RuntimeError("the Redis Streams strategy has no Redis: pass --redis-url redis://HOST:PORT/0")
+        return cls(
+            conninfo,
+            events,
+            redis_url=options.redis_url,
+            run_id=options.firehose_run["run_id"],
+            batch_size=options.stream_batch_size,
+            consumers=options.stream_consumers,
+            max_len=options.stream_max_len,
+        )
+
+    def write(self, rows: TraceRows) -> None:
+        self._wait_for_room()
+        self._in_flight += 1  # before yielding: the next engineer must see this room as taken
+        # A greenlet of its own: when Locust kills the engineer mid-XADD, the XADD and its tally still complete.
+        self._adding.spawn(self._add, rows).get()
+
+    def flush(self) -> None:
+        """Return once every entry this writer added has been committed and acknowledged, by any consumer."""
+        self._adding.join()
+        if self._last_id is not None:
+            last = "%d-%d" % self._last_id
+            self._wait_until(lambda: not self._redis.xrange(self.stream, "-", last, count=1), "this writer's entries")
+
+    def close(self) -> None:
+        """Stop the consumers once the stream is empty: every entry, this writer's included, is committed and acked.
+
+        Other processes' entries too: one that only produces, or one that died, relies on these consumers.
+        """
+        self._adding.join()
+        self._wait_until(lambda: self._redis.xlen(self.stream) == 0, self.stream)
+        self._stopping = True
+        gevent.joinall(self._consumers)
+        if self._pool is not None:
+            self._pool.close()
+        self._redis_pool.disconnect()
+
+    # Producing
+
+    def _backlog(self) -> int:
+        return self._length + self._in_flight
+
+    def _wait_for_room(self) -> None:
+        """Block while the stream is full; one engineer polls Redis while the others queue behind it."""
+        while self._backlog() >= self.max_len:
+            with self._polling:
+                while self._backlog() >= self.max_len:
+                    added = self._added
+                    length = self._redis.xlen(self.stream)
+                    self._length = length + self._added - added  # own XADDs that completed meanwhile
+                    if self._backlog() >= self.max_len:
+                        gevent.sleep(ROOM_POLL_S)
+
+    def _add(self, rows: TraceRows) -> None:
+        payload = {table: "".join(getattr(rows, table)).encode() for table in TABLES}
+        size = sum(map(len, payload.values()))
+        added = self._added
+        # Received before sending: if the reply is lost the entry may still have landed, and be counted.
+        self.tally.receive(rows)
+        try:
+            with self.timed("XADD", self.stream, size), self._redis.pipeline(transaction=False) as pipe:
+                entry_id, length = pipe.xadd(self.stream, payload).xlen(self.stream).execute()
+        except redis.RedisError:
+            for table in TABLES:
+                self.tally.failed[table] += len(getattr(rows, table))
+            raise
+        finally:
+            self._in_flight -= 1
+        # `length` may miss own XADDs that completed meanwhile on other connections: count them back in.
+        self._length = length + self._added - added
+        self._added += 1
+        ms, seq = entry_id.split(b"-")
+        self._last_id = max(self._last_id or (0, 0), (int(ms), int(seq)))
+
+    def _wait_until(self, done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while not done():
+            if time.monotonic() > deadline:
+                logger.error("%s not consumed in %d s: what is left counts as lost", what, DRAIN_TIMEOUT_S)
+                return
+            gevent.sleep(DRAIN_POLL_S)
+
+    # Consuming
+
+    def _consume_forever(self, consumer: str) -> None:
+        cursor = b"0-0"
+        while not self._stopping:
+            try:
+                # Entries a dead consumer left pending first; deleted ones (third item) were already settled.
+                cursor, claimed, _ = self._redis.xautoclaim(
+                    self.stream, self.group, consumer, self.claim_idle_ms, cursor, count=self._per_read
+                )
+                if claimed:
+                    self._process(claimed, claimed=True)
+                    continue
+                reply = self._redis.xreadgroup(
+                    self.group, consumer, {self.stream: ">"}, count=self._per_read, block=BLOCK_MS
+                )
+                if reply:
+                    self._process(reply[0][1], claimed=False)
+            except Exception:
+                # A consumer outlives any one batch: what it held stays pending and is claimed after CLAIM_IDLE_MS.
+                logger.exception("stream consumer %s failed; its batch stays pending", consumer)
+                gevent.sleep(ERROR_BACKOFF_S)
+
+    def _process(self, entries: list[Entry], *, claimed: bool) -> None:
+        """COPY a batch table by table, then settle its entries. Claimed ones may be in the database already."""
+        refused = []
+        for table, field in zip(TABLES, _FIELDS, strict=True):
+            data = b"".join(fields[field] for _, fields in entries)
+            if not data:
+                continue
+            outcome = self._copy(table, data, deduplicate=claimed)
+            if outcome is Outcome.UNAVAILABLE:
+                logger.warning("database unreachable: %d entries stay pending, to be claimed later", len(entries))
+                return
+            if outcome is Outcome.REFUSED:
+                refused.append(table)
+        self._settle(entries, refused)
+
+    def _copy(self, table: str, data: bytes, *, deduplicate: bool) -> Outcome:
+        """COPY one table's rows of a batch in its own transaction."""
+        for attempt in range(RETRIES):
+            try:
+                with self.timed(self.verb, table, len(data)), self._pool.connection() as conn:
+                    if deduplicate:
+                        copy_deduplicated(conn, table, data)
+                    else:
+                        copy_rows(conn, copy_statement(table), data)
+                return Outcome.COMMITTED
+            except psycopg.errors.UniqueViolation:
+                deduplicate = True  # a consumer that claimed these entries from us committed them first
+            except psycopg.OperationalError:
+                deduplicate = True  # the commit may have landed before the connection dropped
+                gevent.sleep(RETRY_BACKOFF_S * 2**attempt)
+            except psycopg.Error:
+                logger.exception("%s refused a batch of %d rows", table, data.count(b"\n"))
+                return Outcome.REFUSED
+        return Outcome.UNAVAILABLE
+
+    def _settle(self, entries: list[Entry], refused: list[str]) -> None:
+        """XACK and XDEL the batch in one MULTI (refused entries copied to the refused stream first), then tally.
+
+        XACK answers per entry whether it was still pending: an entry another consumer claimed and settled
+        first answers 0, and its rows are tallied there, not here.
+        """
+        ids = [entry_id for entry_id, _ in entries]
+        with self._redis.pipeline(transaction=True) as pipe:
+            for _, fields in entries if refused else ():
+                pipe.xadd(self.refused_stream, fields)
+            for entry_id in ids:
+                pipe.xack(self.stream, self.group, entry_id)
+            pipe.xdel(self.stream, *ids)
+            acked = pipe.execute()[-1 - len(ids) : -1]
+        if refused:
+            logger.error("%d entries refused by %s kept in %s", len(ids), ", ".join(refused), self.refused_stream)
+        for (_, fields), was_pending in zip(entries, acked, strict=True):
+            if not was_pending:
+                continue
+            for table, field in zip(TABLES, _FIELDS, strict=True):
+                if table in refused:
+                    self.tally.failed[table] += fields[field].count(b"\n")
+                else:
+                    self.tally.acknowledged[table] += fields[field].count(b"\n")
+                    self.tally.acknowledged_bytes[table] += len(fields[field])

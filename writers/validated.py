@@ -1,0 +1,254 @@
+"""Validated COPY: every row is checked before it joins a COPY batch, and no row is dropped.
+
+`ValidatedCopyWriter` buffers and batches exactly like `CopyWriter`; only sending a batch differs:
+
+1. writers.checks sorts the batch: clean rows are COPYed; suspicious ones (valid but unusual) go by
+   `INSERT ... ON CONFLICT (event_id) DO NOTHING`; malformed ones are quarantined with their reason.
+2. When the server still refuses a COPY (an event_id an earlier batch committed, a CHECK), the
+   batch is split where COPY's error names the failing line: the rows before it are sent again and
+   commit, that row is quarantined with the server's error, the rows after it are sent again. An
+   error that names no line (say, a deferred constraint, at commit) halves the batch instead.
+3. The quarantined rows are inserted right after the batch's good rows, with the run id, the reason
+   and the row's bytes as received.
+
+Every row received is thus acknowledged (in its table) or quarantined. Only a connection that
+cannot be re-established makes rows count as failed (lost), as in CopyWriter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Callable
+
+import gevent
+import psycopg
+from locust.event import Events
+
+from writers.buffered import RETRIES, RETRY_BACKOFF_S
+from writers.checks import Triage
+from writers.copy import BATCH_SIZE, POOL_SIZE, CopyWriter, copy_deduplicated, copy_rows
+from writers.rows import COLUMNS, copy_statement, parse_row
+
+logger = logging.getLogger(__name__)
+
+CHECK_SLICE = 500
+"""Rows checked between two yields to other greenlets: ~15 ms of CPU at ~30 us a row."""
+INSERT_BATCH = 500
+"""Suspicious rows per INSERT: the seed's batched-INSERT size (there are few such rows)."""
+ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
+"""Errors that blame rows (SQLSTATE classes 22, 23, 54: a bad value, a constraint, too big): splitting
+the batch finds the culprits. Any other refusal blames the statement, and quarantines all its rows."""
+
+_COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)(?:, column (\w+))?")
+_QUARANTINE = "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, %s, %s, %s)"
+
+Rejected = list[tuple[bytes, str]]
+"""Rows set aside, each with its reason, for the quarantine."""
+
+
+class AlreadyStored(Exception):
+    """An INSERT ... ON CONFLICT DO NOTHING skipped rows: their event_ids are already in the table."""
+
+    def __init__(self, event_ids: set[int]) -> None:
+        super().__init__(f"event_id already stored: {', '.join(map(str, sorted(event_ids)))}")
+        self.event_ids = event_ids
+
+
+class ValidatedCopyWriter(CopyWriter):
+    """COPY after per-row checks; malformed rows are quarantined, suspicious ones inserted on their own."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        events: Events,
+        *,
+        run_id: int | None = None,
+        batch_size: int = BATCH_SIZE,
+        pool_size: int = POOL_SIZE,
+        connect_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(conninfo, events, batch_size=batch_size, pool_size=pool_size, connect_kwargs=connect_kwargs)
+        self.run_id = run_id  # recorded with each quarantined row
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("validated COPY strategy")
+        group.add_argument("--validated-batch-size", type=int, default=BATCH_SIZE, help="Rows per COPY batch.")
+        group.add_argument("--validated-pool-size", type=int, default=POOL_SIZE, help="Connections flushing batches.")
+        group.add_argument(
+            "--malformed-share",
+            type=_share,
+            default=0.0,
+            help="Share of rows (0 to 1) ValidatedCopyEngineer corrupts before writing them (bad JSON, NUL bytes, "
+            "NULLs, duplicate event ids, impossible dates), to exercise validation and the quarantine.",
+        )
+
+    @classmethod
+    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> ValidatedCopyWriter:
+        run = getattr(options, "firehose_run", None) or {}
+        return cls(
+            conninfo,
+            events,
+            run_id=run.get("run_id"),
+            batch_size=options.validated_batch_size,
+            pool_size=options.validated_pool_size,
+        )
+
+    def send(self, table: str, lines: list[str]) -> None:
+        """Check one batch, COPY its clean rows, INSERT its suspicious ones, quarantine the rest."""
+        triage = Triage(table)
+        for start in range(0, len(lines), CHECK_SLICE):
+            triage.add(lines[start : start + CHECK_SLICE])
+            gevent.sleep(0)
+        rejected: Rejected = list(triage.malformed)
+        if triage.clean:
+            self._deliver(self.verb, table, [triage.clean], self._copy_action(table), rejected)
+        if triage.suspicious:
+            for row, why in triage.suspicious:
+                logger.debug("%s row %s goes by INSERT: %s", table, _event_id(row), why)
+            rows = [row for row, _why in triage.suspicious]
+            chunks = [rows[start : start + INSERT_BATCH] for start in range(0, len(rows), INSERT_BATCH)]
+            self._deliver("INSERT", table, chunks, self._insert_action(table), rejected)
+        if rejected:
+            self._quarantine(table, rejected)
+
+    def _deliver(
+        self,
+        verb: str,
+        table: str,
+        chunks: list[list[bytes]],
+        action: Callable[[psycopg.Connection, list[bytes], bool], None],
+        rejected: Rejected,
+    ) -> None:
+        """Send `chunks` in order with `action`; when the server refuses one, set culprits aside, resend the rest."""
+        pending = chunks[::-1]  # a stack: the first chunk on top, so rows keep their order
+        while pending:
+            chunk = pending.pop()
+            error = self._attempt(verb, table, chunk, action)
+            if error is None:
+                continue
+            if isinstance(error, AlreadyStored):
+                rest = []
+                for row in chunk:
+                    if _event_id(row) in error.event_ids:
+                        rejected.append((row, f"event_id {_event_id(row)} already stored (ON CONFLICT DO NOTHING)"))
+                    else:
+                        rest.append(row)
+                if rest:
+                    pending.append(rest)
+            elif len(chunk) == 1 or not isinstance(error, ROW_ERRORS):
+                rejected += [(row, _reason(error)) for row in chunk]
+            elif (line := _failed_line(error)) is not None and 1 <= line <= len(chunk):
+                rejected.append((chunk[line - 1], _reason(error)))
+                pending += [part for part in (chunk[line:], chunk[: line - 1]) if part]
+            else:
+                half = len(chunk) // 2
+                pending += [chunk[half:], chunk[:half]]
+
+    def _attempt(
+        self,
+        verb: str,
+        table: str,
+        rows: list[bytes],
+        action: Callable[[psycopg.Connection, list[bytes], bool], None],
+    ) -> Exception | None:
+        """Run `action(conn, rows, retry)` in one transaction, reported as one request.
+
+        Returns None once it committed, or the server's refusal. A lost connection is retried, with
+        `retry` True: event_ids already stored are then this chunk's own, from a commit whose
+        acknowledgement was lost. When the connection cannot be re-established, the rows count as
+        failed and None is returned: nothing more can be done with them.
+        """
+        size = sum(map(len, rows))
+        for attempt in range(RETRIES):
+            try:
+                with self.round_trip(verb, table, len(rows), size), self._pool.connection() as conn:
+                    action(conn, rows, attempt > 0)
+                return None
+            except psycopg.errors.ProgramLimitExceeded as error:  # an OperationalError, but the rows' fault
+                return error
+            except psycopg.OperationalError:
+                gevent.sleep(RETRY_BACKOFF_S * 2**attempt)
+                self._pool.check()  # replace the dropped connection's dead siblings (see buffered.deliver)
+            except (psycopg.Error, AlreadyStored) as error:
+                return error
+        self.tally.failed[table] += len(rows)
+        return None
+
+    @staticmethod
+    def _copy_action(table: str) -> Callable[[psycopg.Connection, list[bytes], bool], None]:
+        statement = copy_statement(table)
+
+        def copy(conn: psycopg.Connection, rows: list[bytes], retry: bool) -> None:
+            data = b"".join(rows)
+            if retry:
+                copy_deduplicated(conn, table, data)
+            else:
+                copy_rows(conn, statement, data)
+
+        return copy
+
+    @staticmethod
+    def _insert_action(table: str) -> Callable[[psycopg.Connection, list[bytes], bool], None]:
+        columns = COLUMNS[table]
+        placeholders = f"({', '.join(['%s'] * len(columns))})"
+
+        def insert(conn: psycopg.Connection, rows: list[bytes], retry: bool) -> None:
+            statement = (
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+            )
+            values = [value for row in rows for value in parse_row(row.decode())]
+            stored = {event_id for (event_id,) in conn.execute(statement, values)}
+            if len(stored) < len(rows) and not retry:
+                raise AlreadyStored({_event_id(row) for row in rows} - stored)
+
+        return insert
+
+    def _quarantine(self, table: str, rejected: Rejected) -> None:
+        """Insert the rows set aside, with their reasons; reported as `INSERT quarantine` requests."""
+        size = sum(len(row) for row, _reason in rejected)
+        params = [(self.run_id, table, reason, row) for row, reason in rejected]
+        for attempt in range(RETRIES):
+            try:
+                with self.timed("INSERT", "quarantine", size), self._pool.connection() as conn:
+                    conn.cursor().executemany(_QUARANTINE, params)
+            except psycopg.OperationalError:
+                gevent.sleep(RETRY_BACKOFF_S * 2**attempt)
+                self._pool.check()
+                continue
+            except psycopg.Error:
+                break  # refused, not lost: a retry would be refused too
+            self.tally.quarantined[table] += len(rejected)
+            return
+        self.tally.failed[table] += len(rejected)
+
+
+def _event_id(row: bytes) -> int:
+    return int(row[: row.find(b"\t")])
+
+
+def _failed_line(error: Exception) -> int | None:
+    """The line of COPY data the server refused (1 = the chunk's first row), when its error names one."""
+    match = _COPY_LINE.search(error.diag.context or "") if isinstance(error, psycopg.Error) else None
+    return int(match.group(1)) if match else None
+
+
+def _reason(error: Exception) -> str:
+    """The server's error as a quarantine reason: column, message, detail and SQLSTATE."""
+    if not isinstance(error, psycopg.Error) or not error.diag.message_primary:
+        return str(error)
+    diag = error.diag
+    match = _COPY_LINE.search(diag.context or "")
+    column = f"{match.group(2)}: " if match and match.group(2) else ""
+    detail = f" ({diag.message_detail})" if diag.message_detail else ""
+    return f"{column}{diag.message_primary}{detail} [SQLSTATE {diag.sqlstate}]"
+
+
+def _share(text: str) -> float:
+    share = float(text)
+    if not 0 <= share <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share: give a number from 0 to 1, e.g. 0.01")
+    return share
