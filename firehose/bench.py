@@ -48,7 +48,8 @@ STRATEGIES = ("NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEnginee
 LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("COPY batch 1,000 rows", ("--copy-batch-size", "1000")),
     ("COPY batch 20,000 rows", ("--copy-batch-size", "20000")),
-    ("2 flushing connections", ("--copy-pool-size", "2")),
+    ("1 flushing connection", ("--copy-pool-size", "1")),
+    ("4 flushing connections", ("--copy-pool-size", "4")),
     ("8 flushing connections", ("--copy-pool-size", "8")),
     ("synchronous_commit=off", ("--pg-setting", "synchronous_commit=off")),
     ("wal_compression=pglz", ("--pg-setting", "wal_compression=pglz")),

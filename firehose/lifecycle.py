@@ -129,7 +129,7 @@ class Firehose:
             seed = self.options.seed if self.options.seed is not None else random.getrandbits(62)
             run_id = open_run(self.options.pg_dsn, seed, " ".join(sorted(self.environment.runner.user_classes_count)))
             self.options.firehose_run = {"run_id": run_id, "seed": seed, "anchor_us": int(time.time() * 1e6)}
-            self.run_id, self.started_at, self.summary = run_id, time.perf_counter(), None
+            self.run_id, self.started_at, self.summary = run_id, time.time(), None
             self.reports, self.engineer_reports = {}, {}
         if not self.is_master:
             run = self.options.firehose_run
@@ -220,7 +220,8 @@ class Firehose:
             run_id=self.run_id,
             seed=run["seed"],
             database=redact(self.options.pg_dsn),
-            elapsed_s=time.perf_counter() - self.started_at,
+            started_at=self.started_at,
+            ended_at=time.time(),
             reports=list(self.reports.values()),
             in_database=in_database,
             duplicates=duplicates,

@@ -8,6 +8,7 @@ are found and counted by key range, whatever process or machine wrote them.
 from __future__ import annotations
 
 import argparse
+import time
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -52,6 +53,8 @@ class ProcessRun:
         self.events = events
         self.closing = False
         self.engineers_started = 0
+        self.writing_since: float | None = None
+        """Wall-clock time the first engineer asked for a writer: where the run's write rate starts."""
         self.engineers_finished = 0
         self._writers: dict[type[Writer], Writer] = {}
         self._report: dict | None = None
@@ -73,6 +76,8 @@ class ProcessRun:
 
     def writer(self, writer_class: type[Writer]) -> Writer:
         """This process's writer of that strategy, created on first use (after Locust forked)."""
+        if self.writing_since is None:
+            self.writing_since = time.time()
         with self._creating:  # connecting yields: the other engineers must wait, not build their own
             if writer_class not in self._writers:
                 self._writers[writer_class] = writer_class.from_options(self.conninfo, self.options, self.events)
@@ -88,6 +93,7 @@ class ProcessRun:
                 self._report = {
                     "run_id": self.run_id,
                     "writer_key": self.ids.writer_key,
+                    "writing_since": self.writing_since,
                     "writers": {type(writer).__name__: writer.tally.as_dict() for writer in self._writers.values()},
                 }
         return self._report

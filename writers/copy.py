@@ -18,9 +18,10 @@ from writers.rows import COLUMNS, copy_statement
 
 BATCH_SIZE = 5_000
 """Rows per COPY, the seed's value: ~15 MB, a third of a second of server work here."""
-POOL_SIZE = 4
-"""Flushing connections. Two saturate the two cores of the reference machine (27k rows/s, vs 13.7k for
-one); two more keep a batch ready while the others commit."""
+POOL_SIZE = 2
+"""Flushing connections: as many as the server has cores to parse and compress rows. On the 2-core reference
+machine, 2 gave 0.92-0.93 of a raw 2-connection `psql \\copy` and 4 gave 0.79-0.81 (`make bench` levers):
+more backends than cores only take turns. Raise it (`--copy-pool-size`) for a bigger server."""
 
 
 class CopyWriter(BufferedWriter):
