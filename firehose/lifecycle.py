@@ -127,7 +127,8 @@ class Firehose:
     def on_test_start(self) -> None:
         if not self.is_worker:
             seed = self.options.seed if self.options.seed is not None else random.getrandbits(62)
-            run_id = open_run(self.options.pg_dsn, seed, " ".join(sorted(self.environment.runner.user_classes_count)))
+            label = " ".join(sorted(user_class.__name__ for user_class in self.environment.user_classes))
+            run_id = open_run(self.options.pg_dsn, seed, label)
             self.options.firehose_run = {"run_id": run_id, "seed": seed, "anchor_us": int(time.time() * 1e6)}
             self.run_id, self.started_at, self.summary = run_id, time.time(), None
             self.reports, self.engineer_reports = {}, {}
