@@ -13,7 +13,6 @@ against 2.4 ms for dumping the values alone.
 
 from __future__ import annotations
 
-import argparse
 from functools import lru_cache
 
 import psycopg
@@ -40,33 +39,29 @@ class BatchedWriter(BufferedWriter):
     """
 
     verb = "INSERT"
+    option_prefix = "batched"
+    options_title = "batched INSERT strategy"
+    default_batch_size = BATCH_SIZE
+    default_pool_size = POOL_SIZE
+    batch_help = "Rows per INSERT statement."
 
     def __init__(
         self,
         conninfo: str,
         events: Events,
         *,
-        batch_size: int = BATCH_SIZE,
-        pool_size: int = POOL_SIZE,
+        batch_size: int | None = None,
+        pool_size: int | None = None,
         connect_kwargs: dict | None = None,
     ) -> None:
         widest = max(len(columns) for columns in COLUMNS.values())
-        if batch_size * widest > MAX_PARAMETERS:
+        rows = batch_size or self.default_batch_size
+        if rows * widest > MAX_PARAMETERS:
             raise ValueError(
-                f"a batch of {batch_size} rows needs {batch_size * widest} parameters, more than PostgreSQL's "
+                f"a batch of {rows} rows needs {rows * widest} parameters, more than PostgreSQL's "
                 f"{MAX_PARAMETERS}: use at most {MAX_PARAMETERS // widest} rows per INSERT"
             )
-        super().__init__(conninfo, events, batch_size=batch_size, pool_size=pool_size, connect_kwargs=connect_kwargs)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("batched INSERT strategy")
-        group.add_argument("--batched-batch-size", type=int, default=BATCH_SIZE, help="Rows per INSERT statement.")
-        group.add_argument("--batched-pool-size", type=int, default=POOL_SIZE, help="Connections sending batches.")
-
-    @classmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> BatchedWriter:
-        return cls(conninfo, events, batch_size=options.batched_batch_size, pool_size=options.batched_pool_size)
+        super().__init__(conninfo, events, batch_size=rows, pool_size=pool_size, connect_kwargs=connect_kwargs)
 
     def send(self, table: str, lines: list[str]) -> None:
         """INSERT one batch in its own transaction; retries cannot duplicate (ON CONFLICT DO NOTHING)."""

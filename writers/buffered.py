@@ -9,6 +9,7 @@ that overrides one method.
 
 from __future__ import annotations
 
+import argparse
 from abc import abstractmethod
 from collections.abc import Callable
 
@@ -38,17 +39,27 @@ class BufferedWriter(Writer):
 
     verb: str
     """The SQL verb of a round trip, Locust's request_type."""
+    option_prefix: str
+    """The strategy's options are `--PREFIX-batch-size` and `--PREFIX-pool-size`."""
+    options_title: str
+    """The heading of those options in `locust --help`."""
+    default_batch_size: int
+    default_pool_size: int
+    batch_help: str = "Rows per batch."
+    pool_help: str = "Connections sending batches, per process."
 
     def __init__(
         self,
         conninfo: str,
         events: Events,
         *,
-        batch_size: int,
-        pool_size: int,
+        batch_size: int | None = None,
+        pool_size: int | None = None,
         connect_kwargs: dict | None = None,
     ) -> None:
         super().__init__(events)
+        batch_size = batch_size or self.default_batch_size
+        pool_size = pool_size or self.default_pool_size
         self.batch_size = batch_size
         self.backlog = 2 * pool_size
         self._buffers: dict[str, list[str]] = {table: [] for table in TABLES}
@@ -64,6 +75,29 @@ class BufferedWriter(Writer):
         )
         self._pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         self._flushers = [gevent.spawn(self._flush_forever) for _ in range(pool_size)]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(cls.options_title)
+        group.add_argument(
+            f"--{cls.option_prefix}-batch-size", type=int, default=cls.default_batch_size, help=cls.batch_help
+        )
+        group.add_argument(
+            f"--{cls.option_prefix}-pool-size", type=int, default=cls.default_pool_size, help=cls.pool_help
+        )
+
+    @classmethod
+    def sizes(cls, options: argparse.Namespace) -> dict[str, int]:
+        """The batch and pool sizes the options give this strategy."""
+        prefix = cls.option_prefix.replace("-", "_")
+        return {
+            "batch_size": getattr(options, f"{prefix}_batch_size"),
+            "pool_size": getattr(options, f"{prefix}_pool_size"),
+        }
+
+    @classmethod
+    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> BufferedWriter:
+        return cls(conninfo, events, **cls.sizes(options))
 
     def write(self, rows: TraceRows) -> None:
         self.tally.receive(rows)

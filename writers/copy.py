@@ -8,10 +8,7 @@ buffering is `writers.buffered.BufferedWriter`'s; this module only says how a ba
 
 from __future__ import annotations
 
-import argparse
-
 import psycopg
-from locust.event import Events
 
 from writers.buffered import BufferedWriter, deliver
 from writers.rows import COLUMNS, copy_statement
@@ -28,27 +25,11 @@ class CopyWriter(BufferedWriter):
     """Batches rows per table and COPYs them; acknowledges a batch once its transaction commits."""
 
     verb = "COPY"
-
-    def __init__(
-        self,
-        conninfo: str,
-        events: Events,
-        *,
-        batch_size: int = BATCH_SIZE,
-        pool_size: int = POOL_SIZE,
-        connect_kwargs: dict | None = None,
-    ) -> None:
-        super().__init__(conninfo, events, batch_size=batch_size, pool_size=pool_size, connect_kwargs=connect_kwargs)
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("COPY strategy")
-        group.add_argument("--copy-batch-size", type=int, default=BATCH_SIZE, help="Rows per COPY batch.")
-        group.add_argument("--copy-pool-size", type=int, default=POOL_SIZE, help="Connections flushing batches.")
-
-    @classmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> CopyWriter:
-        return cls(conninfo, events, batch_size=options.copy_batch_size, pool_size=options.copy_pool_size)
+    option_prefix = "copy"
+    options_title = "COPY strategy"
+    default_batch_size = BATCH_SIZE
+    default_pool_size = POOL_SIZE
+    batch_help = "Rows per COPY batch."
 
     def send(self, table: str, lines: list[str]) -> None:
         """COPY one batch in its own transaction, retrying lost connections through a deduping path."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from locust.event import Events
 
 from firehose.pgbouncer import PgBouncer, PgBouncerMissing
-from writers.batched import BATCH_SIZE, BatchedWriter
+from writers.batched import BatchedWriter
 
 logger = logging.getLogger("firehose")
 
@@ -31,13 +31,18 @@ only by pgBouncer's hop; with several, pgBouncer keeps the server's connections 
 class PooledWriter(BatchedWriter):
     """Batched INSERTs through pgBouncer (transaction pooling), without prepared statements."""
 
+    option_prefix = "pooled"
+    options_title = "pgBouncer strategy"
+    default_pool_size = POOL_SIZE
+    pool_help = "Client connections to pgBouncer per process."
+
     def __init__(
         self,
         conninfo: str,
         events: Events,
         *,
-        batch_size: int = BATCH_SIZE,
-        pool_size: int = POOL_SIZE,
+        batch_size: int | None = None,
+        pool_size: int | None = None,
         connect_kwargs: dict | None = None,
     ) -> None:
         """`conninfo` is pgBouncer's DSN."""
@@ -59,11 +64,7 @@ class PooledWriter(BatchedWriter):
             help="libpq DSN of a pgBouncer in transaction pooling mode in front of --pg-dsn's database. "
             "Default: a pgBouncer started on a free 127.0.0.1 port for the run (needs the pgbouncer binary).",
         )
-        group = parser.add_argument_group("pgBouncer strategy")
-        group.add_argument("--pooled-batch-size", type=int, default=BATCH_SIZE, help="Rows per INSERT statement.")
-        group.add_argument(
-            "--pooled-pool-size", type=int, default=POOL_SIZE, help="Client connections to pgBouncer per process."
-        )
+        super().add_arguments(parser)
 
     @classmethod
     def prepare(cls, options: argparse.Namespace) -> Callable[[], None] | None:
@@ -92,6 +93,4 @@ class PooledWriter(BatchedWriter):
                 "no pgBouncer to write through: install pgbouncer (`sudo apt-get install pgbouncer`) or give "
                 "--pgbouncer-dsn"
             )
-        return cls(
-            options.pgbouncer_dsn, events, batch_size=options.pooled_batch_size, pool_size=options.pooled_pool_size
-        )
+        return cls(options.pgbouncer_dsn, events, **cls.sizes(options))

@@ -28,7 +28,7 @@ from locust.event import Events
 
 from writers.buffered import RETRIES, RETRY_BACKOFF_S
 from writers.checks import Triage
-from writers.copy import BATCH_SIZE, POOL_SIZE, CopyWriter, copy_deduplicated, copy_rows
+from writers.copy import CopyWriter, copy_deduplicated, copy_rows
 from writers.rows import COLUMNS, copy_statement, parse_row
 
 logger = logging.getLogger(__name__)
@@ -59,14 +59,17 @@ class AlreadyStored(Exception):
 class ValidatedCopyWriter(CopyWriter):
     """COPY after per-row checks; malformed rows are quarantined, suspicious ones inserted on their own."""
 
+    option_prefix = "validated"
+    options_title = "validated COPY strategy"
+
     def __init__(
         self,
         conninfo: str,
         events: Events,
         *,
         run_id: int | None = None,
-        batch_size: int = BATCH_SIZE,
-        pool_size: int = POOL_SIZE,
+        batch_size: int | None = None,
+        pool_size: int | None = None,
         connect_kwargs: dict | None = None,
     ) -> None:
         super().__init__(conninfo, events, batch_size=batch_size, pool_size=pool_size, connect_kwargs=connect_kwargs)
@@ -74,10 +77,8 @@ class ValidatedCopyWriter(CopyWriter):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("validated COPY strategy")
-        group.add_argument("--validated-batch-size", type=int, default=BATCH_SIZE, help="Rows per COPY batch.")
-        group.add_argument("--validated-pool-size", type=int, default=POOL_SIZE, help="Connections flushing batches.")
-        group.add_argument(
+        super().add_arguments(parser)
+        parser.add_argument(
             "--malformed-share",
             type=_share,
             default=0.0,
@@ -92,8 +93,7 @@ class ValidatedCopyWriter(CopyWriter):
             conninfo,
             events,
             run_id=run.get("run_id"),
-            batch_size=options.validated_batch_size,
-            pool_size=options.validated_pool_size,
+            **cls.sizes(options),
         )
 
     def send(self, table: str, lines: list[str]) -> None:
