@@ -33,6 +33,7 @@ from locust.event import Events
 
 from firehose.database import EmbeddedPostgres, bundled_bin_dir, redact
 from firehose.headless import REPO, run_headless
+from firehose.sweep import empty_tables
 from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import Pools
 from writers.base import TABLES
@@ -228,10 +229,8 @@ class Bench:
             return "lz4" in row.fetchone()[0]
 
     def fresh_tables(self) -> None:
-        """Empty tables, a checkpoint, so each run starts from the same state."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {', '.join(TABLES)}")
-            conn.execute("CHECKPOINT")
+        """Empty tables, a checkpoint, so each run starts from the same state (as a sweep's cells do)."""
+        empty_tables(self.dsn)
 
     def reset_tables(self) -> None:
         """Undo a lever that changed the tables (lz4 compression)."""

@@ -47,6 +47,8 @@ class BufferedWriter(Writer):
     default_pool_size: int
     batch_help: str = "Rows per batch."
     pool_help: str = "Connections sending batches, per process."
+    connection_settings: dict = {}
+    """Keyword arguments every connection of the pool gets, whatever the caller's `connect_kwargs`."""
 
     def __init__(
         self,
@@ -69,7 +71,7 @@ class BufferedWriter(Writer):
             conninfo,
             min_size=pool_size,
             max_size=pool_size,
-            kwargs=connect_kwargs,
+            kwargs={**(connect_kwargs or {}), **self.connection_settings},
             name=type(self).__name__,
             open=False,
         )

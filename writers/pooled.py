@@ -35,24 +35,8 @@ class PooledWriter(BatchedWriter):
     options_title = "pgBouncer strategy"
     default_pool_size = POOL_SIZE
     pool_help = "Client connections to pgBouncer per process."
-
-    def __init__(
-        self,
-        conninfo: str,
-        events: Events,
-        *,
-        batch_size: int | None = None,
-        pool_size: int | None = None,
-        connect_kwargs: dict | None = None,
-    ) -> None:
-        """`conninfo` is pgBouncer's DSN."""
-        super().__init__(
-            conninfo,
-            events,
-            batch_size=batch_size,
-            pool_size=pool_size,
-            connect_kwargs={**(connect_kwargs or {}), "prepare_threshold": None},
-        )
+    connection_settings = {"prepare_threshold": None}
+    """pgBouncer 1.18 does not track prepared statements: psycopg must not prepare any."""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
