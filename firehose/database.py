@@ -178,7 +178,7 @@ class EmbeddedPostgres:
 
     def _run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
         user = server_user()
-        result = subprocess.run(command, user=user, capture_output=True, text=True, cwd="/", timeout=120)
+        result = subprocess.run(command, **as_user(user), capture_output=True, text=True, cwd="/", timeout=120)
         if check and result.returncode != 0:
             log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise RuntimeError(f"{Path(command[0]).name} failed: {result.stderr.strip()}\n{log}")
@@ -197,6 +197,14 @@ def _allow_traversal(path: Path) -> None:
         mode = folder.stat().st_mode
         if not mode & stat.S_IXOTH:
             folder.chmod(mode | stat.S_IXOTH)
+
+
+def as_user(user: str | None) -> dict:
+    """subprocess arguments that run a child as `user` with that user's own groups, not root's: with root's
+    group the child would be judged by folders' group bits (often none) instead of their other bits."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
 
 
 def server_user() -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from firehose.database import redact, server_user
+from firehose.database import as_user, redact, server_user
 from firehose.ports import free_port
 
 logger = logging.getLogger("firehose")
@@ -82,7 +82,7 @@ class PgBouncer:
         with open(self._dir / "pgbouncer.log", "wb") as log:
             self._process = subprocess.Popen(
                 [binary, str(config)],
-                user=server_user(),
+                **as_user(server_user()),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
