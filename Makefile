@@ -34,16 +34,18 @@ BENCH_ARGS ?=
 bench: $(BIN)/.installed services
 	$(BIN)/firehose bench $(BENCH_ARGS)
 
-## test: lint, then every test (fast ones first, then the end-to-end ones marked slow)
+## test: lint, layer rules (import-linter), dependencies (deptry), then every test (fast first, then the slow ones)
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/deptry .
 	$(BIN)/python -m pytest
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports && $(BIN)/deptry .
 
 ## services: pgbouncer and redis-server binaries (Debian packages) for the strategies that need them
 services:

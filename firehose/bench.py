@@ -31,15 +31,14 @@ import psycopg
 from faker import Faker
 from locust.event import Events
 
-from firehose.database import EmbeddedPostgres, bundled_bin_dir, redact
+from firehose.database import empty_tables
 from firehose.headless import REPO, run_headless
-from firehose.sweep import empty_tables
+from services.postgres import EmbeddedPostgres, bundled_bin_dir, redact
 from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
+from telemetry.layout import COLUMNS, TABLES, copy_statement
 from telemetry.pools import Pools
-from writers.base import TABLES
 from writers.copy import BATCH_SIZE as BATCH
 from writers.copy import CopyWriter, copy_rows
-from writers.rows import COLUMNS, copy_statement
 
 BENCH_SEED = 20261125
 ANCHOR_US = 1_764_000_000_000_000

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from firehose.ports import free_port
+from services.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO / "locustfile.py"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from writers.base import TABLES
+from telemetry.layout import TABLES
 
 _COUNT_BY_KEYS = """
 SELECT count(*) FROM {table} AS t
@@ -51,6 +51,8 @@ class RunSummary:
     reports: list[dict] = field(default_factory=list)
     in_database: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    stopped_by: str | None = None
+    """The error of the setup that stopped the run, if one did."""
 
     def _sum(self, key: str) -> dict[str, int]:
         totals = dict.fromkeys(TABLES, 0)
@@ -84,6 +86,7 @@ class RunSummary:
                 "database": self.database,
                 "elapsed_s": self.ended_at - self.started_at,
                 "writing_s": self.writing_s,
+                "stopped_by": self.stopped_by,
             },
             "events": {
                 "generated": sum(generated.values()),
@@ -130,6 +133,9 @@ class RunSummary:
             f"{writes['rows_per_s']:>10,.0f}{writes['mb_per_s']:>8.1f}"
         )
         verdict = "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
+        if self.stopped_by:
+            lines.append(f"stopped by an error of the setup: {self.stopped_by}")
+            verdict = "STOPPED"
         lines.append(
             f"reconciliation: lost = {events['lost']:,}, duplicates = {events['duplicates']:,}, "
             f"quarantined = {events['quarantined']:,}, failed = {events['failed']:,}  [{verdict}]"

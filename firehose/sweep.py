@@ -3,10 +3,9 @@
 A sweep is the reference benchmark's table: strategies x engineers, rows/s in each cell. Each cell is a
 real `locust -f locustfile.py <Strategy> --headless --continuous` subprocess that writes for the same
 duration into the same emptied tables of one PostgreSQL (the embedded server, started once, when no
-DSN is given). What a strategy needs besides PostgreSQL (pgBouncer, Redis) is started once too, through
-its writer's `prepare` hook, and handed to each run as options; when that is not possible, each run
-starts its own. A cell whose run failed, lost rows or stored duplicates is marked, never dropped, and
-does not count toward a strategy's best or its ratios.
+DSN is given). The services a strategy's writer declares (pgBouncer, Redis) are started once too
+(firehose.endpoints) and handed to each run as options. A cell whose run failed, lost rows or stored
+duplicates is marked, never dropped, and does not count toward a strategy's best or its ratios.
 
 The results (`firehose.sweep_report`) go to the output directory: `sweep.md`, `sweep.csv`, `sweep.json`
 and `sweep.png`, with each cell's summary and log in `cells/`.
@@ -24,8 +23,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -33,21 +31,14 @@ from urllib.parse import urlsplit
 
 import locust
 import psycopg
-from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments
 from psycopg.conninfo import conninfo_to_dict
 
 import users as user_package
-from firehose import lifecycle
-from firehose.database import (
-    EMBEDDED_PORT,
-    EmbeddedPostgres,
-    apply_schema,
-    dsn_from_environment,
-    redact,
-    server_settings,
-)
+from firehose.database import empty_tables
+from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import locust_command, run_bounded
 from firehose.sweep_report import BASELINE, Cell, SweepResult, render_table, write_results
+from services.postgres import EMBEDDED_PORT, redact, server_settings
 from users.engineer import Engineer
 
 logger = logging.getLogger("firehose")
@@ -58,7 +49,6 @@ CELL_OVERHEAD_S = 180
 """Time a cell may take beyond its duration: Locust's start and value pools (~5 s here), then the drain of
 buffered batches and the reconciliation count. Generous, because a cell that outlives it is killed and
 marked, and its strategy loses that column."""
-TABLES_TO_EMPTY = ("spans", "metrics", "logs", "quarantine")
 """What a cell writes; every cell starts with these empty (runs and writer keys are bookkeeping, kept)."""
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
@@ -114,16 +104,23 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     timeout = plan.cell_timeout_s or parse_duration(plan.duration) + CELL_OVERHEAD_S
     (plan.out / "cells").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with _database(plan.dsn, plan.embedded_port) as dsn:
+    services = RunServices(_given(plan), embedded_port=plan.embedded_port)
+    try:
+        dsn = services.start_postgres()
         result = SweepResult(cells=[], machine=machine_info(dsn), settings=_settings(plan, dsn))
-        with _shared_services(engineers, dsn, plan.locust_args) as service_args:
-            total = len(engineers) * len(plan.user_counts)
-            for strategy in plan.strategies:
-                for users in plan.user_counts:
-                    empty_tables(dsn)
-                    cell = run_cell(strategy, users, plan, dsn, [*service_args[strategy], *plan.locust_args], timeout)
-                    result.cells.append(cell)
-                    progress(f"[{len(result.cells)}/{total}] {strategy} x {users} users: {cell.label()}")
+        total = len(engineers) * len(plan.user_counts)
+        for strategy, engineer in zip(plan.strategies, engineers, strict=True):
+            # Started once, handed to every run of the strategy: the runs' own would cost each cell a start.
+            needed = [name for name in engineer.writer_class.services if FLAGS[name] not in plan.locust_args]
+            addresses = services.start(needed)
+            service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
+            for users in plan.user_counts:
+                empty_tables(dsn)
+                cell = run_cell(strategy, users, plan, dsn, [*service_args, *plan.locust_args], timeout)
+                result.cells.append(cell)
+                progress(f"[{len(result.cells)}/{total}] {strategy} x {users} users: {cell.label()}")
+    finally:
+        services.stop()
     result.settings["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 
@@ -180,16 +177,6 @@ def scrub_log(log_path: Path, command: list[str]) -> None:
         for secret in secrets:
             text = text.replace(str(secret), "***")
         log_path.write_text(text)
-
-
-def empty_tables(dsn: str) -> None:
-    """Give the next cell empty tables, and a checkpoint so it does not pay for the previous cell's writes."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {', '.join(TABLES_TO_EMPTY)}")
-        try:
-            conn.execute("CHECKPOINT")
-        except psycopg.errors.InsufficientPrivilege:
-            logger.info("no privilege to CHECKPOINT between cells: a cell may pay for the previous one's writes")
 
 
 def machine_info(dsn: str) -> dict:
@@ -268,81 +255,12 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(cell.ok for cell in result.cells) else 1
 
 
-@contextmanager
-def _database(dsn: str | None, embedded_port: int) -> Iterator[str]:
-    """The target's DSN: the one given, the PG* variables', or the embedded server's (started once, stopped after)."""
-    conninfo = dsn if dsn is not None else dsn_from_environment()
-    if conninfo is not None:
-        apply_schema(conninfo)
-        yield conninfo
-        return
-    server = EmbeddedPostgres(port=embedded_port)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@contextmanager
-def _shared_services(
-    engineers: list[type[Engineer]], dsn: str, locust_args: list[str]
-) -> Iterator[dict[str, list[str]]]:
-    """Per strategy, the options that hand its runs the services its writer's `prepare` started once.
-
-    `prepare` records what it started in the parsed options (Writer.prepare's contract), and a run whose
-    options already name a service does not start its own. A service recorded in an option the command
-    line cannot carry, or a `prepare` that fails, leaves the runs to start their own.
-    """
-    by_writer: dict[type, list[str]] = {}
-    for engineer in engineers:
-        by_writer.setdefault(engineer.writer_class, []).append(engineer.__name__)
-    service_args: dict[str, list[str]] = {engineer.__name__: [] for engineer in engineers}
-    stops: list[Callable[[], None]] = []
-    try:
-        for writer_class, names in by_writer.items():
-            # The options a run of these classes parses, so `prepare` sees what it would see there.
-            parser = get_empty_argument_parser(add_help=False)
-            setup_parser_arguments(parser)
-            lifecycle.add_arguments(parser)
-            writer_class.add_arguments(parser)
-            options, _unknown = parser.parse_known_args([*names, *locust_args])
-            options.pg_dsn = dsn
-            before = dict(vars(options))
-            try:
-                stop = writer_class.prepare(options)
-            except Exception as error:
-                logger.warning("%s: no shared services (%s); each run tries on its own", writer_class.__name__, error)
-                continue
-            changed = {
-                dest: value for dest, value in vars(options).items() if dest not in before or before[dest] != value
-            }
-            flags = _as_flags(parser, changed)
-            if flags is None:
-                logger.warning(
-                    "%s: its services cannot be handed to runs; each run starts its own", writer_class.__name__
-                )
-                if stop is not None:
-                    stop()
-                continue
-            if stop is not None:
-                stops.append(stop)
-            for name in names:
-                service_args[name] = flags
-        yield service_args
-    finally:
-        for stop in reversed(stops):
-            stop()
-
-
-def _as_flags(parser: argparse.ArgumentParser, values: dict) -> list[str] | None:
-    """These parsed values as command-line options; None when one has no option or no textual form."""
-    options = {action.dest: action.option_strings for action in parser._actions if action.option_strings}
-    flags: list[str] = []
-    for dest, value in values.items():
-        if dest not in options or not isinstance(value, str | int | float) or isinstance(value, bool):
-            return None
-        flags += [max(options[dest], key=len), str(value)]
-    return flags
+def _given(plan: SweepPlan) -> dict[str, str]:
+    """The PostgreSQL the plan names (else the PG* variables'); the embedded server's when neither does."""
+    given = given_addresses(argparse.Namespace())
+    if plan.dsn is not None:
+        given["postgres"] = plan.dsn
+    return given
 
 
 def _settings(plan: SweepPlan, dsn: str) -> dict:

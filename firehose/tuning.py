@@ -15,7 +15,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from writers.base import TABLES
+from telemetry.layout import TABLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

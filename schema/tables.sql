@@ -70,3 +70,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     row_data    bytea       NOT NULL,          -- the row as received (it may hold bytes text cannot)
     received_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- What each writing process connected as: which address and name a process of a run used.
+ALTER TABLE firehose_writer_keys
+    ADD COLUMN IF NOT EXISTS application_name text DEFAULT current_setting('application_name'),
+    ADD COLUMN IF NOT EXISTS client_addr      inet DEFAULT inet_client_addr();
+
+-- The schema's version: firehose applies this file only when it differs (a role without DDL rights can run).
+COMMENT ON TABLE firehose_runs IS 'firehose schema 2';

@@ -21,10 +21,9 @@ from __future__ import annotations
 import random
 
 from telemetry.generator import TraceRows
-from writers.rows import COLUMNS
+from telemetry.layout import COLUMNS, NULL, TABLES
 
 KINDS = ("bad_json", "nul_byte", "null_required", "impossible_date", "duplicate_id")
-_TABLES = ("spans", "metrics", "logs")
 _TEXT_COLUMN = {"spans": "name", "metrics": "name", "logs": "body"}
 _TIME_COLUMN = {"spans": "start_time", "metrics": "time", "logs": "time"}
 
@@ -46,7 +45,7 @@ class Faults:
         trace_id = rows.spans[0].split("\t", 2)[1]
         rng = random.Random(f"{self.seed}:{trace_id}")
         corrupted = TraceRows()
-        for table in _TABLES:
+        for table in TABLES:
             lines = list(getattr(rows, table))
             first = self._first_rows.setdefault(table, lines[0])
             for index in range(len(lines)):
@@ -70,7 +69,7 @@ def corrupt_row(table: str, line: str, kind: str, donor: str | None = None) -> s
         middle = len(values[index]) // 2
         values[index] = values[index][:middle] + "\x00" + values[index][middle:]
     elif kind == "null_required":
-        values[columns.index("service_name")] = "\\N"
+        values[columns.index("service_name")] = NULL
     elif kind == "impossible_date":
         index = columns.index(_TIME_COLUMN[table])
         values[index] = f"{values[index][:4]}-02-30{values[index][10:]}"

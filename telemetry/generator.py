@@ -2,7 +2,7 @@
 
 Rows are produced directly in PostgreSQL's COPY text format (one `str` per row, ending in a
 newline, columns in the order of schema/tables.sql): the COPY writer sends them as they are, and
-the other writers split them (see `writers.rows`). Composing from `Pools` keeps the per-event cost to
+the other writers split them (see `telemetry.layout`). Composing from `Pools` keeps the per-event cost to
 a few random numbers and one `%` format; nothing here calls Faker or a JSON encoder.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from telemetry.layout import NULL, TABLES
 from telemetry.pools import METRIC_KINDS, MODELS, SEVERITIES, Pools
 
 TRACES_PER_ENGINEER = 100
@@ -30,7 +31,6 @@ METRIC_ROW = '%d\t%s\t%s\t%s.%06d+00\t%.6f\t%s\t%s\t%s\t%s\t{%s,%s,%s,"gen_ai.re
 LOG_ROW = "%d\t%s.%06d+00\t%d\t%s\t%s\t%s\t%s\t%s\t{%s,%s,%s}\n"
 TRACE_SECONDS = 8
 """Seconds a trace can span: the root lasts at most ~6.02 s and children end within their parent."""
-NULL = "\\N"
 
 _SEVERITY_TABLE = tuple(sev for sev in SEVERITIES for _ in range(sev[2]))  # 100 entries, by weight
 _ERROR_SEVERITY = SEVERITIES[-1]
@@ -74,6 +74,10 @@ class TraceRows:
 
     def __len__(self) -> int:
         return len(self.spans) + len(self.metrics) + len(self.logs)
+
+    def by_table(self) -> tuple[tuple[str, list[str]], ...]:
+        """(table, rows) for each table of the layout, in its order."""
+        return tuple((table, getattr(self, table)) for table in TABLES)
 
 
 class EngineerTelemetry:

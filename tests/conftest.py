@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from firehose.database import EmbeddedPostgres
+from services.postgres import EmbeddedPostgres
 from firehose.headless import locust_command, run_bounded
-from firehose.ports import free_port
+from services.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from firehose.database import SERVER_CONF, server_settings
+from services.postgres import SERVER_CONF, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -8,9 +8,9 @@ import pytest
 from locust.event import Events
 
 from telemetry.generator import EngineerTelemetry, EventIds
+from telemetry.layout import COLUMNS, parse_row
 from telemetry.pools import Pools
 from writers.copy import CopyWriter
-from writers.rows import COLUMNS, parse_row
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import psycopg
 import pytest
 
-from firehose.database import redact, server_settings
+from services.postgres import redact, server_settings
 
 
 @pytest.mark.parametrize(

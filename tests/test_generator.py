@@ -5,8 +5,8 @@ from collections import defaultdict
 import pytest
 
 from telemetry.generator import ERROR_SHARE, EngineerTelemetry, EventIds, TraceRows
+from telemetry.layout import COLUMNS, parse_row
 from telemetry.pools import Pools
-from writers.rows import COLUMNS, parse_row
 
 ANCHOR_US = 1_764_000_000_000_000
 USERS = 300

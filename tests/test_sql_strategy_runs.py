@@ -13,7 +13,7 @@ import re
 import psycopg
 import pytest
 
-from firehose.pgbouncer import PgBouncer
+from services.pgbouncer import PgBouncer
 from tests.conftest import run_locust
 
 pytestmark = pytest.mark.slow

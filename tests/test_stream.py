@@ -4,7 +4,6 @@ Every row handed over lands exactly once and is acknowledged once, entries are a
 a dead consumer's entries are claimed by another, and the stream never holds more than its bound.
 """
 
-import argparse
 import json
 
 import gevent
@@ -13,13 +12,13 @@ import pytest
 import redis
 from locust.event import Events
 
-from firehose.redis_server import LocalRedis
+from firehose.endpoints import RunServices
+from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
+from telemetry.layout import TABLES, copy_statement
 from telemetry.pools import Pools
 from tests.conftest import run_locust
-from writers.base import TABLES
 from writers.copy import copy_rows
-from writers.rows import copy_statement
 from writers.stream import StreamWriter
 
 pytestmark = pytest.mark.slow
@@ -183,17 +182,21 @@ def test_refused_rows_are_set_aside_not_retried_forever(dsn, redis_url, client, 
     assert fields[b"spans"] == b"not a span\n"
 
 
-def test_prepare_starts_a_local_redis_and_stops_it():
-    options = argparse.Namespace(redis_url=None)
-    stop = StreamWriter.prepare(options)
-    local = redis.Redis.from_url(options.redis_url)
+def test_the_run_starts_the_redis_a_writer_declares_and_stops_it(postgres):
+    """StreamWriter declares Redis; the run's services start a local one (no persistence) and stop it."""
+    assert StreamWriter.services == ("redis",)
+    services = RunServices({"postgres": postgres.dsn})
+    url = services.start(StreamWriter.services)["redis"]
+    local = redis.Redis.from_url(url)
     assert local.ping()
     assert local.config_get("save") == {"save": ""} and local.config_get("appendonly") == {"appendonly": "no"}
     local.close()
-    stop()
+    services.stop()
     with pytest.raises(redis.ConnectionError):
-        redis.Redis.from_url(options.redis_url, retry=None).ping()
-    assert StreamWriter.prepare(argparse.Namespace(redis_url="redis://127.0.0.1:1/0")) is None
+        redis.Redis.from_url(url, retry=None).ping()
+    given = RunServices({"postgres": postgres.dsn, "redis": "redis://127.0.0.1:1/0"})
+    assert given.start(["redis"])["redis"] == "redis://127.0.0.1:1/0"  # given, not started
+    given.stop()
 
 
 def test_missing_redis_server_says_how_to_install_it(monkeypatch):

@@ -6,7 +6,6 @@ a reason, exactly as it was received.
 
 import argparse
 import json
-import re
 
 import psycopg
 import pytest
@@ -14,11 +13,10 @@ from locust.event import Events
 
 from telemetry.faults import KINDS, Faults, corrupt_row
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
+from telemetry.layout import COLUMNS
 from telemetry.pools import Pools
-from tests.conftest import REPO, run_locust
-from writers.checks import KINDS as COLUMN_KINDS
-from writers.checks import NULLABLE, SUSPICIOUS_ROW_BYTES, Triage, check_row
-from writers.rows import COLUMNS
+from tests.conftest import run_locust
+from writers.checks import SUSPICIOUS_ROW_BYTES, Triage, check_row
 from writers.validated import ValidatedCopyWriter
 
 
@@ -129,23 +127,6 @@ def test_triage_keeps_order_and_refuses_a_second_event_id(sample, traces):
     event_id = lines[1].split("\t", 1)[0]
     assert triage.malformed[0] == (dup.encode(), f"event_id {event_id} appears twice in the batch")
     assert triage.malformed[1][0] == bad.encode("utf-8", "surrogatepass")  # the bytes as received
-
-
-def test_checks_match_the_schema():
-    """NOT NULL and column types in schema/tables.sql are what the checks enforce."""
-    sql = (REPO / "schema" / "tables.sql").read_text()
-    sql_kinds = {"bigint": {"event_id"}, "smallint": {"smallint"}, "timestamptz": {"timestamptz"}}
-    sql_kinds |= {"double": {"float8"}, "jsonb": {"jsonb"}, "text": {"text", "trace_id", "span_id"}}
-    for table, columns in COLUMNS.items():
-        body = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \((.*?)\n\);", sql, re.DOTALL).group(1)
-        nullable = set()
-        for column in columns:
-            definition = re.search(rf"^\s*{column}\s+(\w+)([^,\n]*)", body, re.MULTILINE)
-            sql_type, rest = definition.groups()
-            assert COLUMN_KINDS.get(column, "text") in sql_kinds[sql_type], (table, column)
-            if "NOT NULL" not in rest and "PRIMARY KEY" not in rest:
-                nullable.add(column)
-        assert nullable == NULLABLE[table], table
 
 
 # --- faults, no database -----------------------------------------------------------------------

@@ -7,23 +7,24 @@ fail nor duplicate; and through transaction pooling, prepared statements stay of
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import time
+
 import gevent
 import psycopg
 import pytest
 from locust.event import Events
 
-from firehose.pgbouncer import PgBouncer
+from services.pgbouncer import PgBouncer
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.pools import Pools
 from writers.batched import BatchedWriter, insert_statement
 from writers.copy import copy_rows
 from writers.naive import NaiveWriter
 from writers.pooled import PooledWriter
-from writers.rows import copy_statement
+from telemetry.layout import TABLES, copy_statement
 
 pytestmark = pytest.mark.slow
 
-TABLES = ("spans", "metrics", "logs")
 TRACES = 15
 """Traces per engineer: ~285 rows each, enough for several batches of the sizes below."""
 
@@ -54,15 +55,16 @@ def _telemetry(pools, engineers, writer_key):
     return [rows for seed in range(engineers) for rows in EngineerTelemetry(pools, seed, traces=TRACES).traces(ids)]
 
 
-def _write(writer, traces):
-    """Write `traces` from 3 concurrent engineers; return the lines written per table."""
+def _write(writer, traces, close=True):
+    """Write `traces` from 3 concurrent engineers, then close the writer (or only flush it); return the lines
+    written per table."""
     written = {table: [] for table in TABLES}
     for rows in traces:
         for table in TABLES:
             written[table] += getattr(rows, table)
     engineers = [gevent.spawn(lambda share: [writer.write(rows) for rows in share], traces[i::3]) for i in range(3)]
     gevent.joinall(engineers, raise_error=True)
-    writer.close()
+    writer.close() if close else writer.flush()
     return written
 
 
@@ -124,8 +126,9 @@ def test_a_resent_batch_is_not_duplicated(dsn, bouncer, pools):
 
 @pytest.mark.parametrize("strategy", ["naive", "batched"])
 def test_lost_connections_are_retried_without_loss(dsn, bouncer, pools, strategy):
-    """While it writes, a greenlet terminates all the writer's server connections at once (as a restart
-    would), twice: retries must not draw one dead pooled connection after another."""
+    """Between rounds of writing, all the writer's server connections are terminated at once (as a restart
+    would), twice: the next round meets dead connections, retries through the deduplicating path, and
+    must neither lose nor double a row, nor draw one dead pooled connection after another."""
     events = Events()
     requests = _recording(events)
     name = f"firehose-test-{strategy}"
@@ -136,24 +139,33 @@ def test_lost_connections_are_retried_without_loss(dsn, bouncer, pools, strategy
         else BatchedWriter(dsn, events, batch_size=20, pool_size=3, **options)
     )
     traces = _telemetry(pools, engineers=2, writer_key=25)
-
-    def terminate(times):
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for _ in range(times):
-                gevent.sleep(0.05)
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [name]
-                )
-
-    killer = gevent.spawn(terminate, 2)
-    written = _write(writer, traces)
-    killer.get()
+    rounds = [traces[:10], traces[10:20], traces[20:]]
+    written = {table: [] for table in TABLES}
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for number, batch in enumerate(rounds):
+            if number:  # the writer's pooled connections are idle now: end them all, and wait until they are gone
+                _terminate(admin, name)
+            for table, lines in _write(writer, batch, close=False).items():
+                written[table] += lines
+    writer.close()
     assert any(r["exception"] is not None for r in requests), "no connection was lost: the test proved nothing"
     assert not writer.tally.failed, [repr(r["exception"]) for r in requests if r["exception"]]
     with psycopg.connect(dsn) as conn:
         for table, lines in written.items():
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == len(lines)
             assert writer.tally.acknowledged[table] == len(lines)
+
+
+def _terminate(admin: psycopg.Connection, application_name: str) -> None:
+    """Terminate every backend of `application_name` and return once none is left (observed, not slept on)."""
+    count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    assert admin.execute(count, [application_name]).fetchone()[0] > 0, "the writer has no connection to end"
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", [application_name]
+    )
+    deadline = time.monotonic() + 30
+    while admin.execute(count, [application_name]).fetchone()[0]:  # autocommit: each count sees a fresh snapshot
+        assert time.monotonic() < deadline, "terminated backends still listed after 30 s"
 
 
 def test_automatic_prepared_statements_break_through_transaction_pooling(postgres):

@@ -39,7 +39,7 @@ class Engineer(User):
         run = firehose.process_run
         writer = run.writer(self.writer_class)
         for rows in run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids):
-            if run.closing:
+            if run.closing or writer.fatal is not None:  # the run is ending, or stopping on an error of the setup
                 raise StopUser()
             writer.write(self.outgoing(rows))
             gevent.sleep(0)  # one trace is ~0.2 ms of CPU: let other engineers and flushers run
@@ -91,8 +91,8 @@ class ValidatedCopyEngineer(Engineer):
     writer_class = ValidatedCopyWriter
 
     def on_start(self) -> None:
-        options = self.environment.firehose.options
-        self.faults = Faults(options.malformed_share, options.firehose_run["seed"])
+        firehose = self.environment.firehose
+        self.faults = Faults(firehose.options.malformed_share, firehose.process_run.seed)
 
     def outgoing(self, rows: TraceRows) -> TraceRows:
         return self.faults.corrupt(rows)

@@ -4,23 +4,47 @@ A writer receives the rows of one trace at a time (`write`), may buffer them, an
 row only once the database committed it. Each database round trip fires Locust's `request` event
 (request_type = the SQL verb, name = the table), so the stats, the web UI and the reports see every
 strategy the same way and never import a writer.
+
+A writer starts no process and knows nothing of the run: it declares the services it writes through
+(`services`), and the run hands it their addresses in its `WriterContext`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from locust.event import Events
 
 from telemetry.generator import TraceRows
+from writers.delivery import SetupError
 
-TABLES = ("spans", "metrics", "logs")
+logger = logging.getLogger("firehose")
+
+OnFatal = Callable[[SetupError], None]
+"""Told once when a writer meets an error of the setup (see writers.delivery): the run stops."""
+
+
+@dataclass(frozen=True)
+class WriterContext:
+    """What the run gives a writer: addresses, the run's id, the options the user typed, Locust's events."""
+
+    addresses: Mapping[str, str]
+    """Service name -> address: "postgres" (a libpq DSN) always, and each service the writer declared."""
+    run_id: int
+    options: argparse.Namespace
+    events: Events
+    on_fatal: OnFatal | None = None
+
+    @property
+    def postgres(self) -> str:
+        return self.addresses["postgres"]
 
 
 @dataclass
@@ -55,28 +79,25 @@ class Tally:
 class Writer(ABC):
     """A write strategy. One instance per process, shared by every engineer of its user class."""
 
-    def __init__(self, events: Events) -> None:
+    services: tuple[str, ...] = ()
+    """Services besides PostgreSQL this strategy writes through ("pgbouncer", "redis"): the run starts each
+    once (unless the user gave its address) and hands the address over in the WriterContext."""
+
+    def __init__(self, events: Events, on_fatal: OnFatal | None = None) -> None:
         self.events = events
         self.tally = Tally()
+        self.fatal: SetupError | None = None
+        """The first error of the setup this writer met: past it, the run is stopping."""
+        self._on_fatal = on_fatal
 
     @classmethod  # noqa: B027 (an optional hook: most strategies add no options)
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Declare this strategy's command-line options (Locust's parser; shown in the web UI)."""
 
     @classmethod
-    def prepare(cls, options: argparse.Namespace) -> Callable[[], None] | None:
-        """Start what this strategy needs besides PostgreSQL (pgBouncer, Redis), once, on the master.
-
-        Runs at Locust's init on the master or local runner, only when a user class of this strategy
-        is selected. Record addresses in `options` (Locust forwards custom options to workers) and
-        return a function that stops what was started, or None when nothing was.
-        """
-        return None
-
-    @classmethod
     @abstractmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> Writer:
-        """Build the process's writer from the parsed options."""
+    def from_context(cls, context: WriterContext) -> Writer:
+        """Build the process's writer of this strategy."""
 
     @abstractmethod
     def write(self, rows: TraceRows) -> None:
@@ -101,13 +122,19 @@ class Writer(ABC):
             raise
         self._fire(verb, name, start, size, None)
 
-    @contextmanager
-    def round_trip(self, verb: str, table: str, rows: int, size: int) -> Iterator[None]:
-        """A `timed` round trip that, when it succeeds, acknowledges `rows` rows of `table`."""
-        with self.timed(verb, table, size):
-            yield
+    def acknowledge(self, table: str, rows: int, size: int) -> None:
+        """`rows` rows of `table` (`size` bytes of COPY text) are committed."""
         self.tally.acknowledged[table] += rows
         self.tally.acknowledged_bytes[table] += size
+
+    def fail(self, error: SetupError) -> None:
+        """Record an error of the setup and tell the run, once: every later batch would meet it too."""
+        if self.fatal is None:
+            self.fatal = error
+            if self._on_fatal is not None:
+                self._on_fatal(error)
+            else:
+                logger.error("%s", error)
 
     def _fire(self, verb: str, table: str, start: float, size: int, error: Exception | None) -> None:
         self.events.request.fire(

@@ -2,7 +2,7 @@
 
 `INSERT INTO t (columns) VALUES (...), (...)` with `batch_size` rows of parameters per statement, in
 a transaction of its own, from a pool of `pool_size` connections. The rows are COPY text from the
-generator, split back into values (`writers.rows.parse_row`) and sent as text parameters that the
+generator, split back into values (`telemetry.layout.parse_row`) and sent as text parameters that the
 server casts to each column's type.
 
 The statement is written with PostgreSQL's own `$n` placeholders and run by a `psycopg.RawCursor`:
@@ -18,8 +18,9 @@ from functools import lru_cache
 import psycopg
 from locust.event import Events
 
-from writers.buffered import BufferedWriter, deliver
-from writers.rows import COLUMNS, parse_row
+from telemetry.layout import COLUMNS, parse_row
+from writers.base import OnFatal
+from writers.buffered import BufferedWriter
 
 BATCH_SIZE = 500
 """Rows per INSERT, the seed's value: 6,500 parameters for spans, a tenth of the protocol's limit."""
@@ -53,6 +54,7 @@ class BatchedWriter(BufferedWriter):
         batch_size: int | None = None,
         pool_size: int | None = None,
         connect_kwargs: dict | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         widest = max(len(columns) for columns in COLUMNS.values())
         rows = batch_size or self.default_batch_size
@@ -61,7 +63,9 @@ class BatchedWriter(BufferedWriter):
                 f"a batch of {rows} rows needs {rows * widest} parameters, more than PostgreSQL's "
                 f"{MAX_PARAMETERS}: use at most {MAX_PARAMETERS // widest} rows per INSERT"
             )
-        super().__init__(conninfo, events, batch_size=rows, pool_size=pool_size, connect_kwargs=connect_kwargs)
+        super().__init__(
+            conninfo, events, batch_size=rows, pool_size=pool_size, connect_kwargs=connect_kwargs, on_fatal=on_fatal
+        )
 
     def send(self, table: str, lines: list[str]) -> None:
         """INSERT one batch in its own transaction; retries cannot duplicate (ON CONFLICT DO NOTHING)."""
@@ -73,7 +77,7 @@ class BatchedWriter(BufferedWriter):
             with psycopg.RawCursor(conn) as cursor:
                 cursor.execute(statement, values)
 
-        deliver(self, self.verb, self._pool, table, len(lines), size, attempt)
+        self.deliver_rows(table, len(lines), size, attempt)
 
 
 @lru_cache(maxsize=64)

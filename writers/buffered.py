@@ -18,18 +18,11 @@ import psycopg
 from gevent.event import Event
 from gevent.queue import JoinableQueue
 from locust.event import Events
-from psycopg_pool import ConnectionPool
 
 from telemetry.generator import TraceRows
-from writers.base import TABLES, Writer
-
-RETRIES = 3
-"""Attempts per round trip after a lost connection; a retry skips rows already stored (see `deliver`), so
-rows that committed just before their connection dropped are not written twice."""
-RETRY_BACKOFF_S = 0.5
-"""First wait before a retry, doubled each time: long enough for a restarting server or pgBouncer to listen."""
-POOL_OPEN_TIMEOUT_S = 30
-"""Bound on opening the pool's connections: generous for a remote server or many processes connecting at once."""
+from telemetry.layout import TABLES
+from writers.base import OnFatal, Writer, WriterContext
+from writers.delivery import Outcome, SetupError, deliver, open_pool
 
 _STOP = None
 
@@ -49,6 +42,8 @@ class BufferedWriter(Writer):
     pool_help: str = "Connections sending batches, per process."
     connection_settings: dict = {}
     """Keyword arguments every connection of the pool gets, whatever the caller's `connect_kwargs`."""
+    address: str = "postgres"
+    """The service of the context this strategy connects to."""
 
     def __init__(
         self,
@@ -58,8 +53,9 @@ class BufferedWriter(Writer):
         batch_size: int | None = None,
         pool_size: int | None = None,
         connect_kwargs: dict | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
-        super().__init__(events)
+        super().__init__(events, on_fatal)
         batch_size = batch_size or self.default_batch_size
         pool_size = pool_size or self.default_pool_size
         self.batch_size = batch_size
@@ -67,15 +63,9 @@ class BufferedWriter(Writer):
         self._buffers: dict[str, list[str]] = {table: [] for table in TABLES}
         self._batches: JoinableQueue = JoinableQueue()
         self._room = Event()
-        self._pool = ConnectionPool(
-            conninfo,
-            min_size=pool_size,
-            max_size=pool_size,
-            kwargs={**(connect_kwargs or {}), **self.connection_settings},
-            name=type(self).__name__,
-            open=False,
+        self._pool = open_pool(
+            conninfo, pool_size, type(self).__name__, **(connect_kwargs or {}), **self.connection_settings
         )
-        self._pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         self._flushers = [gevent.spawn(self._flush_forever) for _ in range(pool_size)]
 
     @classmethod
@@ -98,12 +88,14 @@ class BufferedWriter(Writer):
         }
 
     @classmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> BufferedWriter:
-        return cls(conninfo, events, **cls.sizes(options))
+    def from_context(cls, context: WriterContext) -> BufferedWriter:
+        return cls(
+            context.addresses[cls.address], context.events, on_fatal=context.on_fatal, **cls.sizes(context.options)
+        )
 
     def write(self, rows: TraceRows) -> None:
         self.tally.receive(rows)
-        for table, lines in (("spans", rows.spans), ("metrics", rows.metrics), ("logs", rows.logs)):
+        for table, lines in rows.by_table():
             buffer = self._buffers[table]
             buffer += lines
             if len(buffer) >= self.batch_size:
@@ -133,41 +125,26 @@ class BufferedWriter(Writer):
             self._room.set()
             try:
                 self.send(*batch)
+            except SetupError as error:
+                self.fail(error)
             finally:
                 self._batches.task_done()
         self._batches.task_done()
 
     @abstractmethod
     def send(self, table: str, lines: list[str]) -> None:
-        """Store one batch of COPY text rows of `table` in a transaction of its own (usually via `deliver`)."""
+        """Store one batch of COPY text rows of `table` in a transaction of its own (usually via `deliver_rows`)."""
 
-
-def deliver(
-    writer: Writer,
-    verb: str,
-    pool: ConnectionPool,
-    table: str,
-    rows: int,
-    size: int,
-    attempt: Callable[[psycopg.Connection, bool], None],
-) -> None:
-    """Run `attempt(conn, retry)` on a connection of `pool`, timed as one `verb` round trip; retry lost connections.
-
-    The transaction commits when `attempt` returns (unless the pool's connections are autocommit).
-    `retry` is True after a lost connection: the rows may have committed before the connection
-    dropped, so the attempt must then skip rows already stored. Rows the server refused (bad data:
-    retrying cannot help) or that ran out of retries count as failed.
-    """
-    for number in range(RETRIES):
+    def deliver_rows(
+        self, table: str, rows: int, size: int, attempt: Callable[[psycopg.Connection, bool], None]
+    ) -> None:
+        """`deliver` one batch of `rows` rows and tally it: acknowledged once committed, else failed."""
         try:
-            with writer.round_trip(verb, table, rows, size), pool.connection() as conn:
-                attempt(conn, number > 0)
-            return
-        except psycopg.OperationalError:
-            gevent.sleep(RETRY_BACKOFF_S * 2**number)
-            # What dropped this connection (a restart, a proxy) likely dropped its idle siblings too:
-            # replace the broken ones now, or the retries could draw one dead connection after another.
-            pool.check()
-        except psycopg.Error:
-            break  # the data itself was refused: retrying cannot help (writers.validated can)
-    writer.tally.failed[table] += rows
+            delivery = deliver(self, self._pool, self.verb, table, size, attempt)
+        except SetupError:
+            self.tally.failed[table] += rows
+            raise
+        if delivery.outcome is Outcome.COMMITTED:
+            self.acknowledge(table, rows, size)
+        else:
+            self.tally.failed[table] += rows

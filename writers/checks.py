@@ -28,35 +28,20 @@ from dataclasses import dataclass
 
 import orjson
 
-from writers.rows import COLUMNS
+from telemetry.layout import LAYOUT, NULLABLE, Column
 
 SUSPICIOUS_ROW_BYTES = 64 * 1024
 """Rows above this go by INSERT: the generator's largest is ~3.4 KB, so one 20 times bigger is a
 runaway payload, kept out of the COPY batch it would otherwise swell."""
 
-NULLABLE: dict[str, frozenset[str]] = {
-    "spans": frozenset({"parent_span_id", "status_message"}),
-    "metrics": frozenset({"trace_id", "span_id"}),
-    "logs": frozenset({"trace_id", "span_id"}),
-}
-"""Columns without NOT NULL in schema/tables.sql (a test keeps the two in step)."""
+_KIND_OF_TYPE = {"bigint": "event_id", "smallint": "smallint", "double precision": "float8",
+                 "timestamp with time zone": "timestamptz", "jsonb": "jsonb", "text": "text"}  # fmt: skip
 
-KINDS: dict[str, str] = {
-    "event_id": "event_id",
-    "trace_id": "trace_id",
-    "span_id": "span_id",
-    "parent_span_id": "span_id",
-    "kind": "smallint",
-    "status_code": "smallint",
-    "severity_number": "smallint",
-    "start_time": "timestamptz",
-    "end_time": "timestamptz",
-    "time": "timestamptz",
-    "duration_ms": "float8",
-    "value": "float8",
-    "attributes": "jsonb",
-}
-"""What each column must look like; columns not named here are text."""
+
+def _kind(column: Column) -> str:
+    """What a column's COPY text must look like: its shape (trace_id, span_id), else its type's."""
+    return column.shape or _KIND_OF_TYPE[column.sql_type]
+
 
 _TIMESTAMP = (
     r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[ T](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
@@ -147,10 +132,10 @@ class _Layout:
 
     @classmethod
     def of(cls, table: str) -> _Layout:
-        columns = COLUMNS[table]
+        columns = tuple(column.name for column in LAYOUT[table])
         if columns[-1] != "attributes":
             raise ValueError(f"{table}: the checks expect attributes as the last column")
-        kinds = tuple(KINDS.get(column, "text") for column in columns)
+        kinds = tuple(_kind(column) for column in LAYOUT[table])
         parts: list[str] = []
         ranges: list[tuple[int, Callable[[bytes | str], bool]]] = []
         for column, kind in zip(columns[:-1], kinds[:-1], strict=True):
@@ -165,7 +150,7 @@ class _Layout:
         return cls(table, columns, kinds, re.compile("\t".join(parts).encode()), tuple(ranges))
 
 
-_LAYOUTS = {table: _Layout.of(table) for table in COLUMNS}
+_LAYOUTS = {table: _Layout.of(table) for table in LAYOUT}
 
 
 def _attributes_text(raw: bytes | memoryview) -> bytes:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import psycopg
 
-from writers.buffered import BufferedWriter, deliver
-from writers.rows import COLUMNS, copy_statement
+from telemetry.layout import COLUMNS, copy_statement
+from writers.buffered import BufferedWriter
 
 BATCH_SIZE = 5_000
 """Rows per COPY, the seed's value: ~15 MB, a third of a second of server work here."""
@@ -41,11 +41,11 @@ class CopyWriter(BufferedWriter):
             else:
                 copy_rows(conn, copy_statement(table), data)
 
-        deliver(self, self.verb, self._pool, table, len(lines), len(data), attempt)
+        self.deliver_rows(table, len(lines), len(data), attempt)
 
 
 def copy_rows(conn: psycopg.Connection, statement: str, data: bytes) -> None:
-    """Stream COPY text `data` with `statement` (see writers.rows.copy_statement) in conn's transaction."""
+    """Stream COPY text `data` with `statement` (see telemetry.layout.copy_statement) in conn's transaction."""
     with conn.cursor() as cursor, cursor.copy(statement) as copy:
         copy.write(data)
 

@@ -12,12 +12,11 @@ import argparse
 import psycopg
 from gevent.pool import Group
 from locust.event import Events
-from psycopg_pool import ConnectionPool
 
 from telemetry.generator import TraceRows
-from writers.base import Writer
-from writers.buffered import POOL_OPEN_TIMEOUT_S, deliver
-from writers.rows import COLUMNS, parse_row
+from telemetry.layout import COLUMNS, parse_row
+from writers.base import OnFatal, Writer, WriterContext
+from writers.delivery import Outcome, SetupError, deliver, open_pool
 
 POOL_SIZE = 50
 """Connections per process, the seed's value (its naive INSERT ran on 50 connections)."""
@@ -29,18 +28,16 @@ class NaiveWriter(Writer):
     verb = "INSERT"
 
     def __init__(
-        self, conninfo: str, events: Events, *, pool_size: int = POOL_SIZE, connect_kwargs: dict | None = None
+        self,
+        conninfo: str,
+        events: Events,
+        *,
+        pool_size: int = POOL_SIZE,
+        connect_kwargs: dict | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
-        super().__init__(events)
-        self._pool = ConnectionPool(
-            conninfo,
-            min_size=pool_size,
-            max_size=pool_size,
-            kwargs={**(connect_kwargs or {}), "autocommit": True},
-            name=type(self).__name__,
-            open=False,
-        )
-        self._pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+        super().__init__(events, on_fatal)
+        self._pool = open_pool(conninfo, pool_size, type(self).__name__, **(connect_kwargs or {}), autocommit=True)
         self._traces = Group()
 
     @classmethod
@@ -49,8 +46,10 @@ class NaiveWriter(Writer):
         group.add_argument("--naive-pool-size", type=int, default=POOL_SIZE, help="Connections per process.")
 
     @classmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> NaiveWriter:
-        return cls(conninfo, events, pool_size=options.naive_pool_size)
+    def from_context(cls, context: WriterContext) -> NaiveWriter:
+        return cls(
+            context.postgres, context.events, pool_size=context.options.naive_pool_size, on_fatal=context.on_fatal
+        )
 
     def write(self, rows: TraceRows) -> None:
         self.tally.receive(rows)
@@ -67,19 +66,28 @@ class NaiveWriter(Writer):
         self._pool.close()
 
     def _insert_all(self, rows: TraceRows) -> None:
-        for table, lines in (("spans", rows.spans), ("metrics", rows.metrics), ("logs", rows.logs)):
-            for line in lines:
+        pending = [(table, line) for table, lines in rows.by_table() for line in lines]
+        for number, (table, line) in enumerate(pending):
+            try:
                 self._insert(table, line)
+            except SetupError as error:
+                for unsent, _line in pending[number:]:
+                    self.tally.failed[unsent] += 1
+                self.fail(error)
+                return
 
     def _insert(self, table: str, line: str) -> None:
         values = parse_row(line)
+        size = len(line.encode())  # the COPY text's size, so MB/s compare across strategies
 
         def attempt(conn: psycopg.Connection, retry: bool) -> None:
             # Only a retry may find its row stored: the connection can drop after the commit.
             conn.execute(_INSERT_DEDUPLICATED[table] if retry else _INSERT[table], values)
 
-        # The COPY text's size, so MB/s compare across strategies.
-        deliver(self, self.verb, self._pool, table, 1, len(line.encode()), attempt)
+        if deliver(self, self._pool, self.verb, table, size, attempt).outcome is Outcome.COMMITTED:
+            self.acknowledge(table, 1, size)
+        else:
+            self.tally.failed[table] += 1
 
 
 _INSERT = {

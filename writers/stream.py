@@ -27,7 +27,6 @@ payload dominates), so the coarsest entry wins: the client's CPU per command is 
 from __future__ import annotations
 
 import argparse
-import enum
 import logging
 import os
 import socket
@@ -42,11 +41,11 @@ from gevent.pool import Group
 from locust.event import Events
 from psycopg_pool import ConnectionPool
 
-from firehose.redis_server import LocalRedis
 from telemetry.generator import TraceRows
-from writers.base import TABLES, Writer
+from telemetry.layout import TABLES, copy_statement
+from writers.base import OnFatal, Writer, WriterContext
 from writers.copy import copy_deduplicated, copy_rows
-from writers.rows import copy_statement
+from writers.delivery import Outcome, SetupError, deliver, open_pool
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +68,8 @@ BLOCK_MS = 250
 REDIS_CONNECTIONS = 64
 """Redis connections per process. Engineers beyond this wait for one instead of each opening its own:
 the client's CPU, not Redis, limits a process (one XADD per trace costs ~0.5 ms of Python)."""
-POOL_OPEN_TIMEOUT_S = 30
-"""Connecting the consumers' pool takes milliseconds; this long means the database is not there."""
 ROOM_POLL_S = 0.05
 """While the stream is full, one engineer polls XLEN this often: a consumer frees a batch every ~0.3 s."""
-RETRIES = 3
-"""COPY attempts per table and batch after a lost connection; then the entries stay pending, to be claimed."""
-RETRY_BACKOFF_S = 0.5
-"""Wait after a lost connection, doubled per attempt (0.5, 1, 2 s: a server restart fits)."""
 ERROR_BACKOFF_S = 1.0
 """A consumer's pause after an unexpected error (Redis gone), so it does not spin while the cause lasts."""
 DRAIN_POLL_S = 0.1
@@ -88,20 +81,11 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 _FIELDS = tuple(table.encode() for table in TABLES)
 
 
-class Outcome(enum.Enum):
-    """What became of one table's rows of a batch."""
-
-    COMMITTED = "committed"
-    REFUSED = "refused"
-    """The data itself was refused: retrying cannot help, the entries go to the refused stream."""
-    UNAVAILABLE = "unavailable"
-    """The database could not be reached: the entries stay pending, to be claimed again later."""
-
-
 class StreamWriter(Writer):
     """XADDs each trace to the run's stream; the process's consumer greenlets COPY batches, then XACK them."""
 
     verb = "COPY"
+    services = ("redis",)
 
     def __init__(
         self,
@@ -114,8 +98,9 @@ class StreamWriter(Writer):
         consumers: int = CONSUMERS,
         max_len: int = MAX_LEN,
         claim_idle_ms: int = CLAIM_IDLE_MS,
+        on_fatal: OnFatal | None = None,
     ) -> None:
-        super().__init__(events)
+        super().__init__(events, on_fatal)
         self.stream = f"firehose:{run_id}:events"
         self.group = f"firehose:{run_id}:copy"
         self.refused_stream = f"firehose:{run_id}:refused"
@@ -141,21 +126,12 @@ class StreamWriter(Writer):
         self._stopping = False
         self._pool: ConnectionPool | None = None
         if consumers > 0:
-            self._pool = ConnectionPool(conninfo, min_size=consumers, max_size=consumers, name="stream", open=False)
-            self._pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+            self._pool = open_pool(conninfo, consumers, "stream")
         prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._consumers = [gevent.spawn(self._consume_forever, f"{prefix}:{n}") for n in range(consumers)]
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        # On the parser, not in the group: only there does Locust take include_in_web_ui (a URL may hold a password).
-        parser.add_argument(
-            "--redis-url",
-            default=None,
-            include_in_web_ui=False,
-            help="Redis for the Redis Streams strategy (redis://HOST:PORT/DB). Default: a redis-server started "
-            "on a free 127.0.0.1 port for the run, without persistence, stopped at exit.",
-        )
         group = parser.add_argument_group("Redis Streams strategy")
         group.add_argument(
             "--stream-batch-size", type=int, default=BATCH_SIZE, help="Rows a consumer COPYs per batch (all tables)."
@@ -175,27 +151,17 @@ class StreamWriter(Writer):
         )
 
     @classmethod
-    def prepare(cls, options: argparse.Namespace) -> Callable[[], None] | None:
-        """Start a local redis-server unless --redis-url names one; workers get its URL through the options."""
-        if options.redis_url:
-            return None
-        server = LocalRedis()
-        options.redis_url = server.start()
-        logger.info("redis-server on %s", options.redis_url)
-        return server.stop
-
-    @classmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> StreamWriter:
-        if not options.redis_url:
-            raise RuntimeError("the Redis Streams strategy has no Redis: pass --redis-url redis://HOST:PORT/0")
+    def from_context(cls, context: WriterContext) -> StreamWriter:
+        options = context.options
         return cls(
-            conninfo,
-            events,
-            redis_url=options.redis_url,
-            run_id=options.firehose_run["run_id"],
+            context.postgres,
+            context.events,
+            redis_url=context.addresses["redis"],
+            run_id=context.run_id,
             batch_size=options.stream_batch_size,
             consumers=options.stream_consumers,
             max_len=options.stream_max_len,
+            on_fatal=context.on_fatal,
         )
 
     def write(self, rows: TraceRows) -> None:
@@ -308,24 +274,25 @@ class StreamWriter(Writer):
         self._settle(entries, refused)
 
     def _copy(self, table: str, data: bytes, *, deduplicate: bool) -> Outcome:
-        """COPY one table's rows of a batch in its own transaction."""
-        for attempt in range(RETRIES):
-            try:
-                with self.timed(self.verb, table, len(data)), self._pool.connection() as conn:
-                    if deduplicate:
-                        copy_deduplicated(conn, table, data)
-                    else:
-                        copy_rows(conn, copy_statement(table), data)
-                return Outcome.COMMITTED
-            except psycopg.errors.UniqueViolation:
-                deduplicate = True  # a consumer that claimed these entries from us committed them first
-            except psycopg.OperationalError:
-                deduplicate = True  # the commit may have landed before the connection dropped
-                gevent.sleep(RETRY_BACKOFF_S * 2**attempt)
-            except psycopg.Error:
-                logger.exception("%s refused a batch of %d rows", table, data.count(b"\n"))
-                return Outcome.REFUSED
-        return Outcome.UNAVAILABLE
+        """COPY one table's rows of a batch in its own transaction (claimed entries through the deduplicating path)."""
+
+        def attempt(conn: psycopg.Connection, retry: bool) -> None:
+            if retry:
+                copy_deduplicated(conn, table, data)
+            else:
+                copy_rows(conn, copy_statement(table), data)
+
+        try:
+            delivery = deliver(self, self._pool, self.verb, table, len(data), attempt, deduplicate=deduplicate)
+            if isinstance(delivery.error, psycopg.errors.UniqueViolation) and not deduplicate:
+                # A consumer that claimed these entries from us committed them first: keep what is not stored.
+                delivery = deliver(self, self._pool, self.verb, table, len(data), attempt, deduplicate=True)
+        except SetupError as error:
+            self.fail(error)
+            return Outcome.UNAVAILABLE
+        if delivery.outcome is Outcome.REFUSED:
+            logger.error("%s refused a batch of %d rows: %s", table, data.count(b"\n"), delivery.error)
+        return delivery.outcome
 
     def _settle(self, entries: list[Entry], refused: list[str]) -> None:
         """XACK and XDEL the batch in one MULTI (refused entries copied to the refused stream first), then tally.

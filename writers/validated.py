@@ -26,10 +26,11 @@ import gevent
 import psycopg
 from locust.event import Events
 
-from writers.buffered import RETRIES, RETRY_BACKOFF_S
+from telemetry.layout import COLUMNS, copy_statement, parse_row
+from writers.base import OnFatal, WriterContext
 from writers.checks import Triage
 from writers.copy import CopyWriter, copy_deduplicated, copy_rows
-from writers.rows import COLUMNS, copy_statement, parse_row
+from writers.delivery import Outcome, RowsRefused, SetupError, deliver
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ CHECK_SLICE = 500
 """Rows checked between two yields to other greenlets: ~15 ms of CPU at ~30 us a row."""
 INSERT_BATCH = 500
 """Suspicious rows per INSERT: the seed's batched-INSERT size (there are few such rows)."""
-ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)
-"""Errors that blame rows (SQLSTATE classes 22, 23, 54: a bad value, a constraint, too big): splitting
-the batch finds the culprits. Any other refusal blames the statement, and quarantines all its rows."""
 
 _COPY_LINE = re.compile(r"COPY [^,]+, line (\d+)(?:, column (\w+))?")
 _QUARANTINE = "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, %s, %s, %s)"
@@ -48,7 +46,7 @@ Rejected = list[tuple[bytes, str]]
 """Rows set aside, each with its reason, for the quarantine."""
 
 
-class AlreadyStored(Exception):
+class AlreadyStored(RowsRefused):
     """An INSERT ... ON CONFLICT DO NOTHING skipped rows: their event_ids are already in the table."""
 
     def __init__(self, event_ids: set[int]) -> None:
@@ -71,8 +69,16 @@ class ValidatedCopyWriter(CopyWriter):
         batch_size: int | None = None,
         pool_size: int | None = None,
         connect_kwargs: dict | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
-        super().__init__(conninfo, events, batch_size=batch_size, pool_size=pool_size, connect_kwargs=connect_kwargs)
+        super().__init__(
+            conninfo,
+            events,
+            batch_size=batch_size,
+            pool_size=pool_size,
+            connect_kwargs=connect_kwargs,
+            on_fatal=on_fatal,
+        )
         self.run_id = run_id  # recorded with each quarantined row
 
     @classmethod
@@ -87,13 +93,13 @@ class ValidatedCopyWriter(CopyWriter):
         )
 
     @classmethod
-    def from_options(cls, conninfo: str, options: argparse.Namespace, events: Events) -> ValidatedCopyWriter:
-        run = getattr(options, "firehose_run", None) or {}
+    def from_context(cls, context: WriterContext) -> ValidatedCopyWriter:
         return cls(
-            conninfo,
-            events,
-            run_id=run.get("run_id"),
-            **cls.sizes(options),
+            context.postgres,
+            context.events,
+            run_id=context.run_id,
+            on_fatal=context.on_fatal,
+            **cls.sizes(context.options),
         )
 
     def send(self, table: str, lines: list[str]) -> None:
@@ -138,7 +144,7 @@ class ValidatedCopyWriter(CopyWriter):
                         rest.append(row)
                 if rest:
                     pending.append(rest)
-            elif len(chunk) == 1 or not isinstance(error, ROW_ERRORS):
+            elif len(chunk) == 1:
                 rejected += [(row, _reason(error)) for row in chunk]
             elif (line := _failed_line(error)) is not None and 1 <= line <= len(chunk):
                 rejected.append((chunk[line - 1], _reason(error)))
@@ -154,27 +160,23 @@ class ValidatedCopyWriter(CopyWriter):
         rows: list[bytes],
         action: Callable[[psycopg.Connection, list[bytes], bool], None],
     ) -> Exception | None:
-        """Run `action(conn, rows, retry)` in one transaction, reported as one request.
+        """Deliver `action(conn, rows, retry)` in one transaction, reported as one request.
 
-        Returns None once it committed, or the server's refusal. A lost connection is retried, with
-        `retry` True: event_ids already stored are then this chunk's own, from a commit whose
-        acknowledgement was lost. When the connection cannot be re-established, the rows count as
-        failed and None is returned: nothing more can be done with them.
+        Returns None once it committed, or the server's refusal of the rows. When the database stays out of
+        reach, the rows count as failed and None is returned: nothing more can be done with them.
         """
         size = sum(map(len, rows))
-        for attempt in range(RETRIES):
-            try:
-                with self.round_trip(verb, table, len(rows), size), self._pool.connection() as conn:
-                    action(conn, rows, attempt > 0)
-                return None
-            except psycopg.errors.ProgramLimitExceeded as error:  # an OperationalError, but the rows' fault
-                return error
-            except psycopg.OperationalError:
-                gevent.sleep(RETRY_BACKOFF_S * 2**attempt)
-                self._pool.check()  # replace the dropped connection's dead siblings (see buffered.deliver)
-            except (psycopg.Error, AlreadyStored) as error:
-                return error
-        self.tally.failed[table] += len(rows)
+        try:
+            delivery = deliver(self, self._pool, verb, table, size, lambda conn, retry: action(conn, rows, retry))
+        except SetupError:
+            self.tally.failed[table] += len(rows)
+            raise
+        if delivery.outcome is Outcome.REFUSED:
+            return delivery.error
+        if delivery.outcome is Outcome.COMMITTED:
+            self.acknowledge(table, len(rows), size)
+        else:
+            self.tally.failed[table] += len(rows)
         return None
 
     @staticmethod
@@ -211,19 +213,19 @@ class ValidatedCopyWriter(CopyWriter):
         """Insert the rows set aside, with their reasons; reported as `INSERT quarantine` requests."""
         size = sum(len(row) for row, _reason in rejected)
         params = [(self.run_id, table, reason, row) for row, reason in rejected]
-        for attempt in range(RETRIES):
-            try:
-                with self.timed("INSERT", "quarantine", size), self._pool.connection() as conn:
-                    conn.cursor().executemany(_QUARANTINE, params)
-            except psycopg.OperationalError:
-                gevent.sleep(RETRY_BACKOFF_S * 2**attempt)
-                self._pool.check()
-                continue
-            except psycopg.Error:
-                break  # refused, not lost: a retry would be refused too
+
+        def insert(conn: psycopg.Connection, _retry: bool) -> None:
+            conn.cursor().executemany(_QUARANTINE, params)
+
+        try:
+            delivery = deliver(self, self._pool, "INSERT", "quarantine", size, insert)
+        except SetupError:
+            self.tally.failed[table] += len(rejected)
+            raise
+        if delivery.outcome is Outcome.COMMITTED:
             self.tally.quarantined[table] += len(rejected)
-            return
-        self.tally.failed[table] += len(rejected)
+        else:
+            self.tally.failed[table] += len(rejected)
 
 
 def _event_id(row: bytes) -> int:

@@ -26,8 +26,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from firehose.database import as_user, redact, server_user
-from firehose.ports import free_port
+from services.ports import free_port
+from services.postgres import as_user, redact, server_user
 
 logger = logging.getLogger("firehose")
 

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import redis
 
-from firehose.ports import free_port
+from services.ports import free_port
 
 START_TIMEOUT_S = 10
 """redis-server answers PING within ~50 ms here; ten seconds leaves room for a loaded machine."""

@@ -1,0 +1,203 @@
+"""The run's coordinator, on the master (or the only process): what is decided once for the whole run.
+
+- init: resolve the database (starting the embedded server when no DSN is given) and apply the levers.
+- test start: start the services the selected writers declare, record the run, and send what it decided
+  (`RunStart`) to the workers, or hand it to this process's own users.
+- end detection: without --continuous, end the run once every engineer has emitted its telemetry.
+- drain protocol: at test stop, ask every worker to commit what it buffered and wait until every writer key
+  of the run has reported; then count the run's rows in the database and print the summary.
+- an error of the setup anywhere (`writers.delivery.SetupError`) stops the run with one clear line.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable
+
+import gevent
+import psycopg
+from locust import User
+from locust.env import Environment
+from locust.runners import STATE_RUNNING, MasterRunner
+
+from firehose import tuning
+from firehose.endpoints import RunServices
+from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, RUN_START, RunStart
+from firehose.process_run import WritingProcess
+from firehose.summary import RunSummary, count_in_database
+from services.postgres import redact
+from writers.base import Writer
+
+logger = logging.getLogger("firehose")
+
+DRAIN_TIMEOUT_S = 300
+"""How long the master waits for workers to commit what they buffered: a few backlogs of batches."""
+END_CHECK_S = 0.5
+"""How often the end of a fixed-volume run is checked."""
+
+
+def open_run(conninfo: str, seed: int, label: str) -> int:
+    """Record a new run and return its id."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO firehose_runs (seed, label) VALUES (%s, %s) RETURNING run_id", [seed, label])
+        return row.fetchone()[0]
+
+
+def writer_classes(user_classes: list[type[User]]) -> list[type[Writer]]:
+    """The write strategies of these user classes, each once."""
+    found = {user.writer_class for user in user_classes if getattr(user, "writer_class", None) is not None}
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+class Coordinator:
+    """The master's (or local runner's) job in a run. `local` is this process's own users, when it has any."""
+
+    def __init__(self, environment: Environment, local: WritingProcess | None) -> None:
+        self.environment = environment
+        self.options = environment.parsed_options
+        self.local = local
+        self.services = RunServices.from_options(self.options)
+        self.services.start_postgres()
+        self._restore_levers: Callable[[], None] = tuning.apply(self.services.postgres, self.options)
+        self.run: RunStart | None = None
+        self.started_at = 0.0
+        self.fatal: str | None = None
+        self.reports: dict[int, dict] = {}
+        self.engineer_reports: dict[str, tuple[int, int]] = {}
+        self.summary: RunSummary | None = None
+        if self.is_master:
+            environment.runner.register_message(DRAINED, self._on_drained)
+            environment.runner.register_message(FATAL, self._on_fatal_message)
+
+    @property
+    def is_master(self) -> bool:
+        return isinstance(self.environment.runner, MasterRunner)
+
+    @property
+    def postgres(self) -> str:
+        return self.services.postgres
+
+    def on_test_start(self) -> None:
+        user_classes = self.environment.user_classes
+        needed = {service for writer in writer_classes(user_classes) for service in writer.services}
+        addresses = self.services.start(needed)
+        seed = self.options.seed if self.options.seed is not None else random.getrandbits(62)
+        label = " ".join(sorted(user_class.__name__ for user_class in user_classes))
+        run_id = open_run(self.postgres, seed, label)
+        self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
+        self.started_at, self.summary, self.fatal = time.time(), None, None
+        self.reports, self.engineer_reports = {}, {}
+        if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
+            self.environment.runner.send_message(RUN_START, self.run.as_message())
+        elif self.local is not None:
+            self.local.begin(self.run)
+
+    def on_spawning_complete(self) -> None:
+        """Without --continuous, end the run once every engineer has emitted its telemetry."""
+        if not self.options.continuous:
+            gevent.spawn(self._finish_when_done)
+
+    def engineers(self) -> tuple[int, int]:
+        """Engineers (started, finished) in the whole run: this process's, or the workers' latest reports."""
+        if self.local is not None:
+            return self.local.engineers()
+        reports = list(self.engineer_reports.values())
+        return sum(started for started, _ in reports), sum(finished for _, finished in reports)
+
+    def _target_engineers(self) -> int:
+        """Engineers the run spawns: users of classes that write (analysts do not end a run)."""
+        engineer_names = {user.__name__ for user in self.environment.user_classes if hasattr(user, "writer_class")}
+        counts = self.environment.runner.target_user_classes_count
+        return sum(count for name, count in counts.items() if name in engineer_names)
+
+    def _finish_when_done(self) -> None:
+        # Counting engineers, not users: a master may see 0 users before workers have spawned any,
+        # and engineers that finish between two reports would never be seen at all.
+        runner = self.environment.runner
+        while runner.state == STATE_RUNNING:
+            gevent.sleep(END_CHECK_S)
+            started, finished = self.engineers()
+            target = self._target_engineers()
+            if target and finished and finished >= started >= target:
+                logger.info("all %d engineers have emitted their telemetry: ending the run", finished)
+                self._end_run()
+                return
+
+    def _end_run(self) -> None:
+        runner = self.environment.runner
+        runner.quit() if self.options.headless else runner.stop()
+
+    def on_worker_report(self, client_id: str, data: dict) -> None:
+        if ENGINEERS in data:
+            self.engineer_reports[client_id] = tuple(data[ENGINEERS])
+
+    def on_fatal(self, reason: str) -> None:
+        """An error of the setup, here or in a worker: print it once, and stop the run (exit code 1)."""
+        if self.fatal is not None or self.run is None:
+            return
+        self.fatal = reason
+        logger.error("firehose stops the run: %s", reason)
+        self.environment.process_exit_code = 1
+        gevent.spawn(self._end_run)  # not from inside a writer's greenlet, which the stop may kill
+
+    def on_test_stop(self) -> None:
+        """After this process's own users drained (if any): collect the workers' reports, count, summarise."""
+        if self.run is None:
+            return
+        if self.local is not None and (report := self.local.drain()) is not None:
+            self.reports[report["writer_key"]] = report
+        if self.is_master:
+            self._collect_worker_reports()
+        self._summarise()
+
+    def _on_drained(self, environment: Environment, msg) -> None:
+        if self.run is not None and msg.data["run_id"] == self.run.run_id:
+            self.reports[msg.data["writer_key"]] = msg.data
+
+    def _on_fatal_message(self, environment: Environment, msg) -> None:
+        if self.run is not None and msg.data["run_id"] == self.run.run_id:
+            self.on_fatal(msg.data["reason"])
+
+    def _collect_worker_reports(self) -> None:
+        """Ask workers to drain and wait until every writer key of the run has reported."""
+        self.environment.runner.send_message(DRAIN, {"run_id": self.run.run_id})
+        with psycopg.connect(self.postgres, autocommit=True) as conn:
+            keys = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT writer_key FROM firehose_writer_keys WHERE run_id = %s", [self.run.run_id]
+                )
+            }
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while not keys <= self.reports.keys() and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        if missing := keys - self.reports.keys():
+            logger.error("no final report from writer keys %s: their rows count as lost", sorted(missing))
+
+    def _summarise(self) -> None:
+        in_database, duplicates = count_in_database(self.postgres, self.run.run_id)
+        self.summary = RunSummary(
+            run_id=self.run.run_id,
+            seed=self.run.seed,
+            database=redact(self.postgres),
+            started_at=self.started_at,
+            ended_at=time.time(),
+            reports=list(self.reports.values()),
+            in_database=in_database,
+            duplicates=duplicates,
+            stopped_by=self.fatal,
+        )
+        sys.stdout.write(self.summary.render() + "\n")
+        sys.stdout.flush()
+        if self.options.summary_json:
+            self.summary.write_json(self.options.summary_json)
+        events = self.summary.as_dict()["events"]
+        if events["lost"] or events["duplicates"] or self.fatal:
+            self.environment.process_exit_code = 1
+
+    def on_quitting(self) -> None:
+        self._restore_levers()
+        self.services.stop()

@@ -1,0 +1,120 @@
+"""Where a run writes: its PostgreSQL and the services its writers declared, each given by the user or started here.
+
+The master (or the only process) resolves them once: a DSN the user gave (`--pg-dsn`, or the PG*
+variables), else the embedded PostgreSQL; for each service a selected writer declares ("pgbouncer",
+"redis"), the address the user gave, else a local one started in front of that PostgreSQL. The addresses
+go to the writing processes in the run-start message; `stop` ends exactly what was started here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable, Iterable
+
+from services.pgbouncer import PgBouncer
+from services.postgres import EMBEDDED_PORT, EmbeddedPostgres, apply_schema, dsn_from_environment, redact
+from services.redis_server import LocalRedis
+
+logger = logging.getLogger("firehose")
+
+GIVEN = {"postgres": "pg_dsn", "pgbouncer": "pgbouncer_dsn", "redis": "redis_url"}
+"""Service name -> the option that gives its address."""
+FLAGS = {"postgres": "--pg-dsn", "pgbouncer": "--pgbouncer-dsn", "redis": "--redis-url"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The addresses a user may give. DSNs stay out of the web UI's form: they may hold a password."""
+    parser.add_argument(
+        FLAGS["postgres"],
+        default=None,
+        include_in_web_ui=False,
+        help="libpq DSN of the target PostgreSQL. Default: the PG* variables when set, else an embedded "
+        "PostgreSQL started on 127.0.0.1 (kept under the cache dir, stopped at exit). On a worker, its own "
+        "value wins over the master's.",
+    )
+    parser.add_argument(
+        FLAGS["pgbouncer"],
+        default=None,
+        include_in_web_ui=False,
+        help="libpq DSN of a pgBouncer in transaction pooling mode in front of the target database, for "
+        "PooledEngineer. Default: one started on a free 127.0.0.1 port for the run (needs the pgbouncer binary).",
+    )
+    parser.add_argument(
+        FLAGS["redis"],
+        default=None,
+        include_in_web_ui=False,
+        help="Redis for StreamEngineer (redis://HOST:PORT/DB). Default: a redis-server started on a free "
+        "127.0.0.1 port for the run, without persistence, stopped at exit.",
+    )
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
+    parser.add_argument("--embedded-data-dir", default=None, help="Data directory of the embedded PostgreSQL.")
+
+
+def given_addresses(options: argparse.Namespace) -> dict[str, str]:
+    """The addresses the user gave this process (options, or the PG* variables for PostgreSQL)."""
+    given = {name: getattr(options, dest, None) for name, dest in GIVEN.items()}
+    if given["postgres"] is None:
+        given["postgres"] = dsn_from_environment()
+    return {name: address for name, address in given.items() if address is not None}
+
+
+class RunServices:
+    """A run's PostgreSQL and services: the addresses given, else started here (and stopped by `stop`)."""
+
+    def __init__(
+        self, given: dict[str, str], *, embedded_port: int = EMBEDDED_PORT, embedded_data_dir: str | None = None
+    ) -> None:
+        self.given = given
+        self.embedded_port = embedded_port
+        self.embedded_data_dir = embedded_data_dir
+        self.addresses: dict[str, str] = {}
+        self.embedded: EmbeddedPostgres | None = None
+        self._stops: list[Callable[[], None]] = []
+
+    @classmethod
+    def from_options(cls, options: argparse.Namespace) -> RunServices:
+        return cls(
+            given_addresses(options),
+            embedded_port=options.embedded_port,
+            embedded_data_dir=options.embedded_data_dir,
+        )
+
+    @property
+    def postgres(self) -> str:
+        """The PostgreSQL DSN, once `start_postgres` resolved it."""
+        return self.addresses["postgres"]
+
+    def start_postgres(self) -> str:
+        """The DSN given (its schema created if missing), else the embedded server's, started now."""
+        if "postgres" not in self.addresses:
+            if "postgres" in self.given:
+                apply_schema(self.given["postgres"])
+                self.addresses["postgres"] = self.given["postgres"]
+            else:
+                self.embedded = EmbeddedPostgres(self.embedded_data_dir, self.embedded_port)
+                self.addresses["postgres"] = self.embedded.start()
+                self._stops.append(self.embedded.stop)
+                logger.info("embedded PostgreSQL on %s (data in %s)", redact(self.postgres), self.embedded.data_dir)
+        return self.postgres
+
+    def start(self, names: Iterable[str]) -> dict[str, str]:
+        """Make sure each named service has an address (given, or started now); returns all addresses."""
+        self.start_postgres()
+        for name in sorted(set(names) - self.addresses.keys()):
+            if name in self.given:
+                self.addresses[name] = self.given[name]
+                continue
+            starters = {"pgbouncer": lambda: PgBouncer(self.postgres), "redis": LocalRedis}
+            if name not in starters:
+                raise ValueError(f"unknown service {name!r}: one of {', '.join(starters)}")
+            server = starters[name]()
+            self.addresses[name] = server.start()
+            self._stops.append(server.stop)
+            logger.info("%s on %s for the run", name, redact(self.addresses[name]))
+        return dict(self.addresses)
+
+    def stop(self) -> None:
+        """Stop what was started here, last first. Idempotent."""
+        while self._stops:
+            self._stops.pop()()

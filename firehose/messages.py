@@ -1,0 +1,44 @@
+"""What the master and the writing processes tell each other, beyond Locust's own messages.
+
+What a run decided (its id, seed, time anchor and the addresses of its database and services) travels in
+the RUN_START message, sent by the master at test start, before Locust's spawn messages (so every worker
+has it when its own test_start fires). The options the user typed stay in `parsed_options`, untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+RUN_START = "firehose:run_start"
+"""master -> workers: a `RunStart`."""
+DRAIN = "firehose:drain"
+"""master -> workers at the end: commit what you buffered, then report ({"run_id": ...})."""
+DRAINED = "firehose:drained"
+"""worker -> master: a process's final report (writer key, tallies per writer)."""
+FATAL = "firehose:fatal"
+"""worker -> master: an error of the setup stops the run ({"run_id": ..., "reason": one line})."""
+ENGINEERS = "firehose_engineers"
+"""Key of a worker's stats report (events.report_to_master): its engineers (started, finished)."""
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a run decided, for every writing process."""
+
+    run_id: int
+    seed: int
+    anchor_us: int
+    """Microseconds since the epoch: the end of the time window generated telemetry falls in."""
+    addresses: dict[str, str]
+    """Service name -> address: "postgres" always, plus the services the selected writers declared."""
+
+    def as_message(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, data: dict) -> RunStart:
+        return cls(**data)
+
+    def with_own(self, own: dict[str, str]) -> RunStart:
+        """The same run with a process's own addresses, which win over the master's."""
+        return RunStart(self.run_id, self.seed, self.anchor_us, {**self.addresses, **own})

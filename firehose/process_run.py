@@ -1,0 +1,197 @@
+"""One writing process's side of a run: its addresses, writer key, event ids, writers and engineers' seeds.
+
+Every process that runs users (the local runner, or each worker) is a `WritingProcess`. It builds the
+value pools once, keeps the addresses the user gave it (Locust overwrites a worker's options with the
+master's at every spawn, so they are read at init), and at each test start opens a `ProcessRun` from the
+run-start message, its own addresses winning over the master's.
+
+A `ProcessRun`'s writer key, drawn from a database sequence, numbers its events (`EventIds`), so a run's
+rows are found and counted by key range, whatever process or machine wrote them. The key's row also
+records the address the process used (application name, client address), for the DBA and the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import gevent
+import psycopg
+from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+from locust.env import Environment
+from locust.runners import WorkerRunner
+from psycopg.conninfo import make_conninfo
+
+from firehose.endpoints import given_addresses
+from firehose.messages import DRAIN, DRAINED, ENGINEERS, RUN_START, RunStart
+from telemetry.generator import EngineerTelemetry, EventIds, engineer_seed
+from telemetry.pools import Pools
+from writers.base import OnFatal, Writer, WriterContext
+
+logger = logging.getLogger("firehose")
+
+POOL_SEED = 0
+"""Pools are a fixed catalogue (same in every process); the run's seed varies what is drawn from them."""
+
+T = TypeVar("T")
+
+
+class ProcessRun:
+    """What the users of one process share during one run."""
+
+    def __init__(
+        self,
+        run: RunStart,
+        process_name: str,
+        process_index: int,
+        pools: Pools,
+        options: argparse.Namespace,
+        environment: Environment,
+        on_fatal: OnFatal,
+    ) -> None:
+        # Every connection of the process carries its name (unless the DSN names one): pg_stat_activity
+        # tells the processes apart.
+        self.addresses = {
+            name: make_conninfo(address, fallback_application_name=process_name) if name != "redis" else address
+            for name, address in run.addresses.items()
+        }
+        self.conninfo = self.addresses["postgres"]
+        self.run_id = run.run_id
+        self.seed = run.seed
+        self.anchor_us = run.anchor_us
+        self.process_index = process_index
+        self.pools = pools
+        self.options = options
+        self.events = environment.events
+        self.closing = False
+        self.engineers_started = 0
+        self.engineers_finished = 0
+        self.writing_since: float | None = None
+        """Wall-clock time the first engineer asked for a writer: where the run's write rate starts."""
+        self._context = WriterContext(self.addresses, self.run_id, options, self.events, on_fatal)
+        self._writers: dict[type[Writer], Writer] = {}
+        self._shared: dict[Callable, object] = {}
+        self._report: dict | None = None
+        self._draining = Semaphore()
+        self._creating = Semaphore()
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            key = conn.execute(
+                "INSERT INTO firehose_writer_keys (writer_key, run_id)"
+                " VALUES (nextval('firehose_writer_key'), %s) RETURNING writer_key",
+                [self.run_id],
+            ).fetchone()[0]
+        self.ids = EventIds(key)
+
+    def engineer_telemetry(self, traces: int) -> EngineerTelemetry:
+        """The next engineer's telemetry: its seed derives from the run's, so a seed replays a run."""
+        self.engineers_started += 1
+        seed = engineer_seed(self.seed, self.process_index, self.engineers_started)
+        return EngineerTelemetry(self.pools, seed, anchor_us=self.anchor_us, traces=traces)
+
+    def writer(self, writer_class: type[Writer]) -> Writer:
+        """This process's writer of that strategy, created on first use (after Locust forked)."""
+        if self.writing_since is None:
+            self.writing_since = time.time()
+        with self._creating:  # connecting yields: the other engineers must wait, not build their own
+            if writer_class not in self._writers:
+                self._writers[writer_class] = writer_class.from_context(self._context)
+        return self._writers[writer_class]
+
+    def shared(self, factory: Callable[[ProcessRun], T]) -> T:
+        """`factory(self)`, built once per process and run (e.g. the analysts' pool); closed at `drain`."""
+        with self._creating:
+            if factory not in self._shared:
+                self._shared[factory] = factory(self)
+        return self._shared[factory]  # type: ignore[return-value]
+
+    def drain(self) -> dict:
+        """Stop taking rows, commit everything buffered, and report. Idempotent."""
+        self.closing = True
+        with self._draining:  # test_stop and the master's drain request may both ask
+            if self._report is None:
+                for writer in self._writers.values():
+                    writer.close()
+                for resource in self._shared.values():
+                    if hasattr(resource, "close"):
+                        resource.close()
+                self._report = {
+                    "run_id": self.run_id,
+                    "writer_key": self.ids.writer_key,
+                    "writing_since": self.writing_since,
+                    "writers": {type(writer).__name__: writer.tally.as_dict() for writer in self._writers.values()},
+                }
+        return self._report
+
+
+class WritingProcess:
+    """A process that runs users: the local runner, or a worker. Opens a ProcessRun at each test start."""
+
+    def __init__(self, environment: Environment, on_fatal: OnFatal) -> None:
+        self.environment = environment
+        self.options = environment.parsed_options
+        self.own_addresses = given_addresses(self.options)
+        """What the user gave this process, read before Locust overwrites its options with the master's."""
+        self.on_fatal = on_fatal
+        self.process_run: ProcessRun | None = None
+        self.run_start: RunStart | None = None
+        # ~1.5 s of CPU: in a real thread, so this process's greenlets (heartbeats to the master among
+        # them) keep running; test start waits for it.
+        self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.build, POOL_SEED)
+        if self.is_worker:
+            environment.runner.register_message(RUN_START, self._on_run_start)
+            environment.runner.register_message(DRAIN, self._on_drain_request, concurrent=True)
+
+    @property
+    def is_worker(self) -> bool:
+        return isinstance(self.environment.runner, WorkerRunner)
+
+    @property
+    def name(self) -> str:
+        if self.is_worker:
+            return f"firehose worker {self.environment.runner.worker_index}"
+        return "firehose"
+
+    def begin(self, run: RunStart) -> None:
+        """Open this process's share of `run` (from the run-start message, or the local coordinator)."""
+        run = run.with_own(self.own_addresses)
+        index = self.environment.runner.worker_index if self.is_worker else 0
+        self.process_run = ProcessRun(
+            run, self.name, index, self._pools.get(), self.options, self.environment, self.on_fatal
+        )
+
+    def on_test_start(self) -> None:
+        """A worker's test start: the run-start message arrived before Locust's spawn message."""
+        if self.is_worker:
+            if self.run_start is None:
+                raise RuntimeError("no run-start message from the master before the spawn message")
+            self.begin(self.run_start)
+
+    def engineers(self) -> tuple[int, int]:
+        """This process's engineers (started, finished) in the current run."""
+        run = self.process_run
+        return (run.engineers_started, run.engineers_finished) if run else (0, 0)
+
+    def on_report_to_master(self, data: dict) -> None:
+        """Workers add their engineer counts to every stats report (every few seconds, and at the end)."""
+        if self.process_run is not None:
+            data[ENGINEERS] = self.engineers()
+
+    def drain(self) -> dict | None:
+        """Commit what this process buffered; its final report (sent to the master from a worker)."""
+        if self.process_run is None:
+            return None
+        report = self.process_run.drain()
+        if self.is_worker:
+            self.environment.runner.send_message(DRAINED, report)
+        return report
+
+    def _on_run_start(self, environment: Environment, msg) -> None:
+        self.run_start = RunStart.from_message(msg.data)
+
+    def _on_drain_request(self, environment: Environment, msg) -> None:
+        if self.process_run is not None and self.process_run.run_id == msg.data["run_id"]:
+            environment.runner.send_message(DRAINED, self.process_run.drain())
