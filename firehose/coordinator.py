@@ -21,7 +21,7 @@ import gevent
 import psycopg
 from locust import User
 from locust.env import Environment
-from locust.runners import STATE_RUNNING, MasterRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner
 
 from firehose import tuning
 from firehose.endpoints import RunServices
@@ -141,7 +141,8 @@ class Coordinator:
         self.fatal = reason
         logger.error("firehose stops the run: %s", reason)
         self.environment.process_exit_code = 1
-        gevent.spawn(self._end_run)  # not from inside a writer's greenlet, which the stop may kill
+        if self.environment.runner.state in (STATE_SPAWNING, STATE_RUNNING):  # else it is ending already
+            gevent.spawn(self._end_run)  # not from inside a writer's greenlet, which the stop may kill
 
     def on_test_stop(self) -> None:
         """After this process's own users drained (if any): collect the workers' reports, count, summarise."""
