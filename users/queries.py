@@ -78,7 +78,9 @@ def from_epoch_us(epoch_us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=epoch_us)
 
 
-def latest_error_trace(conn: psycopg.Connection, window_end: datetime, window_s: float = DEFAULT_WINDOW_S) -> str | None:
+def latest_error_trace(
+    conn: psycopg.Connection, window_end: datetime, window_s: float = DEFAULT_WINDOW_S
+) -> str | None:
     """The trace id of the window's most recent error span, or None when the window holds no error."""
     row = conn.execute(
         LATEST_ERROR_TRACE, {"window_start": window_end - timedelta(seconds=window_s), "window_end": window_end}
