@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
 from gevent.lock import Semaphore
@@ -20,6 +21,8 @@ from telemetry.pools import Pools
 
 if TYPE_CHECKING:
     from writers.base import Writer
+
+Shared = TypeVar("Shared")
 
 
 def open_run(conninfo: str, seed: int, label: str) -> int:
@@ -60,6 +63,8 @@ class ProcessRun:
         self._report: dict | None = None
         self._draining = Semaphore()
         self._creating = Semaphore()
+        self._shared: dict[Callable[[ProcessRun], object], object] = {}
+        self._sharing = Semaphore()
         with psycopg.connect(conninfo, autocommit=True) as conn:
             key = conn.execute(
                 "INSERT INTO firehose_writer_keys (writer_key, run_id)"
@@ -83,11 +88,25 @@ class ProcessRun:
                 self._writers[writer_class] = writer_class.from_options(self.conninfo, self.options, self.events)
         return self._writers[writer_class]
 
+    def shared(self, factory: Callable[[ProcessRun], Shared]) -> Shared:
+        """The object `factory(self)` built once for this process (e.g. the analysts' query runner).
+
+        Every later call with the same factory returns that object; `drain` closes it if it has `close()`.
+        """
+        with self._sharing:  # building one may connect, which yields: other greenlets must wait, not build another
+            if factory not in self._shared:
+                self._shared[factory] = factory(self)
+        return self._shared[factory]
+
     def drain(self) -> dict:
         """Stop taking rows, commit everything buffered, and report. Idempotent."""
         self.closing = True
         with self._draining:  # test_stop and the master's drain request may both ask
             if self._report is None:
+                with self._sharing:  # first: readers stop competing with the writers' last batches
+                    for shared in self._shared.values():
+                        if callable(close := getattr(shared, "close", None)):
+                            close()
                 for writer in self._writers.values():
                     writer.close()
                 self._report = {
