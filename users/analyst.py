@@ -19,7 +19,7 @@ from hdrh.histogram import HdrHistogram
 from locust import User, task
 from locust.event import Events
 from locust.exception import StopUser
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from telemetry.durations import parse_duration
 from telemetry.pools import METRIC_KINDS
@@ -95,6 +95,7 @@ class QueryRunner:
         self.weights = weights or dict.fromkeys(self.queries, 1.0)
         self.stats = {name: QueryStats() for name in self.queries}
         self._random = random.Random(seed)
+        self.closed = False
         self._pool = ConnectionPool(
             conninfo,
             min_size=pool_size,
@@ -147,18 +148,23 @@ class QueryRunner:
         return self._random.choices(names, weights=[self.weights[name] for name in names])[0]
 
     def execute(self, name: str) -> int | None:
-        """Run the query once, as one Locust request; returns its row count, or None when it failed."""
+        """Run the query once, as one Locust request; returns its row count, or None when it failed or the runner
+        was closed (the run is over: a query that had not started by then is not run, and not counted)."""
         query = self.queries[name]
-        stats = self.stats[name]
-        stats.count += 1
         rows, error, started = 0, None, time.perf_counter()
         try:
             with self._pool.connection() as conn:
                 # The wait for a pooled connection is the client's queue, not the query: time from here.
                 started = time.perf_counter()
                 rows = len(conn.execute(query.to_psycopg(), self._parameters(query, conn)).fetchall())
+        except PoolClosed:
+            if self.closed:
+                return None
+            raise
         except Exception as exc:  # every failure is the request's outcome, reported to Locust below
             error = exc
+        stats = self.stats[name]
+        stats.count += 1
         elapsed_us = max(round((time.perf_counter() - started) * 1_000_000), LATENCY_LOWEST_US)
         if error is None:
             stats.rows += rows
@@ -200,6 +206,7 @@ class QueryRunner:
 
     def close(self) -> None:
         """Close the pool; the statistics stay readable for the summary."""
+        self.closed = True
         self._pool.close()
 
 
@@ -243,4 +250,5 @@ class Analyst(User):
         if run.closing:
             raise StopUser()
         runner = run.shared(QueryRunner.for_run)
-        runner.execute(runner.pick())
+        if runner.execute(runner.pick()) is None and run.closing:
+            raise StopUser()
