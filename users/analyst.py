@@ -84,14 +84,12 @@ class QueryRunner:
         window_s: float = DEFAULT_WINDOW_S,
         pool_size: int = POOL_SIZE,
         weights: dict[str, float] | None = None,
-        think_time: float = 0.0,
         seed: int | None = None,
     ) -> None:
         self.events = events
         self.queries = load_queries()
         self.window_end = from_epoch_us(window_end_us)
         self.window_s = window_s
-        self.think_time = think_time
         self.weights = weights or dict.fromkeys(self.queries, 1.0)
         self.stats = {name: QueryStats() for name in self.queries}
         self._random = random.Random(seed)
@@ -138,7 +136,6 @@ class QueryRunner:
             window_s=parse_duration(options.query_window),
             pool_size=options.analyst_pool_size,
             weights=parse_weights(options.query_weights, sorted(load_queries())),
-            think_time=options.analyst_think_time,
             seed=hash((run.seed, run.process_index)),
         )
 
@@ -237,7 +234,7 @@ class Analyst(User):
 
     def wait_time(self) -> float:
         """No think time by default (like the reference's query loop): --analyst-think-time seconds otherwise."""
-        return self.environment.parsed_options.analyst_think_time
+        return self.environment.firehose.process_run.options.analyst_think_time
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
