@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 USERS ?= 100
 DURATION ?= 120s
 
-.PHONY: run test test-fast lint services clean sweep bench
+.PHONY: run test test-fast lint services clean sweep bench optimize
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 BENCH_ARGS ?=
 bench: $(BIN)/.installed services
 	$(BIN)/firehose bench $(BENCH_ARGS)
+
+## optimize: the 8 queries before and after schema/indexes.sql on 500 users over 3 days of history (a loaded dataset
+## of that shape is reused), index sizes and their cost on COPY -> results/optimize-<timestamp>/ (OPTIMIZE_ARGS="--reload")
+OPTIMIZE_ARGS ?=
+optimize: $(BIN)/.installed
+	$(BIN)/firehose optimize $(OPTIMIZE_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test (fast first, then the slow ones)
 test: $(BIN)/.installed services

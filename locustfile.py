@@ -9,14 +9,31 @@ With no --pg-dsn (and no PG* variables) an embedded PostgreSQL is started on 127
 from locust import events
 
 from firehose import lifecycle
-from users import BatchedEngineer, CopyEngineer, NaiveEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer
+from users import (
+    Analyst,
+    BatchedEngineer,
+    CopyEngineer,
+    NaiveEngineer,
+    PooledEngineer,
+    StreamEngineer,
+    ValidatedCopyEngineer,
+)
 
 lifecycle.register(
     events,
-    user_classes=[CopyEngineer, NaiveEngineer, BatchedEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer],
+    user_classes=[
+        CopyEngineer,
+        NaiveEngineer,
+        BatchedEngineer,
+        PooledEngineer,
+        StreamEngineer,
+        ValidatedCopyEngineer,
+        Analyst,
+    ],
 )
 
 __all__ = [
+    "Analyst",
     "BatchedEngineer",
     "CopyEngineer",
     "NaiveEngineer",

@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = {"sweep": "firehose.sweep", "bench": "firehose.bench"}
+COMMANDS = {"sweep": "firehose.sweep", "bench": "firehose.bench", "optimize": "firehose.optimize"}
 """Subcommand name -> the module that implements it."""
 
 

@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Engineers start over with new telemetry until the run ends. Default: each emits its events "
         "once and stops, and the run ends when all have finished (the seed's fixed-volume experiment).",
     )
+    parser.add_argument(
+        "--history",
+        default="1h",
+        help="Span of time the generated telemetry falls in, ending when the run starts (e.g. 1h, 3d), so that "
+        "the analysts' time filters select a fraction of the table.",
+    )
     parser.add_argument("--summary-json", default=None, help="Also write the end-of-run summary to this JSON file.")
     tuning.add_arguments(parser)
 
@@ -79,13 +85,17 @@ class Firehose:
 
 
 def register(events: Events, user_classes: list[type[User]]) -> None:
-    """Attach firehose to Locust's events; the writers of `user_classes` declare their options."""
+    """Attach firehose to Locust's events. The writers of `user_classes`, and the user classes that have
+    an `add_arguments` classmethod (the analysts), declare their options."""
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
         add_arguments(parser)
         for writer_class in writer_classes(user_classes):
             writer_class.add_arguments(parser)
+        for user_class in user_classes:
+            if callable(declare := getattr(user_class, "add_arguments", None)):
+                declare(parser)
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:

@@ -28,7 +28,8 @@ from psycopg.conninfo import make_conninfo
 
 from firehose.endpoints import given_addresses
 from firehose.messages import DRAIN, DRAINED, ENGINEERS, RUN_START, RunStart
-from telemetry.generator import EngineerTelemetry, EventIds, engineer_seed
+from telemetry.durations import parse_duration
+from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import Pools
 from writers.base import OnFatal, Writer, WriterContext
 
@@ -38,6 +39,16 @@ POOL_SEED = 0
 """Pools are a fixed catalogue (same in every process); the run's seed varies what is drawn from them."""
 
 T = TypeVar("T")
+
+
+def register_writer_key(conninfo: str, run_id: int) -> int:
+    """A new writer key of `run_id`: its row records the address and name of the connection that drew it."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        return conn.execute(
+            "INSERT INTO firehose_writer_keys (writer_key, run_id)"
+            " VALUES (nextval('firehose_writer_key'), %s) RETURNING writer_key",
+            [run_id],
+        ).fetchone()[0]
 
 
 class ProcessRun:
@@ -64,6 +75,8 @@ class ProcessRun:
         self.seed = run.seed
         self.anchor_us = run.anchor_us
         self.process_index = process_index
+        self.history_s = parse_duration(options.history) if getattr(options, "history", None) else WINDOW_S
+        """The span of time generated telemetry falls in, ending at the anchor (--history)."""
         self.pools = pools
         self.options = options
         self.events = environment.events
@@ -78,19 +91,14 @@ class ProcessRun:
         self._report: dict | None = None
         self._draining = Semaphore()
         self._creating = Semaphore()
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            key = conn.execute(
-                "INSERT INTO firehose_writer_keys (writer_key, run_id)"
-                " VALUES (nextval('firehose_writer_key'), %s) RETURNING writer_key",
-                [self.run_id],
-            ).fetchone()[0]
-        self.ids = EventIds(key)
+        self._sharing = Semaphore()
+        self.ids = EventIds(register_writer_key(self.conninfo, self.run_id))
 
     def engineer_telemetry(self, traces: int) -> EngineerTelemetry:
         """The next engineer's telemetry: its seed derives from the run's, so a seed replays a run."""
         self.engineers_started += 1
         seed = engineer_seed(self.seed, self.process_index, self.engineers_started)
-        return EngineerTelemetry(self.pools, seed, anchor_us=self.anchor_us, traces=traces)
+        return EngineerTelemetry(self.pools, seed, anchor_us=self.anchor_us, traces=traces, window_s=self.history_s)
 
     def writer(self, writer_class: type[Writer]) -> Writer:
         """This process's writer of that strategy, created on first use (after Locust forked)."""
@@ -102,27 +110,40 @@ class ProcessRun:
         return self._writers[writer_class]
 
     def shared(self, factory: Callable[[ProcessRun], T]) -> T:
-        """`factory(self)`, built once per process and run (e.g. the analysts' pool); closed at `drain`."""
-        with self._creating:
+        """The object `factory(self)` built once for this process and run (e.g. the analysts' query runner).
+
+        Every later call with the same factory returns that object; `drain` closes it if it has `close()`.
+        """
+        with self._sharing:  # building one may connect, which yields: other greenlets must wait, not build another
             if factory not in self._shared:
                 self._shared[factory] = factory(self)
         return self._shared[factory]  # type: ignore[return-value]
+
+    def rows_acknowledged(self) -> int:
+        """Rows this process's writers have seen committed so far."""
+        return sum(sum(writer.tally.acknowledged.values()) for writer in self._writers.values())
 
     def drain(self) -> dict:
         """Stop taking rows, commit everything buffered, and report. Idempotent."""
         self.closing = True
         with self._draining:  # test_stop and the master's drain request may both ask
             if self._report is None:
+                with self._sharing:  # first: readers stop competing with the writers' last batches
+                    for shared in self._shared.values():
+                        if callable(close := getattr(shared, "close", None)):
+                            close()
                 for writer in self._writers.values():
                     writer.close()
-                for resource in self._shared.values():
-                    if hasattr(resource, "close"):
-                        resource.close()
                 self._report = {
                     "run_id": self.run_id,
                     "writer_key": self.ids.writer_key,
                     "writing_since": self.writing_since,
                     "writers": {type(writer).__name__: writer.tally.as_dict() for writer in self._writers.values()},
+                    "shared": {
+                        type(shared).__name__: shared.report()
+                        for shared in self._shared.values()
+                        if callable(getattr(shared, "report", None))
+                    },
                 }
         return self._report
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 
 from telemetry.layout import TABLES
+from users.analyst import merge_reports
 
 _COUNT_BY_KEYS = """
 SELECT count(*) FROM {table} AS t
@@ -71,6 +72,12 @@ class RunSummary:
         starts = [report["writing_since"] for report in self.reports if report.get("writing_since")]
         return self.ended_at - min(starts, default=self.started_at)
 
+    def queries(self) -> dict:
+        """The analysts' queries of every process, merged: per query count, failures, rows, p50/p95/p99 ms."""
+        return merge_reports(
+            [report["shared"]["QueryRunner"] for report in self.reports if "QueryRunner" in report.get("shared", {})]
+        )
+
     def as_dict(self) -> dict:
         generated = self._sum("received")
         acknowledged = self._sum("acknowledged")
@@ -112,6 +119,7 @@ class RunSummary:
                     for table in TABLES
                 },
             },
+            "queries": self.queries(),
         }
 
     def render(self) -> str:
@@ -132,6 +140,17 @@ class RunSummary:
             f"{'total':<10}{events['generated']:>12,}{events['acknowledged']:>14,}{events['in_database']:>13,}"
             f"{writes['rows_per_s']:>10,.0f}{writes['mb_per_s']:>8.1f}"
         )
+        if queries := figures["queries"]:
+            lines.append(
+                f"{'query':<24}{'count':>8}{'failed':>8}{'rows':>12}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
+            )
+            for name, query in queries.items():
+                p50, p95, p99 = (query[f"p{p}_ms"] for p in (50, 95, 99))
+                lines.append(
+                    f"{name:<24}{query['count']:>8,}{query['failures']:>8,}{query['rows']:>12,}"
+                    f"{_ms(p50):>10}{_ms(p95):>10}{_ms(p99):>10}"
+                )
+            lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
         verdict = "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
         if self.stopped_by:
             lines.append(f"stopped by an error of the setup: {self.stopped_by}")
@@ -146,3 +165,7 @@ class RunSummary:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"

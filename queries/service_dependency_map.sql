@@ -1,4 +1,7 @@
--- Which service calls which: a self-join of spans on the parent link, over the last hour.
+-- Which service calls which: a self-join of spans on the parent link, for the child spans of a time window
+-- (a parent may have started before the window).
+-- Parameters: window_start, window_end (timestamptz; the window is (window_start, window_end]).
+--   psql -v window_start='2025-06-01 11:00+00' -v window_end='2025-06-01 12:00+00' -f queries/service_dependency_map.sql
 SELECT parent.service_name      AS caller,
        child.service_name       AS callee,
        count(*)                 AS calls,
@@ -8,7 +11,7 @@ FROM spans AS child
 JOIN spans AS parent
   ON parent.trace_id = child.trace_id
  AND parent.span_id  = child.parent_span_id
-WHERE child.start_time > now() - interval '1 hour'
+WHERE child.start_time > :'window_start' AND child.start_time <= :'window_end'
   AND parent.service_name <> child.service_name
 GROUP BY parent.service_name, child.service_name
 ORDER BY calls DESC;

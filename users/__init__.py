@@ -1,7 +1,8 @@
-"""Locust user classes: engineers (one per write strategy)."""
+"""Locust user classes: engineers (one per write strategy) and analysts (the queries of queries/)."""
 
 import locust  # noqa: F401  (gevent must patch before psycopg is imported: see README, "Concurrency")
 
+from users.analyst import Analyst
 from users.engineer import (
     BatchedEngineer,
     CopyEngineer,
@@ -13,6 +14,7 @@ from users.engineer import (
 )
 
 __all__ = [
+    "Analyst",
     "BatchedEngineer",
     "CopyEngineer",
     "Engineer",

@@ -1,0 +1,259 @@
+"""`firehose optimize`: the analysts' queries before and after schema/indexes.sql, on a dataset of the reference's size.
+
+1. Load 500 engineers' telemetry (~920k rows) spread over --history (3 days: a 1 h window is a small share, so
+   time indexes matter), unless `firehose_datasets` records that this shape is already loaded (--reload forces).
+2. Drop the firehose_ indexes of the telemetry tables, VACUUM ANALYZE, run each query --repeat times: "before".
+3. COPY a fixed sample of fresh rows without the indexes, then delete it.
+4. Create schema/indexes.sql's indexes, VACUUM ANALYZE (an index-only scan needs the visibility map), run each
+   query again: "after"; COPY the same sample with the indexes, delete it.
+Prints, per query, the median before and after, the speedup, the scan nodes with index names and shared buffers
+(EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)), whether the results are identical and not empty; each index's size;
+the indexes' cost on COPY. Markdown and JSON go to results/optimize-<timestamp>/. Queries are timed with
+perf_counter, in microseconds (Locust would round them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from locust.event import Events
+
+from firehose.dataset import Dataset, foreign_tables, load, own_ids, recorded, sample
+from firehose.endpoints import RunServices, given_addresses
+from firehose.optimize_report import render_markdown
+from firehose.sweep import machine_info
+from services.postgres import EMBEDDED_PORT, REPO, redact
+from telemetry.durations import parse_duration
+from telemetry.layout import TABLES
+from users.queries import DEFAULT_METRIC_NAME, Query, from_epoch_us, latest_error_trace, load_queries, window_parameters
+from writers.copy import CopyWriter
+
+INDEXES_SQL = REPO / "schema" / "indexes.sql"
+DATASET_NAME = "optimize"
+DEFAULT_USERS = 500
+"""The reference's optimize dataset: 500 users, ~920k rows."""
+DEFAULT_HISTORY = "3d"
+"""Three days of history: the 1 h window is ~1/72 of the rows, so a time index has something to skip."""
+DEFAULT_REPEAT = 5
+DEFAULT_WRITE_SAMPLE = 20_000
+"""Rows COPYed with and without the indexes: ~1.5 s of COPY here, long enough to dwarf start-up costs."""
+DATASET_SEED = 0
+FLOAT_DIGITS = 9
+"""Significant digits floats are compared with: a sum over another plan's row order differs in the last bits."""
+OUR_INDEXES = "schemaname = current_schema() AND tablename = ANY(%s) AND indexname LIKE 'firehose\\_%%'"
+"""pg_indexes' rows of firehose's own indexes on the telemetry tables (bound with TABLES)."""
+_INDEX_NAME = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+)", re.IGNORECASE)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`firehose optimize`'s options."""
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="Engineers to load (default: %(default)s).")
+    parser.add_argument(
+        "--history", default=DEFAULT_HISTORY, help="Time the telemetry is spread over (default: %(default)s)."
+    )
+    parser.add_argument("--window", default="1h", help="The queries' time window (default: %(default)s).")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help="Timed runs per query and phase.")
+    parser.add_argument(
+        "--write-sample", type=int, default=DEFAULT_WRITE_SAMPLE, help="Rows COPYed to measure the indexes' cost."
+    )
+    parser.add_argument("--reload", action="store_true", help="Load the dataset even if the same shape is there.")
+    parser.add_argument(
+        "--yes", action="store_true", help="Empty the tables even in a database that holds tables of others."
+    )
+    parser.add_argument(
+        "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
+    )
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    parser.add_argument("--out", default=None, help="Results directory (default: results/optimize-<timestamp>).")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, write the results, print the table; 2 when refused, 1 when a result changed or came back empty."""
+    try:
+        history_s, window_s = parse_duration(args.history), parse_duration(args.window)
+    except ValueError as error:
+        sys.stderr.write(f"firehose optimize: {error}\n")
+        return 2
+    out = Path(args.out or Path("results") / f"optimize-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    given = given_addresses(args)
+    services = RunServices(given, embedded_port=args.embedded_port)
+    try:
+        dsn = services.start_postgres()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            others = foreign_tables(conn)
+        if others and not args.yes:
+            sys.stderr.write(
+                f"firehose optimize: {redact(dsn)} holds tables that are not firehose's ({', '.join(others)}):"
+                " refusing to drop indexes or empty tables there without --yes\n"
+            )
+            return 2
+        result = measure(dsn, args.users, history_s, window_s, args.repeat, args.write_sample, args.reload)
+    finally:
+        services.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(result)
+    (out / "optimize.md").write_text(markdown)
+    (out / "optimize.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    sys.stdout.write(f"\n{markdown}\n{out / 'optimize.md'}\n{out / 'optimize.json'}\n")
+    return 0 if all(query["identical"] and query["non_empty"] for query in result["queries"].values()) else 1
+
+
+def measure(dsn: str, users: int, history_s: int, window_s: int, repeat: int, write_sample: int, reload: bool) -> dict:
+    """The whole comparison, as the JSON document written to optimize.json."""
+    dataset, reused = ensure_dataset(dsn, users, history_s, reload)
+    window_end = from_epoch_us(dataset.anchor_us)
+    queries = load_queries()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        drop_indexes(conn)
+        conn.execute("VACUUM ANALYZE")
+        values = {"metric_name": DEFAULT_METRIC_NAME, "trace_id": latest_error_trace(conn, window_end, window_s)}
+        parameters = {name: window_parameters(query, window_end, window_s, **values) for name, query in queries.items()}
+        before = {name: time_query(conn, query, parameters[name], repeat) for name, query in queries.items()}
+    copy_without = timed_sample_copy(dsn, dataset, write_sample)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.perf_counter()
+        conn.execute(INDEXES_SQL.read_text())
+        create_s = time.perf_counter() - started
+        conn.execute("VACUUM ANALYZE")
+        after = {name: time_query(conn, query, parameters[name], repeat) for name, query in queries.items()}
+        indexes = index_sizes(conn)
+        table_bytes = {
+            table: conn.execute("SELECT pg_total_relation_size(%s::regclass)", [table]).fetchone()[0]
+            for table in TABLES
+        }
+    copy_with = timed_sample_copy(dsn, dataset, write_sample)
+    return {
+        "dataset": {
+            "users": dataset.users,
+            "history_s": dataset.history_s,
+            "seed": dataset.seed,
+            "newest_data": window_end.isoformat(),
+            "rows": {table: getattr(dataset, table) for table in TABLES},
+            "table_bytes": table_bytes,
+            "reused": reused,
+        },
+        "machine": machine_info(dsn),
+        "settings": {"repeat": repeat, "window_s": window_s, **values},
+        "queries": {name: compare(before[name], after[name]) for name in queries},
+        "indexes": indexes,
+        "create_indexes_s": round(create_s, 3),
+        "writes": {
+            "sample_rows": copy_without["rows"],
+            "without_indexes_rows_s": copy_without["rows_s"],
+            "with_indexes_rows_s": copy_with["rows_s"],
+            "ratio": round(copy_with["rows_s"] / copy_without["rows_s"], 3),
+        },
+    }
+
+
+def ensure_dataset(dsn: str, users: int, history_s: int, reload: bool) -> tuple[Dataset, bool]:
+    """The recorded dataset of this shape, or a fresh load; and whether it was reused."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = recorded(conn, DATASET_NAME)
+    if found is not None and found.same_shape(users, history_s, DATASET_SEED) and not reload:
+        return found, True
+    anchor_us = int(time.time()) * 1_000_000
+    return load(dsn, DATASET_NAME, users, history_s, DATASET_SEED, anchor_us), False
+
+
+def drop_indexes(conn: psycopg.Connection) -> None:
+    """Drop schema/indexes.sql's indexes and any other firehose_ index of the telemetry tables: a clean "before"."""
+    names = set(_INDEX_NAME.findall(INDEXES_SQL.read_text()))
+    names |= {
+        row[0]
+        for row in conn.execute(
+            f"SELECT indexname FROM pg_indexes WHERE {OUR_INDEXES}",
+            [list(TABLES)],
+        )
+    }
+    for name in sorted(names):
+        conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+
+
+def time_query(conn: psycopg.Connection, query: Query, values: dict, repeat: int) -> dict:
+    """One untimed run (its result kept, and caches warmed), `repeat` timed runs, and the plan with buffers."""
+    sql = query.to_psycopg()
+    result = conn.execute(sql, values).fetchall()
+    runs_ms = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        conn.execute(sql, values).fetchall()
+        runs_ms.append(round((time.perf_counter() - started) * 1000, 3))  # microsecond resolution
+    plan = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", values).fetchone()[0][0]["Plan"]
+    return {
+        "median_ms": round(statistics.median(runs_ms), 3),
+        "runs_ms": runs_ms,
+        "rows": len(result),
+        "scans": scan_nodes(plan),
+        "shared_hit": plan.get("Shared Hit Blocks", 0),
+        "shared_read": plan.get("Shared Read Blocks", 0),
+        "result": normalised(result),
+    }
+
+
+def scan_nodes(plan: dict) -> list[str]:
+    """Each scan node of a plan, e.g. "Index Only Scan firehose_logs_time_severity on logs"."""
+    nodes = []
+    if plan["Node Type"].endswith("Scan"):
+        index = f" {plan['Index Name']}" if "Index Name" in plan else ""
+        relation = f" on {plan['Relation Name']}" if "Relation Name" in plan else ""
+        nodes.append(f"{plan['Node Type']}{index}{relation}")
+    for child in plan.get("Plans", []):
+        nodes += scan_nodes(child)
+    return nodes
+
+
+def normalised(rows: list[tuple]) -> list[list]:
+    """Rows as JSON-able lists, floats to FLOAT_DIGITS significant digits (see FLOAT_DIGITS)."""
+    return [
+        [float(f"{value:.{FLOAT_DIGITS}g}") if isinstance(value, float) else value for value in row] for row in rows
+    ]
+
+
+def compare(before: dict, after: dict) -> dict:
+    """A query's two phases side by side; results are compared as multisets (ORDER BY ties may swap)."""
+    same = sorted(map(repr, before.pop("result"))) == sorted(map(repr, after.pop("result")))
+    return {
+        "before": before,
+        "after": after,
+        "speedup": round(before["median_ms"] / after["median_ms"], 2) if after["median_ms"] else None,
+        "identical": same,
+        "non_empty": before["rows"] > 0,
+    }
+
+
+def index_sizes(conn: psycopg.Connection) -> dict[str, dict]:
+    """Each firehose_ index of the telemetry tables: its table, size and definition."""
+    rows = conn.execute(
+        "SELECT indexname, tablename, pg_relation_size(format('%%I.%%I', schemaname, indexname)::regclass), indexdef"
+        f" FROM pg_indexes WHERE {OUR_INDEXES} ORDER BY tablename, indexname",
+        [list(TABLES)],
+    ).fetchall()
+    return {name: {"table": table, "bytes": size, "definition": definition} for name, table, size, definition in rows}
+
+
+def timed_sample_copy(dsn: str, dataset: Dataset, rows: int) -> dict:
+    """COPY a sample of fresh rows (numbered from a writer key of their own) into the tables, then delete them."""
+    ids = own_ids(dsn, dataset.seed, "optimize write sample")
+    traces = sample(dataset.seed, dataset.anchor_us, dataset.history_s, rows, ids)
+    writer = CopyWriter(dsn, Events())  # its pool opens here, before the clock starts
+    started = time.perf_counter()
+    for trace in traces:
+        writer.write(trace)
+    writer.close()
+    elapsed = time.perf_counter() - started
+    written = sum(len(trace) for trace in traces)
+    low, high = ids.writer_key << 32, (ids.writer_key + 1) << 32
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE event_id >= %s AND event_id < %s", [low, high])
+        conn.execute(f"VACUUM {', '.join(TABLES)}")  # the deleted rows must not weigh on the next phase
+    return {"rows": written, "rows_s": round(written / elapsed)}
