@@ -23,7 +23,8 @@ def postgres():
     """An embedded PostgreSQL started for this test session, stopped (and its data removed) after it."""
     root = Path(tempfile.mkdtemp(prefix="firehose-test-"))
     os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
-    server = EmbeddedPostgres(root / "data", port=free_port())
+    # A Unix socket too, so a test can reach the same database by another address.
+    server = EmbeddedPostgres(root / "data", port=free_port(), socket_dir=root / "socket")
     server.start()
     yield server
     server.stop()
