@@ -44,6 +44,8 @@ BENCH_SEED = 20261125
 ANCHOR_US = 1_764_000_000_000_000
 RAW_CONNECTIONS = 2
 """Parallel `psql \\copy` connections of the physical limit: two saturate two cores (environment notes)."""
+PARTS = ("generator", "end_to_end", "client_profile", "strategies", "levers")
+"""What a bench measures, in this order (`--only` picks some)."""
 STRATEGIES = ("NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer")
 LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("COPY batch 1,000 rows", ("--copy-batch-size", "1000")),
@@ -89,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy-users", type=int, default=50, help="Users of each strategy run.")
     parser.add_argument("--strategy-duration", default="20s", help="Duration of each strategy run.")
     parser.add_argument("--quick", action="store_true", help="A small, fast, single-repetition run (for tests).")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        default=None,
+        help="Measure only this part (repeatable; default: all). E.g. --only end_to_end to compare two builds.",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
 
 
@@ -122,14 +131,21 @@ class Bench:
         self.traces = TRACES_PER_ENGINEER if not args.quick else 10
 
     def run(self) -> dict:
+        parts = set(self.args.only or PARTS)
         pools = Pools.build(0)
-        results: dict = {"machine": self.machine(), "generator": self.generator(pools)}
-        with tempfile.TemporaryDirectory(prefix="firehose-bench-") as scratch:
-            parts, rows = write_copy_files(Path(scratch), pools, self.args.engineers, self.traces)
-            results["end_to_end"] = self.end_to_end(parts, rows)
-        results["client_profile"] = profile_client(self.dsn, pools, engineers=50 if not self.args.quick else 2)
-        results["strategies"] = self.strategies()
-        results["levers"] = self.levers(results["end_to_end"]["copy_engineer_rows_per_s"])
+        results: dict = {"machine": self.machine()}
+        if "generator" in parts:
+            results["generator"] = self.generator(pools)
+        if parts & {"end_to_end", "levers"}:
+            with tempfile.TemporaryDirectory(prefix="firehose-bench-") as scratch:
+                files, rows = write_copy_files(Path(scratch), pools, self.args.engineers, self.traces)
+                results["end_to_end"] = self.end_to_end(files, rows)
+        if "client_profile" in parts:
+            results["client_profile"] = profile_client(self.dsn, pools, engineers=50 if not self.args.quick else 2)
+        if "strategies" in parts:
+            results["strategies"] = self.strategies()
+        if "levers" in parts:
+            results["levers"] = self.levers(results["end_to_end"]["copy_engineer_rows_per_s"])
         return results
 
     def machine(self) -> dict:
@@ -417,8 +433,8 @@ def _psql() -> str:
 
 
 def render_markdown(results: dict) -> str:
-    machine, generator, e2e = results["machine"], results["generator"], results["end_to_end"]
-    strategies, levers = results["strategies"], results["levers"]
+    """The parts of `results` that were measured, as Markdown."""
+    machine = results["machine"]
     settings = ", ".join(f"{name}={value}" for name, value in machine["settings"].items())
     lines = [
         f"## firehose bench, {machine['date']}",
@@ -428,30 +444,40 @@ def render_markdown(results: dict) -> str:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| generator, events/s on one core | {_fig(generator['events_per_s'])} |",
-        f"| generator vs dict + orjson per event | {generator['ratio_to_dict_orjson']:.1f}x |",
-        f"| generator vs Faker per event | {generator['ratio_to_faker']:.0f}x |",
-        f"| raw `psql \\copy`, {RAW_CONNECTIONS} connections, rows/s ({e2e['rows']:,} rows) "
-        f"| {_fig(e2e['raw_copy_rows_per_s'])} |",
-        f"| CopyEngineer through Locust, rows/s (same rows) | {_fig(e2e['copy_engineer_rows_per_s'])} |",
-        f"| **end to end / raw \\copy** | **{e2e['ratio']:.2f}** |",
-        "",
-        *_profile_lines(results["client_profile"]),
-        "",
-        f"Strategies ({strategies['users']} users, {strategies['duration']} each, --continuous):",
-        "",
-        "| strategy | rows/s | ratio to naive |",
-        "|---|---|---|",
-    ]  # fmt: skip
-    for name, data in strategies["rows_per_s"].items():
-        lines.append(f"| {name} | {_fig(data)} | {strategies['ratio_to_naive'][name]:.1f}x |")
-    lines += ["", "Levers (CopyEngineer, one change at a time, vs the end-to-end figure above):", "",
-              "| lever | rows/s | effect |", "|---|---|---|"]  # fmt: skip
-    for label, data in levers.items():
-        if "skipped" in data:
-            lines.append(f"| {label} | skipped: {data['skipped']} | |")
-        else:
-            lines.append(f"| {label} | {_fig(data)} | {data['effect']:+.0%} |")
+    ]
+    if generator := results.get("generator"):
+        lines += [
+            f"| generator, events/s on one core | {_fig(generator['events_per_s'])} |",
+            f"| generator vs dict + orjson per event | {generator['ratio_to_dict_orjson']:.1f}x |",
+            f"| generator vs Faker per event | {generator['ratio_to_faker']:.0f}x |",
+        ]
+    if e2e := results.get("end_to_end"):
+        lines += [
+            f"| raw `psql \\copy`, {RAW_CONNECTIONS} connections, rows/s ({e2e['rows']:,} rows) "
+            f"| {_fig(e2e['raw_copy_rows_per_s'])} |",
+            f"| CopyEngineer through Locust, rows/s (same rows) | {_fig(e2e['copy_engineer_rows_per_s'])} |",
+            f"| **end to end / raw \\copy** | **{e2e['ratio']:.2f}** |",
+        ]
+    if profile := results.get("client_profile"):
+        lines += ["", *_profile_lines(profile)]
+    if strategies := results.get("strategies"):
+        lines += [
+            "",
+            f"Strategies ({strategies['users']} users, {strategies['duration']} each, --continuous):",
+            "",
+            "| strategy | rows/s | ratio to naive |",
+            "|---|---|---|",
+        ]
+        for name, data in strategies["rows_per_s"].items():
+            lines.append(f"| {name} | {_fig(data)} | {strategies['ratio_to_naive'][name]:.1f}x |")
+    if levers := results.get("levers"):
+        lines += ["", "Levers (CopyEngineer, one change at a time, vs the end-to-end figure above):", "",
+                  "| lever | rows/s | effect |", "|---|---|---|"]  # fmt: skip
+        for label, data in levers.items():
+            if "skipped" in data:
+                lines.append(f"| {label} | skipped: {data['skipped']} | |")
+            else:
+                lines.append(f"| {label} | {_fig(data)} | {data['effect']:+.0%} |")
     return "\n".join(lines) + "\n"
 
 

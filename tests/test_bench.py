@@ -32,3 +32,10 @@ def test_quick_bench_writes_results(dsn, tmp_path):
     assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0
     markdown = json_path.with_suffix(".md").read_text()
     assert "end to end / raw" in markdown and "| CopyEngineer |" in markdown
+
+
+def test_only_measures_the_parts_asked_for(dsn, tmp_path):
+    assert main(["bench", "--quick", "--only", "end_to_end", "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
+    [json_path] = tmp_path.glob("*.json")
+    assert set(json.loads(json_path.read_text())) == {"machine", "end_to_end"}
+    assert "end to end / raw" in json_path.with_suffix(".md").read_text()
