@@ -131,7 +131,13 @@ def measure(dsn: str, args: argparse.Namespace, history_s: int, locust_args: lis
     anchor_us = int(time.time()) * 1_000_000
     phases = {}
     for phase, analysts in (("alone", 0), ("with_analysts", args.analysts)):
-        phases[phase] = run_phase(dsn, args, history_s, anchor_us, analysts, locust_args)
+        phases[phase] = result = run_phase(dsn, args, history_s, anchor_us, analysts, locust_args)
+        failed = [name for name, check in result["checks"].items() if check["ok"] is False]
+        print(  # at once, even into a pipe (make): a phase takes a minute
+            f"{phase}: {result['rows_per_s']:,.0f} rows/s, lost {result['events'].get('lost', '?')}, "
+            f"checks {'failed: ' + ', '.join(failed) if failed else 'passed' if result['checks'] else 'not run'}",
+            flush=True,
+        )
     alone, mixed = phases["alone"], phases["with_analysts"]
     retention = mixed["rows_per_s"] / alone["rows_per_s"] if alone["rows_per_s"] else None
     queries = mixed["queries"]
