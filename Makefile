@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 USERS ?= 100
 DURATION ?= 120s
 
-.PHONY: run test test-fast lint services clean sweep bench optimize
+.PHONY: run test test-fast lint services clean sweep bench optimize chaos
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(BIN)/.installed services
 OPTIMIZE_ARGS ?=
 optimize: $(BIN)/.installed
 	$(BIN)/firehose optimize $(OPTIMIZE_ARGS)
+
+## chaos: CopyEngineer alone, then with 8 analysts (one per query), 50 engineers, 30 s each, on 200,000 prefilled
+## rows over 3 h: retention, queries/s, per-query p50/p95/p99, every query's counts checked against the generator's
+## -> results/chaos-<timestamp>/ (CHAOS_ARGS="--strategy BatchedEngineer --users 100 -- --analyst-think-time 0.1")
+CHAOS_ARGS ?=
+chaos: $(BIN)/.installed
+	$(BIN)/firehose chaos $(CHAOS_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test (fast first, then the slow ones)
 test: $(BIN)/.installed services

@@ -11,7 +11,12 @@ import importlib
 import logging
 import sys
 
-COMMANDS = {"sweep": "firehose.sweep", "bench": "firehose.bench", "optimize": "firehose.optimize"}
+COMMANDS = {
+    "sweep": "firehose.sweep",
+    "bench": "firehose.bench",
+    "optimize": "firehose.optimize",
+    "chaos": "firehose.chaos",
+}
 """Subcommand name -> the module that implements it."""
 
 

@@ -58,7 +58,7 @@ def run_bounded(command: list[str], timeout: float, stdout: IO | int, stderr: IO
 
 
 def run_headless(
-    user_class: str,
+    user_class: str | list[str],
     users: int,
     *,
     pg_dsn: str,
@@ -67,11 +67,12 @@ def run_headless(
     extra: list[str] | tuple[str, ...] = (),
     timeout: float = 900,
 ) -> HeadlessRun:
-    """`locust ... USER_CLASS -u USERS -r USERS -t RUN_TIME --pg-dsn PG_DSN EXTRA` and its summary."""
+    """`locust ... USER_CLASS... -u USERS -r USERS -t RUN_TIME --pg-dsn PG_DSN EXTRA` and its summary."""
+    classes = [user_class] if isinstance(user_class, str) else user_class
     with tempfile.TemporaryDirectory(prefix="firehose-run-") as scratch:
         summary_path, log_path = Path(scratch) / "summary.json", Path(scratch) / "output.log"
         command = locust_command(
-            user_class, "-u", str(users), "-r", str(users), "-t", run_time, "--pg-dsn", pg_dsn,
+            *classes, "-u", str(users), "-r", str(users), "-t", run_time, "--pg-dsn", pg_dsn,
             "--summary-json", str(summary_path), *extra, processes=processes,
         )  # fmt: skip
         with log_path.open("w") as log:

@@ -86,7 +86,8 @@ class Firehose:
 
 def register(events: Events, user_classes: list[type[User]]) -> None:
     """Attach firehose to Locust's events. The writers of `user_classes`, and the user classes that have
-    an `add_arguments` classmethod (the analysts), declare their options."""
+    an `add_arguments` classmethod (the analysts), declare their options; a selected user class with a
+    `configure(options)` classmethod applies them at init, before any spawn (e.g. --analysts)."""
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +100,10 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
+        if not isinstance(environment.runner, WorkerRunner):  # the master's (or only) dispatcher spawns users
+            for user_class in environment.user_classes:
+                if callable(configure := getattr(user_class, "configure", None)):
+                    configure(environment.parsed_options)
         environment.firehose = firehose = Firehose(environment)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())

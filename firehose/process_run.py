@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from firehose.endpoints import given_addresses
 from firehose.messages import DRAIN, DRAINED, ENGINEERS, RUN_START, RunStart
+from telemetry.counts import GeneratedCounts
 from telemetry.durations import parse_duration
 from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import Pools
@@ -83,6 +84,8 @@ class ProcessRun:
         self.closing = False
         self.engineers_started = 0
         self.engineers_finished = 0
+        self.generated = GeneratedCounts(pools.topologies)
+        """The generator's own counts of the traces this process's engineers handed to writers."""
         self.writing_since: float | None = None
         """Wall-clock time the first engineer asked for a writer: where the run's write rate starts."""
         self._context = WriterContext(self.addresses, self.run_id, options, self.events, on_fatal)
@@ -139,6 +142,7 @@ class ProcessRun:
                     "writer_key": self.ids.writer_key,
                     "writing_since": self.writing_since,
                     "writers": {type(writer).__name__: writer.tally.as_dict() for writer in self._writers.values()},
+                    "generated_counts": self.generated.as_dict(),
                     "shared": {
                         type(shared).__name__: shared.report()
                         for shared in self._shared.values()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 
+from telemetry.counts import merge_counts
 from telemetry.layout import TABLES
 from users.analyst import merge_reports
 
@@ -78,6 +79,10 @@ class RunSummary:
             [report["shared"]["QueryRunner"] for report in self.reports if "QueryRunner" in report.get("shared", {})]
         )
 
+    def generated_counts(self) -> dict:
+        """The generator's own counts (telemetry.counts) of every process's engineers, added up."""
+        return merge_counts([report["generated_counts"] for report in self.reports if "generated_counts" in report])
+
     def as_dict(self) -> dict:
         generated = self._sum("received")
         acknowledged = self._sum("acknowledged")
@@ -120,6 +125,7 @@ class RunSummary:
                 },
             },
             "queries": self.queries(),
+            "generated_counts": self.generated_counts(),
         }
 
     def render(self) -> str:

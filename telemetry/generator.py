@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from telemetry.counts import LOG_TOPOLOGY_SHIFT, SEVERITY_BITS, TraceFacts
 from telemetry.layout import NULL, TABLES
 from telemetry.pools import METRIC_KINDS, MODELS, SEVERITIES, Pools
 
@@ -66,11 +67,13 @@ class EventIds:
 
 @dataclass
 class TraceRows:
-    """The rows one trace produced, per table."""
+    """The rows one trace produced, per table, and what the generator knows of them (`facts`)."""
 
     spans: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
+    facts: TraceFacts | None = None
+    """The trace's facts for the generator's own counts (telemetry.counts); None for rows made elsewhere."""
 
     def __len__(self) -> int:
         return len(self.spans) + len(self.metrics) + len(self.logs)
@@ -115,7 +118,8 @@ class EngineerTelemetry:
         pools = self._pools
         rand = self._rng.random
         bits = self._rng.getrandbits
-        shape = pools.topologies[int(rand() * len(pools.topologies))]
+        topology = int(rand() * len(pools.topologies))
+        shape = pools.topologies[topology]
         n_spans = len(shape)
         n_metrics = 3 + int(rand() * 6)
         n_logs = 2 + int(rand() * 7)
@@ -224,9 +228,13 @@ class EngineerTelemetry:
 
         bodies = pools.log_bodies
         log_contexts = pools.log_contexts
+        # A log's fact is a small int (telemetry.counts' encoding): no object per event for the collector to track.
+        log_facts = []
+        add_log_fact, log_key, severity_bits = log_facts.append, topology << LOG_TOPOLOGY_SHIFT, SEVERITY_BITS
         for _ in range(n_logs):
             k = int(rand() * n_spans)
             number, text, _weight = _ERROR_SEVERITY if errors[k] else _SEVERITY_TABLE[int(rand() * 100)]
+            add_log_fact(log_key | k << severity_bits | number)
             span = shape[k]
             at = starts[k] + int((ends[k] - starts[k]) * rand())
             rows.logs.append(
@@ -247,4 +255,5 @@ class EngineerTelemetry:
                 )
             )
             event_id += 1
+        rows.facts = (topology, errors, model, self._profile.team, log_facts)
         return rows

@@ -120,6 +120,8 @@ class EngineerProfile:
 
     members: str  # "user.id":...,"team":...,"project":...,"cost_centre":...
     sessions: tuple[str, ...]
+    team: str
+    """The team in `members`, kept apart so the generator can count model calls per team without parsing."""
 
 
 @dataclass(frozen=True)
@@ -331,4 +333,4 @@ def _profile(fake: Faker, rng: random.Random) -> EngineerProfile:
         }
     )
     sessions = tuple(fake.uuid4() for _ in range(rng.randint(2, 6)))
-    return EngineerProfile(members, sessions)
+    return EngineerProfile(members, sessions, team)

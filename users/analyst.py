@@ -60,6 +60,9 @@ LATENCY_HIGHEST_US = 3_600_000_000
 LATENCY_DIGITS = 3
 """Significant digits the histogram keeps: 0.1 % error, where Locust's own figures keep about 2 digits."""
 PERCENTILE_METHOD = "HdrHistogram (3 significant digits), merged across processes"
+APPLICATION_NAME = "firehose analysts"
+"""The analysts' connections' application_name: pg_stat_activity (and `firehose chaos`'s CPU accounting) tells
+readers from writers by it."""
 
 
 def parse_weights(text: str, names: list[str]) -> dict[str, float]:
@@ -114,12 +117,19 @@ class QueryRunner:
         self._rows_written = rows_written or (lambda: 0)
         self.closed = False
         # autocommit: read-only statements need no COMMIT round trip after each
-        self._pool = open_pool(conninfo, pool_size, "QueryRunner", autocommit=True)
+        self._pool = open_pool(conninfo, pool_size, "QueryRunner", autocommit=True, application_name=APPLICATION_NAME)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The analysts' options (their group in `locust --help`)."""
         group = parser.add_argument_group("Analysts")
+        group.add_argument(
+            "--analysts",
+            type=int,
+            default=0,
+            help="Exactly this many of -u are analysts (Locust's fixed_count), the rest the other classes. "
+            "Default 0: Locust's weights decide.",
+        )
         group.add_argument(
             "--analyst-pool-size", type=int, default=POOL_SIZE, help="Analysts' connections per process."
         )
@@ -265,6 +275,12 @@ class Analyst(User):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """The analysts' options; the run lifecycle calls this from Locust's parser hook."""
         QueryRunner.add_arguments(parser)
+
+    @classmethod
+    def configure(cls, options: argparse.Namespace) -> None:
+        """Apply --analysts before any spawn: Locust's dispatcher gives a class with a `fixed_count` exactly that
+        many users, and the rest of -u to the others by weight (the run lifecycle calls this at init)."""
+        cls.fixed_count = max(getattr(options, "analysts", 0), 0)
 
     @task
     def query(self) -> None:

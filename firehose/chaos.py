@@ -1,0 +1,344 @@
+"""`firehose chaos`: a writer alone, then the same writer while 8 analysts query; retention and correct results.
+
+On one PostgreSQL, twice, from the same starting point:
+1. empty the tables and prefill --prefill rows with COPY (whole traces over --history, ending at a fixed anchor,
+   so the analysts' one-hour window falls in them), counting them with the generator's own counts;
+2. run `locust <Strategy> --headless --continuous -u USERS -t DURATION` ("alone"), then, after the same emptying
+   and prefill, `<Strategy> Analyst -u USERS+8 --analysts 8` ("with analysts": one analyst per query, no think
+   time, the reference's "8 analytical queries");
+3. after each run, run every query once more over a window covering all the data and check its counts against
+   the prefill's counts plus the run's `generated_counts` (only meaningful with lost = 0 and nothing quarantined).
+Prints and writes (results/chaos-<timestamp>/chaos.md, chaos.json): rows/s alone and with analysts, the retention
+ratio, queries served per second of writing, per query count, during_writes and p50/p95/p99 ms (HDR), each
+check, table sizes before and after, who used the CPU (firehose.cpu_usage), the machine's cores, and the
+reference's figures beside ours. Exit 1 when a check fails, a run failed, or rows were lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from locust.event import Events
+from psycopg.rows import dict_row
+
+from firehose.chaos_report import render_markdown
+from firehose.cpu_usage import CpuUsage
+from firehose.database import empty_tables
+from firehose.dataset import foreign_tables, own_ids
+from firehose.endpoints import FLAGS, RunServices, given_addresses
+from firehose.headless import run_headless
+from firehose.process_run import POOL_SEED
+from firehose.sweep import CELL_OVERHEAD_S, machine_info, parse_duration, resolve_strategies
+from services.postgres import EMBEDDED_PORT, redact
+from telemetry.counts import GeneratedCounts, merge_counts
+from telemetry.durations import parse_duration as parse_history
+from telemetry.generator import EngineerTelemetry, EventIds, TraceRows, engineer_seed
+from telemetry.layout import TABLES
+from telemetry.pools import Pools
+from users.queries import from_epoch_us, latest_error_trace, load_queries, window_parameters
+from writers.copy import CopyWriter
+
+DEFAULT_STRATEGY = "CopyEngineer"
+DEFAULT_USERS = 50
+DEFAULT_DURATION = "30s"
+DEFAULT_PREFILL = 200_000
+"""Rows in the tables before each run: ~100 engineers' worth, so the queries read more than the run's own rows."""
+DEFAULT_HISTORY = "3h"
+"""Prefill and run spread over 3 h: the analysts' 1 h window selects about a third of the rows."""
+ANALYSTS = 8
+"""One analyst per query of queries/, like the reference's "8 analytical queries"."""
+PREFILL_SEED = 0
+RUN_SEED = 1
+"""Fixed seeds: both phases prefill the same rows and their engineers compose the same telemetry."""
+CHECK_MARGIN_S = 24 * 3600
+"""The check's window reaches this far beyond the data on both sides: it must cover every row."""
+RECENT_ERRORS_LIMIT = 50
+"""recent_errors' LIMIT (queries/recent_errors.sql)."""
+TRACE_SPANS = (5, 12)
+"""Spans a trace has (telemetry.pools' topologies): what trace_lookup must find."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`firehose chaos`'s options; what follows `--` goes to both Locust runs as is."""
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY, help="Engineer class (default: %(default)s).")
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="Engineers (default: %(default)s).")
+    parser.add_argument("--duration", default=DEFAULT_DURATION, help="Run time of each phase (default: %(default)s).")
+    parser.add_argument("--prefill", type=int, default=DEFAULT_PREFILL, help="Rows loaded before each phase.")
+    parser.add_argument("--history", default=DEFAULT_HISTORY, help="Time the data spans (default: %(default)s).")
+    parser.add_argument("--analysts", type=int, default=ANALYSTS, help="Analysts of the second phase (default: 8).")
+    parser.add_argument("--processes", type=int, default=0, help="Locust --processes of each run (default: one).")
+    parser.add_argument(
+        "--yes", action="store_true", help="Empty the tables even in a database that holds tables of others."
+    )
+    parser.add_argument(
+        "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
+    )
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    parser.add_argument("--out", default=None, help="Results directory (default: results/chaos-<timestamp>).")
+    parser.add_argument(
+        "locust_args",
+        nargs=argparse.REMAINDER,
+        help="After `--`: options for both Locust runs, e.g. `-- --analyst-think-time 0.1`.",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, write the results, print the table; 2 when refused, 1 when a check failed or rows were lost."""
+    try:
+        parse_duration(args.duration)
+        history_s = parse_history(args.history)
+        resolve_strategies([args.strategy])
+    except ValueError as error:
+        sys.stderr.write(f"firehose chaos: {error}\n")
+        return 2
+    out = Path(args.out or Path("results") / f"chaos-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    services = RunServices(given_addresses(args), embedded_port=args.embedded_port)
+    try:
+        dsn = services.start_postgres()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            others = foreign_tables(conn)
+        if others and not args.yes:
+            sys.stderr.write(
+                f"firehose chaos: {redact(dsn)} holds tables that are not firehose's ({', '.join(others)}):"
+                " refusing to empty tables there without --yes\n"
+            )
+            return 2
+        writer = resolve_strategies([args.strategy])[0].writer_class
+        needed = [name for name in writer.services if FLAGS[name] not in locust_args]
+        addresses = services.start(needed)  # once for both phases, like the sweep
+        service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
+        result = measure(dsn, args, history_s, [*service_args, *locust_args])
+    finally:
+        services.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = render_markdown(result)
+    (out / "chaos.md").write_text(markdown)
+    (out / "chaos.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    sys.stdout.write(f"\n{markdown}\n{out / 'chaos.md'}\n{out / 'chaos.json'}\n")
+    return 0 if result["ok"] else 1
+
+
+def measure(dsn: str, args: argparse.Namespace, history_s: int, locust_args: list[str]) -> dict:
+    """Both phases, as the JSON document written to chaos.json."""
+    anchor_us = int(time.time()) * 1_000_000
+    phases = {}
+    for phase, analysts in (("alone", 0), ("with_analysts", args.analysts)):
+        phases[phase] = result = run_phase(dsn, args, history_s, anchor_us, analysts, locust_args)
+        failed = [name for name, check in result["checks"].items() if check["ok"] is False]
+        print(  # at once, even into a pipe (make): a phase takes a minute
+            f"{phase}: {result['rows_per_s']:,.0f} rows/s, lost {result['events'].get('lost', '?')}, "
+            f"checks {'failed: ' + ', '.join(failed) if failed else 'passed' if result['checks'] else 'not run'}",
+            flush=True,
+        )
+    alone, mixed = phases["alone"], phases["with_analysts"]
+    retention = mixed["rows_per_s"] / alone["rows_per_s"] if alone["rows_per_s"] else None
+    queries = mixed["queries"]
+    total_queries = sum(query["count"] for query in queries.values())
+    return {
+        "settings": {
+            "strategy": args.strategy,
+            "users": args.users,
+            "analysts": args.analysts,
+            "duration": args.duration,
+            "prefill_rows": args.prefill,
+            "history_s": history_s,
+            "processes": args.processes,
+            "locust_args": locust_args,
+            "database": redact(dsn),
+            "newest_prefill_data": from_epoch_us(anchor_us).isoformat(),
+        },
+        "machine": machine_info(dsn),
+        "phases": phases,
+        "retention": round(retention, 3) if retention is not None else None,
+        "queries_served": total_queries,
+        "queries_per_s": round(total_queries / mixed["writing_s"], 1) if mixed["writing_s"] else None,
+        "ok": all(phase["ok"] for phase in phases.values()),
+    }
+
+
+def run_phase(
+    dsn: str, args: argparse.Namespace, history_s: int, anchor_us: int, analysts: int, locust_args: list[str]
+) -> dict:
+    """Empty, prefill, run the writer (with `analysts` analysts), then check every query's counts."""
+    empty_tables(dsn)
+    prefill_counts = prefill(dsn, args.prefill, history_s, anchor_us)
+    before = table_sizes(dsn)
+    user_classes = [args.strategy, *(["Analyst"] if analysts else [])]
+    extra = ["--continuous", "--history", args.history, "--seed", str(RUN_SEED), *locust_args]
+    if analysts:
+        extra += ["--analysts", str(analysts)]
+    cpu = CpuUsage(dsn)
+    cpu.start()
+    try:
+        outcome = run_headless(
+            user_classes,
+            args.users + analysts,
+            pg_dsn=dsn,
+            run_time=args.duration,
+            processes=args.processes,
+            extra=extra,
+            timeout=parse_duration(args.duration) + CELL_OVERHEAD_S,
+        )
+    finally:
+        cpu.stop()
+    after = table_sizes(dsn)
+    summary = outcome.summary or {}
+    events = summary.get("events", {})
+    expected = merge_counts([prefill_counts, summary.get("generated_counts", {})])
+    window = (anchor_us - (history_s + CHECK_MARGIN_S) * 1_000_000, int((time.time() + CHECK_MARGIN_S) * 1_000_000))
+    checks = check_queries(dsn, expected, window) if outcome.ok else {}
+    clean = outcome.ok and events.get("lost") == 0 and not events.get("quarantined") and not events.get("duplicates")
+    return {
+        "user_classes": user_classes,
+        "returncode": outcome.returncode,
+        "output_tail": None if outcome.ok else outcome.output[-2000:],
+        "rows_per_s": summary.get("writes", {}).get("rows_per_s", 0.0),
+        "writing_s": summary.get("run", {}).get("writing_s", 0.0),
+        "events": events,
+        "queries": summary.get("queries", {}),
+        "tables_before": before,
+        "tables_after": after,
+        "cpu": cpu.as_dict(),
+        "checks": checks,
+        "ok": clean and bool(checks) and all(check["ok"] is not False for check in checks.values()),
+    }
+
+
+def prefill_traces(rows: int, history_s: int, anchor_us: int, ids: EventIds) -> Iterator[TraceRows]:
+    """Whole traces of PREFILL_SEED's engineers, one after the other, until at least `rows` rows."""
+    pools = Pools.build(POOL_SEED)
+    total, ordinal = 0, 0
+    while total < rows:
+        ordinal += 1
+        telemetry = EngineerTelemetry(
+            pools, engineer_seed(PREFILL_SEED, 0, ordinal), anchor_us=anchor_us, window_s=history_s
+        )
+        for trace in telemetry.traces(ids):
+            yield trace
+            total += len(trace)
+            if total >= rows:
+                return
+
+
+def prefill(dsn: str, rows: int, history_s: int, anchor_us: int) -> dict:
+    """COPY the prefill into the (emptied) tables; the generator's own counts of what was loaded."""
+    counts = GeneratedCounts(Pools.build(POOL_SEED).topologies)
+    writer = CopyWriter(dsn, Events())
+    for trace in prefill_traces(rows, history_s, anchor_us, own_ids(dsn, PREFILL_SEED, "chaos prefill")):
+        counts.add(trace.facts)
+        writer.write(trace)
+    writer.close()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"VACUUM ANALYZE {', '.join(TABLES)}")  # both phases start with the same statistics
+    return counts.as_dict()
+
+
+def table_sizes(dsn: str) -> dict[str, dict[str, int]]:
+    """Rows and pg_total_relation_size (table, TOAST and indexes) of each telemetry table."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {
+            table: {
+                "rows": conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0],
+                "bytes": conn.execute("SELECT pg_total_relation_size(%s::regclass)", [table]).fetchone()[0],
+            }
+            for table in TABLES
+        }
+
+
+def check_queries(dsn: str, expected: dict, window: tuple[int, int]) -> dict[str, dict]:
+    """Each query once over `window` (covering every row), its counts against the generator's (`expected`).
+
+    Per query: what is compared (`checked`), whether it matched (`ok`; None when the generator keeps no count it
+    could be checked against) and, when it did not, the differences.
+    """
+    window_end, window_s = from_epoch_us(window[1]), (window[1] - window[0]) / 1_000_000
+    queries = load_queries()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        trace = latest_error_trace(conn, window_end, window_s)
+
+        def result(name: str, **values: object) -> list[dict]:
+            query, cursor = queries[name], conn.cursor(row_factory=dict_row)
+            return cursor.execute(
+                query.to_psycopg(), window_parameters(query, window_end, window_s, **values)
+            ).fetchall()
+
+        errors = result("error_rates")
+        latency = result("latency_percentiles")
+        severity = result("log_severity")
+        cost = result("ai_cost_by_model_team")
+        dependencies = result("service_dependency_map")
+        recent = result("recent_errors")
+        lookup = result("trace_lookup", trace_id=trace)
+        rollups = result("metric_rollups", metric_name="llm.cost")
+    total_errors = sum(expected.get("error_spans", {}).values())
+    return {
+        "error_rates": _compare(
+            "spans and error spans per service",
+            {row["service_name"]: [row["spans"], row["errors"]] for row in errors},
+            {
+                service: [spans, expected.get("error_spans", {}).get(service, 0)]
+                for service, spans in expected.get("spans", {}).items()
+            },
+        ),
+        "latency_percentiles": _compare(
+            "spans per service",
+            {row["service_name"]: row["spans"] for row in latency},
+            expected.get("spans", {}),
+        ),
+        "log_severity": _compare(
+            "records per severity and service",
+            _nest((row["severity_text"], row["service_name"], row["records"]) for row in severity),
+            expected.get("logs", {}),
+        ),
+        "ai_cost_by_model_team": _compare(
+            "model calls per model and team",
+            _nest((row["model"], row["team"], row["calls"]) for row in cost),
+            expected.get("model_calls", {}),
+        ),
+        "service_dependency_map": _compare(
+            "calls and errors per caller and callee",
+            _nest((row["caller"], row["callee"], [row["calls"], row["errors"]]) for row in dependencies),
+            {
+                caller: {
+                    callee: [calls, expected.get("service_call_errors", {}).get(caller, {}).get(callee, 0)]
+                    for callee, calls in callees.items()
+                }
+                for caller, callees in expected.get("service_calls", {}).items()
+            },
+        ),
+        "recent_errors": _compare(
+            f"rows = min({RECENT_ERRORS_LIMIT}, error spans), all errors",
+            [len(recent), all(row["status_message"] is not None for row in recent)],
+            [min(RECENT_ERRORS_LIMIT, total_errors), True],
+        ),
+        "trace_lookup": _compare(
+            f"the latest error's trace: {TRACE_SPANS[0]}-{TRACE_SPANS[1]} spans, one of them an error",
+            [TRACE_SPANS[0] <= len(lookup) <= TRACE_SPANS[1], any(row["status_code"] == 2 for row in lookup)],
+            [True, True],
+        ),
+        "metric_rollups": {
+            "checked": "not against counts: the generator keeps no per-metric count (its cost, telemetry.counts)",
+            "ok": None,
+            "rows": len(rollups),
+        },
+    }
+
+
+def _nest(rows: Iterator[tuple]) -> dict:
+    nested: dict = {}
+    for outer, inner, value in rows:
+        nested.setdefault(outer, {})[inner] = value
+    return nested
+
+
+def _compare(checked: str, got: object, expected: object) -> dict:
+    ok = got == expected
+    return {"checked": checked, "ok": ok, **({} if ok else {"got": got, "expected": expected})}
