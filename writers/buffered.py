@@ -10,6 +10,7 @@ that overrides one method.
 from __future__ import annotations
 
 import argparse
+import logging
 from abc import abstractmethod
 from collections.abc import Callable
 
@@ -23,6 +24,8 @@ from telemetry.generator import TraceRows
 from telemetry.layout import TABLES
 from writers.base import OnFatal, Writer, WriterContext
 from writers.delivery import Outcome, SetupError, deliver, open_pool
+
+logger = logging.getLogger("firehose")
 
 _STOP = None
 
@@ -127,6 +130,11 @@ class BufferedWriter(Writer):
                 self.send(*batch)
             except SetupError as error:
                 self.fail(error)
+            except Exception:
+                # Not a database error (deliver sorts those): a bug or input nothing foresaw. The flusher must
+                # outlive it, and the batch's rows must count as failed, not vanish from the reconciliation.
+                logger.exception("a batch of %d %s rows could not be sent", len(batch[1]), batch[0])
+                self.tally.failed[batch[0]] += len(batch[1])
             finally:
                 self._batches.task_done()
         self._batches.task_done()

@@ -33,7 +33,9 @@ class CopyWriter(BufferedWriter):
 
     def send(self, table: str, lines: list[str]) -> None:
         """COPY one batch in its own transaction, retrying lost connections through a deduping path."""
-        data = "".join(lines).encode()
+        # surrogatepass: a lone surrogate reaches the server as the invalid bytes it is, and the server refuses
+        # the batch (counted as failed) instead of the encoder killing the flusher with the batch uncounted.
+        data = "".join(lines).encode("utf-8", "surrogatepass")
 
         def attempt(conn: psycopg.Connection, retry: bool) -> None:
             if retry:

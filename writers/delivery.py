@@ -8,8 +8,9 @@ happens after an error depends only on its class (`classify`), the same for ever
   `retry=True`, so the attempt goes through its de-duplicating path: the rows may have committed just before
   the connection dropped. Past the deadline the rows are UNAVAILABLE.
 - ROWS: the server refused the rows themselves (a bad value, a constraint, a row too big: classes 22, 23,
-  54). Returned as REFUSED: the validated path splits the batch and quarantines the culprit, the others count
-  the batch's rows as failed. Retrying cannot help.
+  54), or the client could not even encode them (text that is not valid UTF-8). Returned as REFUSED: the
+  validated path splits the batch and quarantines the culprit, the others count the batch's rows as failed.
+  Retrying cannot help.
 - SETUP: anything else the server says is wrong with the statement or the setup (permission denied, a
   missing table or column, a read-only server, a wrong password). Never retried, never quarantined as
   "malformed rows": `deliver` raises `SetupError`, one clear line naming the cause, and the run stops.
@@ -103,7 +104,7 @@ class SetupError(RuntimeError):
 
 def classify(error: Exception) -> ErrorClass:
     """What an error of a round trip means for the rows (see the module's docstring)."""
-    if isinstance(error, RowsRefused):
+    if isinstance(error, RowsRefused | UnicodeEncodeError):  # the rows themselves cannot be sent
         return ErrorClass.ROWS
     if isinstance(error, PoolTimeout):
         return ErrorClass.TRANSIENT
@@ -171,7 +172,7 @@ def deliver(
             with writer.timed(verb, name, size), pool.connection() as conn:
                 attempt(conn, retry)
             return Delivery(Outcome.COMMITTED)
-        except (psycopg.Error, RowsRefused) as error:
+        except (psycopg.Error, RowsRefused, UnicodeEncodeError) as error:
             kind = classify(error)
             if kind is ErrorClass.ROWS:
                 return Delivery(Outcome.REFUSED, error)

@@ -207,7 +207,9 @@ class StreamWriter(Writer):
                         gevent.sleep(ROOM_POLL_S)
 
     def _add(self, rows: TraceRows) -> None:
-        payload = {table: "".join(getattr(rows, table)).encode() for table in TABLES}
+        payload = {
+            table: "".join(lines).encode("utf-8", "surrogatepass") for table, lines in rows.by_table()
+        }  # see CopyWriter.send
         size = sum(map(len, payload.values()))
         added = self._added
         # Received before sending: if the reply is lost the entry may still have landed, and be counted.
