@@ -23,7 +23,7 @@ from locust import User
 from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner
 
-from firehose import tuning
+from firehose import preflight, tuning
 from firehose.endpoints import RunServices
 from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, RUN_START, RunStart
 from firehose.process_run import WritingProcess
@@ -60,7 +60,17 @@ class Coordinator:
         self.options = environment.parsed_options
         self.local = local
         self.services = RunServices.from_options(self.options)
+        preflight.check_options(self.options)
+        if (given := self.services.given.get("postgres")) is not None:
+            preflight.check_database(given)  # before the schema step: it must not touch a table of another shape
         self.services.start_postgres()
+        if self.services.embedded is not None:
+            try:
+                with psycopg.connect(self.services.postgres, autocommit=True) as conn:
+                    preflight.check_tables(conn)
+            except preflight.Refused:
+                self.services.stop()
+                raise
         self._restore_levers: Callable[[], None] = tuning.apply(self.services.postgres, self.options)
         self.run: RunStart | None = None
         self.started_at = 0.0

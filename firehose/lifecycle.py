@@ -9,6 +9,7 @@ Each process gets a `Firehose` (as `environment.firehose`) with the parts its ro
 from __future__ import annotations
 
 import argparse
+import sys
 
 from locust import User
 from locust.env import Environment
@@ -18,6 +19,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from firehose import endpoints, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
+from firehose.preflight import Refused
 from firehose.process_run import ProcessRun, WritingProcess
 from telemetry.generator import TRACES_PER_ENGINEER
 from writers.delivery import SetupError
@@ -104,7 +106,12 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
             for user_class in environment.user_classes:
                 if callable(configure := getattr(user_class, "configure", None)):
                     configure(environment.parsed_options)
-        environment.firehose = firehose = Firehose(environment)
+        try:
+            environment.firehose = firehose = Firehose(environment)
+        except Refused as refusal:  # one line, exit code 2, before anything ran (Locust's traceback stays out)
+            sys.stderr.write(f"firehose: {refusal}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())
         if (coordinator := firehose.coordinator) is not None:

@@ -8,6 +8,7 @@
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import tempfile
 import time
 
 import gevent
@@ -15,11 +16,12 @@ import psycopg
 import pytest
 from locust.event import Events
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import TABLES
 from telemetry.pools import Pools
-from tests.conftest import run_locust
+from firehose.headless import locust_command, run_bounded
 from writers.copy import CopyWriter
 from writers.delivery import ErrorClass, RowsRefused, classify
 from writers.validated import ValidatedCopyWriter
@@ -28,6 +30,8 @@ pytestmark = pytest.mark.slow
 
 DEADLINE_S = 60
 """Bound on every wait of these tests for an observed state."""
+RUN_TIMEOUT_S = 180
+"""Bound on a Locust run of these tests."""
 
 
 @pytest.fixture(scope="module")
@@ -122,38 +126,52 @@ def test_a_row_the_server_refuses_is_quarantined_with_its_error(dsn, pools):
 
 
 @pytest.fixture
-def role_without_insert_on_metrics(dsn):
-    """A non-superuser (a superuser skips permission checks) with every privilege a run needs but INSERT on metrics."""
-    role = "firehose_test_no_metrics"
+def writer_role(dsn):
+    """A non-superuser (a superuser skips permission checks) with every privilege a run needs."""
+    role = "firehose_test_writer"
     grants = f"""
-        DROP ROLE IF EXISTS {role};
         CREATE ROLE {role} LOGIN;
-        GRANT SELECT, INSERT ON spans, logs, quarantine, firehose_runs, firehose_writer_keys TO {role};
-        GRANT SELECT ON metrics TO {role};
+        GRANT SELECT, INSERT ON spans, metrics, logs, quarantine, firehose_runs, firehose_writer_keys TO {role};
         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
         GRANT TEMP ON DATABASE firehose TO {role};
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():  # an interrupted run's
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
         conn.execute(grants)
-    yield psycopg.conninfo.make_conninfo(dsn, user=role)
+    yield role
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 @pytest.mark.parametrize("engineer", ["CopyEngineer", "ValidatedCopyEngineer"])
-def test_a_missing_privilege_stops_the_run_with_one_clear_line(dsn, role_without_insert_on_metrics, engineer):
-    result = run_locust(
-        engineer, "-u", "4", "-r", "4", "-t", "120s", "--continuous", "--pg-dsn", role_without_insert_on_metrics
+def test_a_privilege_revoked_mid_run_stops_it_with_one_clear_line(dsn, writer_role, engineer):
+    """The role may write when the run starts (the preflight checks pass); once metrics rows are arriving,
+    INSERT on metrics is revoked: the next metrics batch is an error of the setup, and the run stops."""
+    command = locust_command(
+        engineer, "-u", "4", "-r", "4", "-t", "120s", "--continuous", "--pg-dsn", make_conninfo(dsn, user=writer_role)
     )
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        run = gevent.spawn(run_bounded, command, RUN_TIMEOUT_S, stdout, stderr)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            deadline = time.monotonic() + DEADLINE_S
+            while not admin.execute("SELECT EXISTS (SELECT FROM metrics)").fetchone()[0] and not run.dead:
+                assert time.monotonic() < deadline, "no metrics row arrived"
+                gevent.sleep(0.05)
+            admin.execute(f"REVOKE INSERT ON metrics FROM {writer_role}")
+            written = admin.execute("SELECT count(*) FROM metrics").fetchone()[0]
+        returncode, timed_out = run.get()
+        stdout.seek(0), stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
     line = (
         "COPY into metrics refused: permission denied for table metrics [SQLSTATE 42501]: "
         "the role needs the INSERT privilege on metrics"
     )
-    assert result.returncode != 0
-    assert result.stderr.count(f"firehose stops the run: {line}") == 1, result.stderr[-3000:]
-    assert f"stopped by an error of the setup: {line}" in result.stdout
-    assert "Traceback" not in result.stderr
-    assert "limit reached" not in result.stderr  # stopped by the error, not by -t
+    assert not timed_out and returncode != 0
+    assert err.count(f"firehose stops the run: {line}") == 1, err[-3000:]
+    assert f"stopped by an error of the setup: {line}" in out
+    assert "Traceback" not in err
+    assert "limit reached" not in err  # stopped by the error, not by -t
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM metrics").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM metrics").fetchone()[0] >= written > 0

@@ -1,0 +1,119 @@
+"""Settings refused before anything starts: one line each, exit code 2.
+
+Checked on the master (or the only process) at Locust's init, before the run touches the database:
+- sizes and counts out of range (each option's bound where it is declared: `OPTION_MINIMUMS`);
+- a DSN that does not answer within a few seconds, or refuses the user (libpq's reason, password redacted);
+- an existing telemetry table whose columns differ from the row layout (named, with the columns);
+- a role missing a privilege the run needs (named, with the tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import psycopg
+
+from services.postgres import redact
+from telemetry.layout import LAYOUT
+
+CONNECT_TIMEOUT_S = 5
+"""How long a DSN may take to answer before it is taken for unreachable (libpq's default waits ~2 minutes)."""
+OPTION_MINIMUMS = {
+    "traces_per_engineer": 1,
+    "copy_batch_size": 1,
+    "copy_pool_size": 1,
+    "batched_batch_size": 1,
+    "batched_pool_size": 1,
+    "pooled_batch_size": 1,
+    "pooled_pool_size": 1,
+    "validated_batch_size": 1,
+    "validated_pool_size": 1,
+    "naive_pool_size": 1,
+    "stream_batch_size": 1,
+    "stream_consumers": 0,
+    "stream_max_len": 1,
+    "analyst_pool_size": 1,
+    "analysts": 0,
+}
+"""Each option's smallest sensible value: 0 rows per batch or 0 connections is no strategy at all."""
+PRIVILEGES = (
+    ("INSERT", ("spans", "metrics", "logs", "quarantine", "firehose_runs", "firehose_writer_keys")),
+    ("SELECT", ("spans", "metrics", "logs", "firehose_writer_keys")),
+)
+"""What a run does to each table: writes, and counts its rows at the end."""
+_COLUMNS = """
+SELECT table_name, column_name, data_type, is_nullable = 'YES'
+FROM information_schema.columns
+WHERE table_schema = current_schema() AND table_name = ANY(%s)
+ORDER BY table_name, ordinal_position
+"""
+
+
+class Refused(Exception):
+    """A setting that cannot work: the message is the one line the user sees."""
+
+
+def check_options(options: argparse.Namespace) -> None:
+    """Sizes and counts within their bounds."""
+    for dest, minimum in OPTION_MINIMUMS.items():
+        value = getattr(options, dest, None)
+        if value is not None and value < minimum:
+            flag = "--" + dest.replace("_", "-")
+            raise Refused(f"{flag} must be at least {minimum}, got {value}")
+
+
+def check_database(conninfo: str) -> None:
+    """The database answers, its telemetry tables (if any) have the layout's columns, the role may write."""
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
+        raise Refused(f"cannot connect to PostgreSQL at {redact(conninfo) or 'the PG* variables'}: {reason}") from None
+    with conn:
+        check_tables(conn)
+        check_privileges(conn)
+
+
+def check_tables(conn: psycopg.Connection) -> None:
+    """Existing telemetry tables have exactly the layout's columns, types and nullability."""
+    found: dict[str, list[tuple[str, str, bool]]] = {}
+    for table, column, sql_type, nullable in conn.execute(_COLUMNS, [list(LAYOUT)]):
+        found.setdefault(table, []).append((column, sql_type, nullable))
+    for table, columns in found.items():
+        expected = [(column.name, column.sql_type, column.nullable) for column in LAYOUT[table]]
+        if columns != expected:
+            missing = [name for name, *_ in expected if name not in {c for c, *_ in columns}]
+            extra = [name for name, *_ in columns if name not in {c for c, *_ in expected}]
+            differing = [
+                name for (name, *shape) in columns for (other, *wanted) in expected if name == other and shape != wanted
+            ]
+            details = (
+                "; ".join(
+                    f"{label} {', '.join(names)}"
+                    for label, names in (
+                        ("missing", missing),
+                        ("unexpected", extra),
+                        ("other type or nullability", differing),
+                    )
+                    if names
+                )
+                or "columns in another order"
+            )
+            raise Refused(
+                f"table {table} differs from schema/tables.sql ({details}): drop or rename it, or use another database"
+            )
+
+
+def check_privileges(conn: psycopg.Connection) -> None:
+    """The role may do what a run does, on the tables that exist (the schema step creates the others)."""
+    existing = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    for privilege, tables in PRIVILEGES:
+        lacking = [
+            table
+            for table in tables
+            if table in existing
+            and not conn.execute("SELECT has_table_privilege(%s, %s)", [table, privilege]).fetchone()[0]
+        ]
+        if lacking:
+            tables = ", ".join(lacking)
+            raise Refused(f"role {conn.info.user} lacks the {privilege} privilege on {tables}: grant it first")

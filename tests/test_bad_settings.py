@@ -1,0 +1,145 @@
+"""Settings that cannot work are refused before anything starts: one line, exit code 2, well under 10 s,
+no server left running, no Locust traceback."""
+
+import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
+
+import socket
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from firehose import preflight
+from firehose.headless import LOCUSTFILE
+from services.ports import free_port
+from services.postgres import redact
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+REFUSAL_S = 10
+"""The issue's bound on a refusal; a refused run starts nothing, so it takes about Locust's start-up."""
+
+
+def _refused(*args: str) -> tuple[str, float]:
+    """Run locust with `args`; assert exit code 2 and no traceback; return firehose's line and the seconds taken."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-t", "30s", *args]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "Uncaught exception" not in output, output[-3000:]
+    [line] = [line for line in output.splitlines() if line.startswith("firehose:")]
+    return line, elapsed
+
+
+@pytest.fixture
+def embedded_options(tmp_path):
+    """Options that would start an embedded server of the test's own, to prove none was left running."""
+    port = free_port()
+    yield ["--embedded-port", str(port), "--embedded-data-dir", str(tmp_path / "pg")]
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "a server was left running"
+    assert not (tmp_path / "pg" / "postmaster.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["CopyEngineer", "--copy-batch-size", "0"], "firehose: --copy-batch-size must be at least 1, got 0"),
+        (["CopyEngineer", "--copy-batch-size", "-5"], "firehose: --copy-batch-size must be at least 1, got -5"),
+        (["CopyEngineer", "--copy-pool-size", "-1"], "firehose: --copy-pool-size must be at least 1, got -1"),
+        (["NaiveEngineer", "--naive-pool-size", "0"], "firehose: --naive-pool-size must be at least 1, got 0"),
+        (["StreamEngineer", "--stream-max-len", "0"], "firehose: --stream-max-len must be at least 1, got 0"),
+        (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
+    ],
+)
+def test_sizes_out_of_range(embedded_options, args, line):
+    refused, elapsed = _refused(*args, *embedded_options)
+    assert refused == line and elapsed < REFUSAL_S
+
+
+def test_a_dsn_nothing_listens_on():
+    port = free_port()
+    dsn = f"host=127.0.0.1 port={port} user=x password=s3cret"
+    refused, elapsed = _refused("CopyEngineer", "--pg-dsn", dsn)
+    assert refused == (
+        f"firehose: cannot connect to PostgreSQL at {redact(dsn)}: connection "
+        f'failed: connection to server at "127.0.0.1", port {port} failed: Connection refused'
+    )
+    assert "s3cret" not in refused and "password=***" in refused
+    assert elapsed < REFUSAL_S
+
+
+def test_a_dsn_that_never_answers_times_out_in_seconds():
+    """A server that takes the connection and never speaks (as a host dropping packets would leave us waiting)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        refused, elapsed = _refused("CopyEngineer", "--pg-dsn", f"host=127.0.0.1 port={port}")
+    assert refused.startswith(f"firehose: cannot connect to PostgreSQL at host=127.0.0.1 port={port}: ")
+    assert "timeout expired" in refused
+    assert elapsed < REFUSAL_S
+
+
+def test_a_role_that_does_not_exist(dsn):
+    refused, elapsed = _refused("CopyEngineer", "--pg-dsn", make_conninfo(dsn, user="nobody_here"))
+    assert refused.startswith("firehose: cannot connect to PostgreSQL at ")
+    assert refused.endswith('FATAL:  role "nobody_here" does not exist')
+    assert elapsed < REFUSAL_S
+
+
+@pytest.fixture
+def other_database(dsn):
+    """A database of the test's own, for tables of another shape."""
+    name = "firehose_test_other_shape"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield make_conninfo(dsn, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_an_existing_table_of_another_shape(other_database):
+    with psycopg.connect(other_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE spans (event_id bigint PRIMARY KEY, trace_id text, payload jsonb)")
+    refused, elapsed = _refused("CopyEngineer", "--pg-dsn", other_database)
+    assert refused.startswith("firehose: table spans differs from schema/tables.sql (missing span_id, parent_span_id, ")
+    assert "; unexpected payload; other type or nullability trace_id)" in refused
+    assert elapsed < REFUSAL_S
+    with psycopg.connect(other_database) as conn:  # left as it was: the schema step never ran
+        assert conn.execute("SELECT to_regclass('metrics')").fetchone()[0] is None
+
+
+def test_a_role_missing_a_privilege(dsn):
+    role = "firehose_test_reader"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if _exists(conn, role):  # left by an interrupted run
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"GRANT INSERT ON spans, logs, quarantine, firehose_runs, firehose_writer_keys TO {role}")
+    try:
+        refused, elapsed = _refused("CopyEngineer", "--pg-dsn", make_conninfo(dsn, user=role))
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert refused == f"firehose: role {role} lacks the INSERT privilege on metrics: grant it first"
+    assert elapsed < REFUSAL_S
+
+
+def _exists(conn: psycopg.Connection, role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone() is not None
+
+
+def test_the_layout_check_reads_what_the_schema_creates(postgres):
+    """Control: the real schema passes the same checks (a refusal above is not the check refusing everything)."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        preflight.check_tables(conn)
+        preflight.check_privileges(conn)
