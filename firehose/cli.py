@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": "firehose.bench",
     "optimize": "firehose.optimize",
     "chaos": "firehose.chaos",
+    "roles": "firehose.roles",
 }
 """Subcommand name -> the module that implements it."""
 

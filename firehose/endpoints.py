@@ -18,9 +18,9 @@ from services.redis_server import LocalRedis
 
 logger = logging.getLogger("firehose")
 
-GIVEN = {"postgres": "pg_dsn", "pgbouncer": "pgbouncer_dsn", "redis": "redis_url"}
-"""Service name -> the option that gives its address."""
-FLAGS = {"postgres": "--pg-dsn", "pgbouncer": "--pgbouncer-dsn", "redis": "--redis-url"}
+GIVEN = {"postgres": "pg_dsn", "pgbouncer": "pgbouncer_dsn", "redis": "redis_url", "analysts": "analyst_dsn"}
+"""Service name -> the option that gives its address ("analysts": the analysts' own DSN, e.g. a read-only role)."""
+FLAGS = {"postgres": "--pg-dsn", "pgbouncer": "--pgbouncer-dsn", "redis": "--redis-url", "analysts": "--analyst-dsn"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         include_in_web_ui=False,
         help="Redis for StreamEngineer (redis://HOST:PORT/DB). Default: a redis-server started on a free "
         "127.0.0.1 port for the run, without persistence, stopped at exit.",
+    )
+    parser.add_argument(
+        FLAGS["analysts"],
+        default=None,
+        include_in_web_ui=False,
+        help="libpq DSN the analysts query through (e.g. a read-only role of the same database). Default: --pg-dsn.",
     )
     parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
     parser.add_argument("--embedded-data-dir", default=None, help="Data directory of the embedded PostgreSQL.")
@@ -99,8 +105,10 @@ class RunServices:
         return self.postgres
 
     def start(self, names: Iterable[str]) -> dict[str, str]:
-        """Make sure each named service has an address (given, or started now); returns all addresses."""
+        """Make sure each named service has an address (given, or started now); returns all addresses, the ones
+        the user gave included."""
         self.start_postgres()
+        self.addresses.update((name, address) for name, address in self.given.items() if name != "postgres")
         for name in sorted(set(names) - self.addresses.keys()):
             if name in self.given:
                 self.addresses[name] = self.given[name]

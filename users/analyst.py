@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,7 @@ class Run(Protocol):
     """What an analyst needs of the run's per-process side (firehose.process_run.ProcessRun)."""
 
     conninfo: str
+    addresses: Mapping[str, str]
     anchor_us: int
     seed: int
     process_index: int
@@ -152,7 +153,7 @@ class QueryRunner:
         """The runner of this process of `run`, set up from the run's options (the factory for `run.shared`)."""
         options = run.options
         return cls(
-            run.conninfo,
+            run.addresses.get("analysts", run.conninfo),  # --analyst-dsn, e.g. a read-only role
             run.events,
             window_end_us=run.anchor_us,
             window_s=parse_duration(options.query_window),
