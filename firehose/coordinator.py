@@ -63,6 +63,8 @@ class Coordinator:
         preflight.check_options(self.options)
         if (given := self.services.given.get("postgres")) is not None:
             preflight.check_database(given)  # before the schema step: it must not touch a table of another shape
+        if (redis_url := self.services.given.get("redis")) is not None:
+            preflight.check_redis(redis_url)
         self.services.start_postgres()
         if self.services.embedded is not None:
             try:

@@ -4,7 +4,8 @@ Checked on the master (or the only process) at Locust's init, before the run tou
 - sizes and counts out of range (each option's bound where it is declared: `OPTION_MINIMUMS`);
 - a DSN that does not answer within a few seconds, or refuses the user (libpq's reason, password redacted);
 - an existing telemetry table whose columns differ from the row layout (named, with the columns);
-- a role missing a privilege the run needs (named, with the tables).
+- a role missing a privilege the run needs (named, with the tables);
+- a Redis given with --redis-url that does not answer, or is older than 7.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import psycopg
+import redis
 
 from services.postgres import redact
 from telemetry.layout import LAYOUT
@@ -47,6 +49,10 @@ FROM information_schema.columns
 WHERE table_schema = current_schema() AND table_name = ANY(%s)
 ORDER BY table_name, ordinal_position
 """
+
+
+REDIS_MAJOR = 7
+"""XAUTOCLAIM's reply gained a third element in Redis 7.0: the stream consumers read that shape."""
 
 
 class Refused(Exception):
@@ -117,3 +123,16 @@ def check_privileges(conn: psycopg.Connection) -> None:
         if lacking:
             tables = ", ".join(lacking)
             raise Refused(f"role {conn.info.user} lacks the {privilege} privilege on {tables}: grant it first")
+
+
+def check_redis(url: str) -> None:
+    """Redis answers, and is recent enough for the stream path."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S)
+    try:
+        version = client.info("server")["redis_version"]
+    except Exception as error:  # redis-py's own errors, or a server that is not Redis failing its handshake
+        raise Refused(f"cannot reach Redis at {redact(url)}: {error}") from None
+    finally:
+        client.close()
+    if int(version.split(".")[0]) < REDIS_MAJOR:
+        raise Refused(f"Redis at {redact(url)} is {version}: the stream path needs Redis {REDIS_MAJOR} or later")

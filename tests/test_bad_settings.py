@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import gevent
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -143,3 +144,42 @@ def test_the_layout_check_reads_what_the_schema_creates(postgres):
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         preflight.check_tables(conn)
         preflight.check_privileges(conn)
+
+
+def test_a_redis_url_nothing_listens_on():
+    port = free_port()
+    refused, elapsed = _refused("StreamEngineer", "--redis-url", f"redis://:s3cret@127.0.0.1:{port}/0")
+    assert refused.startswith(f"firehose: cannot reach Redis at redis://:***@127.0.0.1:{port}/0: ")
+    assert "s3cret" not in refused and elapsed < REFUSAL_S
+
+
+def test_a_redis_older_than_7(dsn):
+    """A server that answers like Redis 6.2 (XAUTOCLAIM's reply differs there)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        server = gevent.spawn(_answer_like_redis_6, listener)
+        try:
+            refused, elapsed = _refused("StreamEngineer", "--pg-dsn", dsn, "--redis-url", f"redis://127.0.0.1:{port}/0")
+        finally:
+            server.kill()
+    assert refused == f"firehose: Redis at redis://127.0.0.1:{port}/0 is 6.2.14: the stream path needs Redis 7 or later"
+    assert elapsed < REFUSAL_S
+
+
+def _answer_like_redis_6(listener: socket.socket) -> None:
+    """HELLO (a RESP3 map) and INFO answer as a 6.2 server does; any other command (CLIENT SETINFO, ...) +OK."""
+    info = b"# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n"
+    hello = b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n6.2.14\r\n$5\r\nproto\r\n:3\r\n"
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                command = data.upper()
+                if b"HELLO" in command:
+                    conn.sendall(hello)
+                elif b"INFO" in command:
+                    conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
+                else:
+                    conn.sendall(b"+OK\r\n")
