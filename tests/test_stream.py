@@ -169,6 +169,28 @@ def test_back_pressure_bounds_the_stream(dsn, redis_url, client, pools):
         assert counts[table] == len(lines) == producer.tally.received[table] == consumer.tally.acknowledged[table]
 
 
+def test_close_waits_for_writes_under_way_and_refuses_later_ones(dsn, redis_url, client, pools):
+    """Engineers waiting for room when close() starts still land their traces; a write after that is counted
+    as failed, never added to a stream nobody consumes any more."""
+    writer = StreamWriter(dsn, Events(), redis_url=redis_url, run_id=5, batch_size=40, consumers=1, max_len=2)
+    traces = list(EngineerTelemetry(pools, 9, traces=12).traces(EventIds(25)))
+    engineers = [gevent.spawn(lambda share: [writer.write(rows) for rows in share], traces[i::4]) for i in range(4)]
+    _wait_for(lambda: writer._writes >= 3)  # most engineers are inside write(), waiting for room
+    closing = gevent.spawn(writer.close)
+    gevent.joinall(engineers, raise_error=True)
+    closing.get()
+    late = traces[0]
+    writer.write(late)  # after close: refused and counted
+    tally = writer.tally
+    received, acknowledged, failed = (
+        sum(counter.values()) for counter in (tally.received, tally.acknowledged, tally.failed)
+    )
+    # Engineers that went on writing after close() began were refused too (in a run, they stop at run.closing).
+    assert received == acknowledged + failed and failed >= len(late) and acknowledged > 0
+    assert sum(_counts(dsn).values()) == acknowledged  # whatever was added, landed: nothing left in the stream
+    assert client.xlen(writer.stream) == 0
+
+
 def test_refused_rows_are_set_aside_not_retried_forever(dsn, redis_url, client, pools):
     writer = StreamWriter(dsn, Events(), redis_url=redis_url, run_id=4, consumers=1)
     good = next(EngineerTelemetry(pools, 1, traces=1).traces(EventIds(24)))

@@ -124,6 +124,9 @@ class StreamWriter(Writer):
         self._adding = Group()
         self._polling = Semaphore()
         self._stopping = False
+        self._closing = False
+        self._writes = 0
+        """`write` calls under way, waiting for room included: `close` waits for them before judging the stream."""
         self._pool: ConnectionPool | None = None
         if consumers > 0:
             self._pool = open_pool(conninfo, consumers, "stream")
@@ -165,10 +168,20 @@ class StreamWriter(Writer):
         )
 
     def write(self, rows: TraceRows) -> None:
-        self._wait_for_room()
-        self._in_flight += 1  # before yielding: the next engineer must see this room as taken
-        # A greenlet of its own: when Locust kills the engineer mid-XADD, the XADD and its tally still complete.
-        self._adding.spawn(self._add, rows).get()
+        if self._closing:  # close() has decided when the stream is empty: an entry now would never be consumed
+            self.tally.receive(rows)
+            for table, lines in rows.by_table():
+                self.tally.failed[table] += len(lines)
+            logger.error("a trace of %d rows arrived after the stream writer closed: counted as failed", len(rows))
+            return
+        self._writes += 1
+        try:
+            self._wait_for_room()
+            self._in_flight += 1  # before yielding: the next engineer must see this room as taken
+            # A greenlet of its own: when Locust kills the engineer mid-XADD, the XADD and its tally still complete.
+            self._adding.spawn(self._add, rows).get()
+        finally:
+            self._writes -= 1
 
     def flush(self) -> None:
         """Return once every entry this writer added has been committed and acknowledged, by any consumer."""
@@ -181,7 +194,10 @@ class StreamWriter(Writer):
         """Stop the consumers once the stream is empty: every entry, this writer's included, is committed and acked.
 
         Other processes' entries too: one that only produces, or one that died, relies on these consumers.
+        Writes already under way (an engineer waiting for room) finish first; later ones are refused, counted.
         """
+        self._closing = True
+        self._wait_until(lambda: self._writes == 0, "the writes under way")
         self._adding.join()
         self._wait_until(lambda: self._redis.xlen(self.stream) == 0, self.stream)
         self._stopping = True
