@@ -65,6 +65,9 @@ class Coordinator:
             preflight.check_database(given)  # before the schema step: it must not touch a table of another shape
         if (redis_url := self.services.given.get("redis")) is not None:
             preflight.check_redis(redis_url)
+        named = [user for user in environment.user_classes if user.__name__ in (self.options.user_classes or ())]
+        needed = {service for writer in writer_classes(named) for service in writer.services}
+        preflight.check_binaries(needed - self.services.given.keys())  # the web UI's picker may never pick them
         self.services.start_postgres()
         if self.services.embedded is not None:
             try:

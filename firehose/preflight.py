@@ -5,12 +5,14 @@ Checked on the master (or the only process) at Locust's init, before the run tou
 - a DSN that does not answer within a few seconds, or refuses the user (libpq's reason, password redacted);
 - an existing telemetry table whose columns differ from the row layout (named, with the columns);
 - a role missing a privilege the run needs (named, with the tables);
-- a Redis given with --redis-url that does not answer, or is older than 7.
+- a Redis given with --redis-url that does not answer, or is older than 7;
+- pgBouncer or Redis to be started here for a strategy named on the command line, without its binary.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 
 import psycopg
 import redis
@@ -53,6 +55,10 @@ ORDER BY table_name, ordinal_position
 
 REDIS_MAJOR = 7
 """XAUTOCLAIM's reply gained a third element in Redis 7.0: the stream consumers read that shape."""
+
+
+SERVICE_BINARIES = {"pgbouncer": ("pgbouncer", "--pgbouncer-dsn"), "redis": ("redis-server", "--redis-url")}
+"""Service -> the Debian package and binary a local one needs, and the option that names one instead."""
 
 
 class Refused(Exception):
@@ -136,3 +142,14 @@ def check_redis(url: str) -> None:
         client.close()
     if int(version.split(".")[0]) < REDIS_MAJOR:
         raise Refused(f"Redis at {redact(url)} is {version}: the stream path needs Redis {REDIS_MAJOR} or later")
+
+
+def check_binaries(services: set[str]) -> None:
+    """Each service that will be started here has its binary (Debian puts pgbouncer in /usr/sbin)."""
+    for service in sorted(services):
+        binary, option = SERVICE_BINARIES[service]
+        if not (shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")):
+            raise Refused(
+                f"{binary} is not installed: install it (apt-get install {binary}, or make services), "
+                f"or give {option} of a running one"
+            )

@@ -183,3 +183,14 @@ def _answer_like_redis_6(listener: socket.socket) -> None:
                     conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
                 else:
                     conn.sendall(b"+OK\r\n")
+
+
+def test_a_service_binary_that_is_missing(embedded_options, monkeypatch):
+    """StreamEngineer named, no --redis-url, and no redis-server on the PATH (the child inherits it)."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    refused, elapsed = _refused("StreamEngineer", *embedded_options)
+    assert refused == (
+        "firehose: redis-server is not installed: install it (apt-get install redis-server, or make services), "
+        "or give --redis-url of a running one"
+    )
+    assert elapsed < REFUSAL_S
