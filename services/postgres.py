@@ -161,6 +161,10 @@ class EmbeddedPostgres:
             self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
         self.started_here = False
 
+    def restart(self, mode: str = "fast") -> None:
+        """Restart the server: `fast` (clients disconnected, clean shutdown) or `immediate` (crash recovery)."""
+        self._pg_ctl("restart", "-m", mode, "-w", "-t", "60", "-l", str(self.log_file), "-o", self._options())
+
     def running(self) -> bool:
         return self._pg_ctl("status", check=False).returncode == 0
 
