@@ -60,23 +60,16 @@ class Coordinator:
         self.options = environment.parsed_options
         self.local = local
         self.services = RunServices.from_options(self.options)
-        preflight.check_options(self.options)
-        if (given := self.services.given.get("postgres")) is not None:
-            preflight.check_database(given)  # before the schema step: it must not touch a table of another shape
-        if (redis_url := self.services.given.get("redis")) is not None:
-            preflight.check_redis(redis_url)
-        named = [user for user in environment.user_classes if user.__name__ in (self.options.user_classes or ())]
-        needed = {service for writer in writer_classes(named) for service in writer.services}
-        preflight.check_binaries(needed - self.services.given.keys())  # the web UI's picker may never pick them
-        self.services.start_postgres()
-        if self.services.embedded is not None:
-            try:
-                with psycopg.connect(self.services.postgres, autocommit=True) as conn:
-                    preflight.check_tables(conn)
-            except preflight.Refused:
-                self.services.stop()
-                raise
-        self._restore_levers: Callable[[], None] = tuning.apply(self.services.postgres, self.options)
+        self._check_and_start_database()
+        try:
+            self._restore_levers: Callable[[], None] = tuning.apply(self.services.postgres, self.options)
+        except (psycopg.Error, ValueError) as error:
+            self.services.stop()
+            reason = error.diag.message_primary if isinstance(error, psycopg.Error) else str(error)
+            needs = (
+                " (server levers need a superuser)" if isinstance(error, psycopg.errors.InsufficientPrivilege) else ""
+            )
+            raise preflight.Refused(f"--pg-setting / --jsonb-compression refused: {reason}{needs}") from None
         self.run: RunStart | None = None
         self.started_at = 0.0
         self.fatal: str | None = None
@@ -86,6 +79,26 @@ class Coordinator:
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(FATAL, self._on_fatal_message)
+
+    def _check_and_start_database(self) -> None:
+        """Refuse settings that cannot work (firehose.preflight) before anything starts, then start the database."""
+        given = self.services.given
+        preflight.check_options(self.options)
+        if "postgres" in given:
+            preflight.check_database(given["postgres"])  # before the schema step: no table of another shape touched
+        if "redis" in given:
+            preflight.check_redis(given["redis"])
+        named = [user for user in self.environment.user_classes if user.__name__ in (self.options.user_classes or ())]
+        needed = {service for writer in writer_classes(named) for service in writer.services}
+        preflight.check_binaries(needed - given.keys())  # only for classes named: the web UI's picker may skip them
+        self.services.start_postgres()
+        if self.services.embedded is not None:
+            try:
+                with psycopg.connect(self.services.postgres, autocommit=True) as conn:
+                    preflight.check_tables(conn)
+            except preflight.Refused:
+                self.services.stop()
+                raise
 
     @property
     def is_master(self) -> bool:

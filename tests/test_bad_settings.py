@@ -194,3 +194,33 @@ def test_a_service_binary_that_is_missing(embedded_options, monkeypatch):
         "or give --redis-url of a running one"
     )
     assert elapsed < REFUSAL_S
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--pg-setting", "no_such_setting=1"], 'unrecognized configuration parameter "no_such_setting"'),
+        (["--pg-setting", "synchronous_commit"], "--pg-setting takes NAME=VALUE, got 'synchronous_commit'"),
+    ],
+)
+def test_server_levers_that_cannot_apply(dsn, args, line):
+    refused, elapsed = _refused("CopyEngineer", "--pg-dsn", dsn, *args)
+    assert refused == f"firehose: --pg-setting / --jsonb-compression refused: {line}"
+    assert elapsed < REFUSAL_S
+
+
+def test_server_levers_need_a_superuser(dsn):
+    role = "firehose_test_not_super"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if _exists(conn, role):
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN; GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        refused, _ = _refused(
+            "CopyEngineer", "--pg-dsn", make_conninfo(dsn, user=role), "--pg-setting", "work_mem=64MB"
+        )
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+    assert refused.startswith("firehose: --pg-setting / --jsonb-compression refused: permission denied")
+    assert refused.endswith("(server levers need a superuser)")
