@@ -52,6 +52,11 @@ def writer_classes(user_classes: list[type[User]]) -> list[type[Writer]]:
     return sorted(found, key=lambda cls: cls.__name__)
 
 
+def class_names(user_classes: list[type[User]]) -> dict[str, str]:
+    """Writer class name -> the user class that writes through it (the name users pick and read)."""
+    return {user.writer_class.__name__: user.__name__ for user in user_classes if hasattr(user, "writer_class")}
+
+
 class Coordinator:
     """The master's (or local runner's) job in a run. `local` is this process's own users, when it has any."""
 
@@ -68,6 +73,8 @@ class Coordinator:
         self.reports: dict[int, dict] = {}
         self.engineer_reports: dict[str, tuple[int, int]] = {}
         self.summary: RunSummary | None = None
+        self.summary_extras: dict[str, Callable[[], object]] = {}
+        """Sections other parts add to the summary (firehose.report: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(FATAL, self._on_fatal_message)
@@ -190,6 +197,8 @@ class Coordinator:
             in_database=in_database,
             duplicates=duplicates,
             stopped_by=self.fatal,
+            class_names=class_names(self.environment.user_classes),
+            extras={name: section() for name, section in self.summary_extras.items()},
         )
         sys.stdout.write(self.summary.render() + "\n")
         sys.stdout.flush()

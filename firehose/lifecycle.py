@@ -19,7 +19,9 @@ from firehose import endpoints, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.process_run import ProcessRun, WritingProcess
+from firehose.report import telemetry
 from telemetry.generator import TRACES_PER_ENGINEER
+from users import pacing
 from writers.delivery import SetupError
 
 
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--summary-json", default=None, help="Also write the end-of-run summary to this JSON file.")
     tuning.add_arguments(parser)
+    pacing.add_arguments(parser)
 
 
 class Firehose:
@@ -110,3 +113,4 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
             events.quitting.add_listener(lambda **_: coordinator.on_quitting())
         if (process := firehose.process) is not None:
             events.report_to_master.add_listener(lambda data, **_: process.on_report_to_master(data))
+        firehose.telemetry = telemetry.attach(environment, firehose)  # after the listeners above: it reads them
