@@ -215,6 +215,10 @@ class RunSummary:
                 f"{model['rate_per_engineer']:,.0f}/s), achieved {model['achieved_per_s']:,.0f}, lag p99 "
                 f"{model['lag_p99_s']:.3f} s, max {model['lag_max_s']:.3f} s"
             )
+            lines.append(
+                "lag behind schedule over the run (p99 s of traces handed over per "
+                f"{model['step_s']:g} s): " + ", ".join(_s(row["lag_seen_p99_s"]) for row in model["steps"])
+            )
             if model["ramp_rate"]:
                 capacity = model["capacity_rate_per_engineer"]
                 steps = ", ".join(

@@ -71,6 +71,9 @@ class Step:
     handed_events: int = 0
     traces: int = 0
     lag: HdrHistogram = field(default_factory=new_histogram)
+    """Lag of the traces due in this step: how the rate offered in it was served (the ramp's capacity)."""
+    seen: HdrHistogram = field(default_factory=new_histogram)
+    """Lag of the traces handed over in this step: how far behind the engineers were then (lag over time)."""
 
 
 class Pacing:
@@ -130,6 +133,7 @@ class Pacing:
                     "handed_events": step.handed_events,
                     "traces": step.traces,
                     "lag": step.lag.encode().decode("ascii"),
+                    "seen": step.seen.encode().decode("ascii"),
                 }
                 for index, step in sorted(self.steps.items())
             },
@@ -161,6 +165,7 @@ class Schedule:
         due_step.traces += 1
         due_step.lag.record_value(micros)
         handed_step.handed_events += events
+        handed_step.seen.record_value(micros)
         pacing.lag.record_value(micros)
         self.events += events
         rate = pacing.rate_at(self.due)
@@ -188,12 +193,11 @@ def merge_reports(reports: list[dict]) -> dict | None:
     for report in reports:
         lag.decode_and_add(report["lag"].encode("ascii"))
         for index, part in report["steps"].items():
-            step = steps.setdefault(int(index), {"due_events": 0, "handed_events": 0, "traces": 0, "lag": None})
+            step = steps.setdefault(int(index), {"due_events": 0, "handed_events": 0, "traces": 0})
             for key in ("due_events", "handed_events", "traces"):
                 step[key] += part[key]
-            if step["lag"] is None:
-                step["lag"] = new_histogram()
-            step["lag"].decode_and_add(part["lag"].encode("ascii"))
+            for key in ("lag", "seen"):
+                step.setdefault(key, new_histogram()).decode_and_add(part[key].encode("ascii"))
     step_s, bound = first["step_s"], first["lag_bound_s"]
     rows = []
     for index, step in sorted(steps.items()):
@@ -207,6 +211,7 @@ def merge_reports(reports: list[dict]) -> dict | None:
                 "traces": step["traces"],
                 "lag_p99_s": _percentile_s(step["lag"], 99),
                 "lag_max_s": step["lag"].get_max_value() / 1e6 if step["traces"] else None,
+                "lag_seen_p99_s": _percentile_s(step["seen"], 99),
             }
         )
     # Capacity: the highest rate of a full step (not the run's partial last one) whose p99 lag stayed in bound.
