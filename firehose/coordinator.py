@@ -91,7 +91,8 @@ class Coordinator:
         user_classes = self.environment.user_classes
         needed = {service for writer in writer_classes(user_classes) for service in writer.services}
         addresses = self.services.start(needed)
-        seed = self.options.seed if self.options.seed is not None else random.getrandbits(62)
+        given = self.options.seed  # the web UI's form sends "" for an empty field
+        seed = int(given) if given not in (None, "") else random.getrandbits(62)
         label = " ".join(sorted(user_class.__name__ for user_class in user_classes))
         run_id = open_run(self.postgres, seed, label)
         self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)

@@ -19,7 +19,7 @@ from firehose import endpoints, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.process_run import ProcessRun, WritingProcess
-from firehose.report import telemetry
+from firehose.report import telemetry, webui
 from telemetry.generator import TRACES_PER_ENGINEER
 from users import pacing
 from writers.delivery import SetupError
@@ -93,12 +93,14 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
+        locust_own = set(parser._actions)
         add_arguments(parser)
         for writer_class in writer_classes(user_classes):
             writer_class.add_arguments(parser)
         for user_class in user_classes:
             if callable(declare := getattr(user_class, "add_arguments", None)):
                 declare(parser)
+        webui.show_in_form([action for action in parser._actions if action not in locust_own])
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:

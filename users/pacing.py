@@ -46,14 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--engineer-rate",
         type=float,
-        default=0,
+        default=0.0,
         help="Events per second each engineer offers (0: as fast as its writer accepts). The summary reports the "
         "offered and achieved rates and the p99 lag behind schedule.",
     )
     group.add_argument(
         "--ramp-rate",
         type=float,
-        default=0,
+        default=0.0,
         help="Add this many events/s per engineer every --ramp-step seconds (from --engineer-rate); the summary "
         "reports the highest rate whose p99 lag stays under --lag-bound.",
     )

@@ -14,7 +14,6 @@ and computes "rows/s now" over the last `RATE_WINDOW_S` of that history.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ SAMPLE_S = 1.0
 RATE_WINDOW_S = 10.0
 """"Rows/s now" is over this much of the history: with 5,000-row COPY batches (~3 commits a second per
 table here), a 10-s window steps by under 10 %; a worker's snapshot is at most 3 s old."""
+CHART_SMOOTH_S = 5.0
+"""Each point of the rows/s chart is the rate over this many seconds: per second, 5,000-row commits make spikes."""
 HISTORY_LIMIT = 7_200
 """Samples kept for the chart (two hours at one a second); older ones are thinned out, never the run's start."""
 COUNTERS = ("received", "acknowledged", "acknowledged_bytes", "failed", "quarantined", "retries")
@@ -193,19 +194,20 @@ class LiveTelemetry:
         first = next((s for s in reversed(self.history) if last.at - s.at >= window_s), self.history[0])
         return rate_between(first, last)
 
-    def series(self) -> list[dict]:
-        """Rows/s and MB/s between consecutive samples of the history (thinned to at most ~600 points)."""
+    def series(self, smooth_s: float = CHART_SMOOTH_S) -> list[dict]:
+        """Rows/s and MB/s at each sample over the `smooth_s` before it (thinned to at most ~600 points)."""
         history = self.history
         stride = max(1, len(history) // 600)
-        points = history[::stride]
-        if history and points[-1] is not history[-1]:
-            points.append(history[-1])
         series = []
-        for a, b in itertools.pairwise(points):
-            rate = rate_between(a, b)
+        earliest = 0
+        for index in range(1, len(history), stride):
+            last = history[index]
+            while last.at - history[earliest + 1].at >= smooth_s:
+                earliest += 1
+            rate = rate_between(history[earliest], last)
             series.append(
                 {
-                    "t": round(b.at - self.started_at, 2),
+                    "t": round(last.at - self.started_at, 2),
                     "rows_per_s": rate["rows_per_s"],
                     "mb_per_s": rate["mb_per_s"],
                     "by_table": {table: row["rows_per_s"] for table, row in rate["by_table"].items()},

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -32,6 +33,28 @@ STRUCTURE = [
     {"key": "retries", "title": "retries"},
     {"key": "fresh", "title": "freshness p50 / p99 ms"},
 ]
+
+
+INFO = "\u00bb "
+"""Starts the tab's lines of text: Locust sorts the table by its first column, and these sort after the tables."""
+HIDDEN_FROM_FORM = ("dsn", "url")
+"""Options whose name has one of these stay out of the start form: addresses may carry passwords."""
+
+
+def show_in_form(actions: list[argparse.Action]) -> None:
+    """firehose's options in Locust's start form, as Locust shows a locustfile's custom arguments.
+
+    Locust marks only options added on its parser itself; those added in argument groups (each strategy's)
+    carry no mark and would be left out. Addresses (DSNs, URLs) never show: they may carry passwords. Nor do
+    repeatable options (`--pg-setting`): Locust's form turns an empty one into [""] and fails to start the run.
+    """
+    for action in actions:
+        repeatable = isinstance(action, argparse._AppendAction)
+        hidden = any(word in action.dest for word in HIDDEN_FROM_FORM) or action.dest == "help" or repeatable
+        action.include_in_web_ui = getattr(action, "include_in_web_ui", True) and not hidden
+        action.is_secret = getattr(action, "is_secret", False)
+        action.is_required = getattr(action, "is_required", False)
+        action.is_multiple = getattr(action, "is_multiple", False)
 
 
 def _clock(at: float | None) -> str:
@@ -80,16 +103,16 @@ def tab_rows(live: LiveTelemetry) -> list[dict]:
     started, finished = view["engineers"]
     rows.append(
         {
-            "name": f"rows/s now: over {_clock(rate['from'])} - {_clock(rate['to'])} "
+            "name": f"{INFO}rows/s now: over {_clock(rate['from'])} - {_clock(rate['to'])} "
             f"(the last {RATE_WINDOW_S:.0f} s); engineers finished/started {finished:,}/{started:,}; "
             f"processes {view['processes']}"
         }
     )
     if view["gauges"]:
-        rows.append({"name": "stream: " + ", ".join(f"{k} {v:,}" for k, v in view["gauges"].items())})
+        rows.append({"name": f"{INFO}stream: " + ", ".join(f"{k} {v:,}" for k, v in view["gauges"].items())})
     if live.summary is not None:
-        rows.append({"name": live.summary["text"].splitlines()[-1]})  # "reconciliation: lost = 0, ...  [OK]"
-    rows.append({"name": f"rows/s chart and the summary: {PAGE} (this address, path {PAGE})"})
+        rows.append({"name": INFO + live.summary["text"].splitlines()[-1]})  # "reconciliation: lost = 0, ...  [OK]"
+    rows.append({"name": f"{INFO}rows/s chart and the summary: {PAGE} (this address, path {PAGE})"})
     return rows
 
 
