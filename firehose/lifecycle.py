@@ -19,7 +19,8 @@ from firehose import endpoints, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.process_run import ProcessRun, WritingProcess
-from firehose.report import telemetry, webui
+from firehose.report import webui
+from firehose.report.telemetry import attach as attach_telemetry
 from telemetry.generator import TRACES_PER_ENGINEER
 from users import pacing
 from writers.delivery import SetupError
@@ -115,4 +116,4 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
             events.quitting.add_listener(lambda **_: coordinator.on_quitting())
         if (process := firehose.process) is not None:
             events.report_to_master.add_listener(lambda data, **_: process.on_report_to_master(data))
-        firehose.telemetry = telemetry.attach(environment, firehose)  # after the listeners above: it reads them
+        firehose.telemetry = attach_telemetry(environment, firehose)  # after the listeners above: it reads them
