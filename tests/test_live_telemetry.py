@@ -100,7 +100,7 @@ def test_engineer_rate_far_above_capacity_shows_lag_growing(dsn, tmp_path):
     path = tmp_path / "summary.json"
     result = run_locust(
         "CopyEngineer", "-u", "20", "-r", "20", "-t", "60s", "--engineer-rate", "20000",
-        "--traces-per-engineer", "150", "--ramp-step", "1", "--pg-dsn", dsn, "--summary-json", str(path),
+        "--traces-per-engineer", "200", "--ramp-step", "0.5", "--pg-dsn", dsn, "--summary-json", str(path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = load_summary(path)
