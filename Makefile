@@ -60,12 +60,16 @@ test-fast: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports && $(BIN)/deptry .
 
-## services: pgbouncer and redis-server binaries (Debian packages) for the strategies that need them
+## services: pgbouncer and redis-server binaries (Debian packages) for the strategies that need them, and
+## chromium with chromium-driver for the web UI test
 services:
-	@if command -v pgbouncer >/dev/null && command -v redis-server >/dev/null; then :; \
+	@if command -v pgbouncer >/dev/null && command -v redis-server >/dev/null \
+		&& command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer redis-server >/dev/null; \
-	else echo "pgbouncer and redis-server are missing: install them (e.g. sudo apt-get install pgbouncer redis-server)"; exit 1; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			pgbouncer redis-server chromium chromium-driver >/dev/null; \
+	else echo "pgbouncer, redis-server, chromium or chromium-driver is missing: install them" \
+		"(e.g. sudo apt-get install pgbouncer redis-server chromium chromium-driver)"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .ruff_cache *.egg-info

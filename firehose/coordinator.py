@@ -52,6 +52,11 @@ def writer_classes(user_classes: list[type[User]]) -> list[type[Writer]]:
     return sorted(found, key=lambda cls: cls.__name__)
 
 
+def class_names(user_classes: list[type[User]]) -> dict[str, str]:
+    """Writer class name -> the user class that writes through it (the name users pick and read)."""
+    return {user.writer_class.__name__: user.__name__ for user in user_classes if hasattr(user, "writer_class")}
+
+
 class Coordinator:
     """The master's (or local runner's) job in a run. `local` is this process's own users, when it has any."""
 
@@ -76,6 +81,8 @@ class Coordinator:
         self.reports: dict[int, dict] = {}
         self.engineer_reports: dict[str, tuple[int, int]] = {}
         self.summary: RunSummary | None = None
+        self.summary_extras: dict[str, Callable[[], object]] = {}
+        """Sections other parts add to the summary (firehose.report: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(FATAL, self._on_fatal_message)
@@ -112,7 +119,8 @@ class Coordinator:
         user_classes = self.environment.user_classes
         needed = {service for writer in writer_classes(user_classes) for service in writer.services}
         addresses = self.services.start(needed)
-        seed = self.options.seed if self.options.seed is not None else random.getrandbits(62)
+        given = self.options.seed  # the web UI's form sends "" for an empty field
+        seed = int(given) if given not in (None, "") else random.getrandbits(62)
         label = " ".join(sorted(user_class.__name__ for user_class in user_classes))
         run_id = open_run(self.postgres, seed, label)
         self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
@@ -218,6 +226,8 @@ class Coordinator:
             in_database=in_database,
             duplicates=duplicates,
             stopped_by=self.fatal,
+            class_names=class_names(self.environment.user_classes),
+            extras={name: section() for name, section in self.summary_extras.items()},
         )
         sys.stdout.write(self.summary.render() + "\n")
         sys.stdout.flush()

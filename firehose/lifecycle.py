@@ -21,7 +21,10 @@ from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.preflight import Refused
 from firehose.process_run import ProcessRun, WritingProcess
+from firehose.report import webui
+from firehose.report.telemetry import attach as attach_telemetry
 from telemetry.generator import TRACES_PER_ENGINEER
+from users import pacing
 from writers.delivery import SetupError
 
 
@@ -50,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--summary-json", default=None, help="Also write the end-of-run summary to this JSON file.")
     tuning.add_arguments(parser)
+    pacing.add_arguments(parser)
 
 
 class Firehose:
@@ -93,12 +97,14 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
+        locust_own = set(parser._actions)
         add_arguments(parser)
         for writer_class in writer_classes(user_classes):
             writer_class.add_arguments(parser)
         for user_class in user_classes:
             if callable(declare := getattr(user_class, "add_arguments", None)):
                 declare(parser)
+        webui.show_in_form([action for action in parser._actions if action not in locust_own])
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
@@ -122,3 +128,4 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
             events.quitting.add_listener(lambda **_: coordinator.on_quitting())
         if (process := firehose.process) is not None:
             events.report_to_master.add_listener(lambda data, **_: process.on_report_to_master(data))
+        firehose.telemetry = attach_telemetry(environment, firehose)  # after the listeners above: it reads them

@@ -122,6 +122,10 @@ class ProcessRun:
                 self._shared[factory] = factory(self)
         return self._shared[factory]  # type: ignore[return-value]
 
+    def writers(self) -> list[Writer]:
+        """This process's writers so far (one per strategy its engineers used): their tallies are its counters."""
+        return list(self._writers.values())
+
     def rows_acknowledged(self) -> int:
         """Rows this process's writers have seen committed so far."""
         return sum(sum(writer.tally.acknowledged.values()) for writer in self._writers.values())
@@ -211,7 +215,7 @@ class WritingProcess:
             return None
         report = self.process_run.drain()
         if self.is_worker:
-            self.environment.runner.send_message(DRAINED, report)
+            self._send_final(report)
         return report
 
     def _on_run_start(self, environment: Environment, msg) -> None:
@@ -219,4 +223,9 @@ class WritingProcess:
 
     def _on_drain_request(self, environment: Environment, msg) -> None:
         if self.process_run is not None and self.process_run.run_id == msg.data["run_id"]:
-            environment.runner.send_message(DRAINED, self.process_run.drain())
+            self._send_final(self.process_run.drain())
+
+    def _send_final(self, report: dict) -> None:
+        """A stats report first (its live counters are then final on the master), then the drained report."""
+        self.environment.runner._send_stats()  # Locust's own report, which fires report_to_master
+        self.environment.runner.send_message(DRAINED, report)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import psycopg
 
+from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
 from telemetry.counts import merge_counts
 from telemetry.layout import TABLES
+from users import pacing
 from users.analyst import merge_reports
 
 _COUNT_BY_KEYS = """
@@ -55,6 +57,10 @@ class RunSummary:
     duplicates: int = 0
     stopped_by: str | None = None
     """The error of the setup that stopped the run, if one did."""
+    class_names: dict[str, str] = field(default_factory=dict)
+    """Writer (strategy) class name -> the user class that wrote through it."""
+    extras: dict = field(default_factory=dict)
+    """Sections other parts add (e.g. "live": the live counters' totals when the run ended)."""
 
     def _sum(self, key: str) -> dict[str, int]:
         totals = dict.fromkeys(TABLES, 0)
@@ -83,6 +89,42 @@ class RunSummary:
         """The generator's own counts (telemetry.counts) of every process's engineers, added up."""
         return merge_counts([report["generated_counts"] for report in self.reports if "generated_counts" in report])
 
+    def open_model(self) -> dict | None:
+        """Offered vs achieved rates and lag behind schedule under --engineer-rate (None without it)."""
+        return pacing.merge_reports(
+            [report["shared"]["Pacing"] for report in self.reports if "Pacing" in report.get("shared", {})]
+        )
+
+    def _strategies(self, elapsed: float) -> tuple[dict, dict, dict]:
+        """Per user class rows/s and freshness, freshness per table, and round-trip percentiles, from the reports."""
+        view = merge([{"engineers": [0, 0], **report} for report in self.reports], self.class_names)
+        fresh = view["freshness_histograms"]
+        by_class = {
+            name: {
+                "acknowledged": row["acknowledged"],
+                "failed": row["failed"],
+                "quarantined": row["quarantined"],
+                "retries": row["retries"],
+                "rows_per_s": row["acknowledged"] / elapsed,
+                "mb_per_s": row["acknowledged_bytes"] / elapsed / 1e6,
+                "freshness": percentiles_ms(fresh["by_class"].get(name)),
+            }
+            for name, row in sorted(view["by_class"].items())
+        }
+        freshness = {
+            "by_class": {name: row["freshness"] for name, row in by_class.items()},
+            "by_table": {table: percentiles_ms(fresh["by_table"].get(table)) for table in TABLES},
+            "method": FRESHNESS_METHOD,
+        }
+        round_trips = {
+            "by_verb": {
+                verb: {"count": histogram.get_total_count(), **percentiles_ms(histogram)}
+                for verb, histogram in sorted(view["round_trip_histograms"].items())
+            },
+            "method": ROUND_TRIP_METHOD,
+        }
+        return by_class, freshness, round_trips
+
     def as_dict(self) -> dict:
         generated = self._sum("received")
         acknowledged = self._sum("acknowledged")
@@ -91,6 +133,7 @@ class RunSummary:
         quarantined = self._sum("quarantined")
         elapsed = max(self.writing_s, 1e-9)
         rows = sum(acknowledged.values())
+        by_class, freshness, round_trips = self._strategies(elapsed)
         return {
             "run": {
                 "run_id": self.run_id,
@@ -123,9 +166,21 @@ class RunSummary:
                     }
                     for table in TABLES
                 },
+                "by_class": by_class,
             },
+            "processes": [
+                {
+                    "writer_key": report["writer_key"],
+                    "acknowledged": sum(sum(t["acknowledged"].values()) for t in report["writers"].values()),
+                }
+                for report in sorted(self.reports, key=lambda report: report["writer_key"])
+            ],
+            "freshness": freshness,
+            "round_trips": round_trips,
+            "open_model": self.open_model(),
             "queries": self.queries(),
             "generated_counts": self.generated_counts(),
+            **self.extras,
         }
 
     def render(self) -> str:
@@ -146,6 +201,40 @@ class RunSummary:
             f"{'total':<10}{events['generated']:>12,}{events['acknowledged']:>14,}{events['in_database']:>13,}"
             f"{writes['rows_per_s']:>10,.0f}{writes['mb_per_s']:>8.1f}"
         )
+        if len(writes["by_class"]) > 1:
+            lines.append(f"{'user class':<24}{'acknowledged':>14}{'rows/s':>10}{'MB/s':>8}{'fresh p99 ms':>14}")
+            for name, row in writes["by_class"].items():
+                lines.append(
+                    f"{name:<24}{row['acknowledged']:>14,}{row['rows_per_s']:>10,.0f}{row['mb_per_s']:>8.1f}"
+                    f"{_ms(row['freshness']['p99_ms']):>14}"
+                )
+        fresh = figures["freshness"]["by_class"]
+        lines.append(
+            "freshness (hand-over to commit) p50/p95/p99 ms: "
+            + "; ".join(
+                f"{name} {_ms(f['p50_ms'])} / {_ms(f['p95_ms'])} / {_ms(f['p99_ms'])}" for name, f in fresh.items()
+            )
+        )
+        if model := figures["open_model"]:
+            lines.append(
+                f"open model: offered {model['offered_per_s']:,.0f} events/s ({model['engineers']} engineers at "
+                f"{model['rate_per_engineer']:,.0f}/s), achieved {model['achieved_per_s']:,.0f}, lag p99 "
+                f"{model['lag_p99_s']:.3f} s, max {model['lag_max_s']:.3f} s"
+            )
+            lines.append(
+                "lag behind schedule over the run (p99 s of traces handed over per "
+                f"{model['step_s']:g} s): " + ", ".join(_s(row["lag_seen_p99_s"]) for row in model["steps"])
+            )
+            if model["ramp_rate"]:
+                capacity = model["capacity_rate_per_engineer"]
+                steps = ", ".join(
+                    f"{row['rate_per_engineer']:,.0f}/s p99 {_s(row['lag_p99_s'])} s" for row in model["steps"]
+                )
+                lines.append(
+                    f"ramp: {steps}"
+                    + f"; capacity (p99 lag < {model['lag_bound_s']} s): "
+                    + (f"{capacity:,.0f} events/s per engineer" if capacity else "none")
+                )
         if queries := figures["queries"]:
             lines.append(
                 f"{'query':<24}{'count':>8}{'failed':>8}{'rows':>12}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
@@ -171,6 +260,10 @@ class RunSummary:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _ms(value: float | None) -> str:

@@ -2,12 +2,14 @@
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import jsonschema
 import psycopg
 import pytest
 
@@ -16,6 +18,18 @@ from firehose.headless import locust_command, run_bounded
 from services.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+SUMMARY_SCHEMA = json.loads((REPO / "schema" / "summary.schema.json").read_text())
+
+
+def validate_summary(summary: dict) -> dict:
+    """`summary` (a --summary-json document) checked against schema/summary.schema.json; returned as it is."""
+    jsonschema.Draft202012Validator(SUMMARY_SCHEMA).validate(summary)
+    return summary
+
+
+def load_summary(path: Path) -> dict:
+    """The --summary-json file at `path`, validated against the schema: every test that writes one reads it so."""
+    return validate_summary(json.loads(Path(path).read_text()))
 
 
 @pytest.fixture(scope="session")

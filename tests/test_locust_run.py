@@ -1,17 +1,15 @@
 """Real Locust runs, headless, standalone and with --processes: every run reconciles with lost = 0."""
 
-import json
-
 import pytest
 
-from tests.conftest import run_locust
+from tests.conftest import load_summary, run_locust
 
 pytestmark = pytest.mark.slow
 
 
 def _summary(result, path):
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(path.read_text())
+    return load_summary(path)
 
 
 def test_headless_copy_run_reconciles(dsn, tmp_path):

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from services.pgbouncer import PgBouncer
-from tests.conftest import run_locust
+from tests.conftest import load_summary, run_locust
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def _run(tmp_path, *args):
     result = run_locust(*args, *options)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     requests = json.loads(stats.with_suffix(".json").read_text())  # Locust appends the suffix
-    return json.loads(summary.read_text()), requests, result
+    return load_summary(summary), requests, result
 
 
 def _assert_reconciles(summary, requests, users):

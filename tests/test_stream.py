@@ -4,8 +4,6 @@ Every row handed over lands exactly once and is acknowledged once, entries are a
 a dead consumer's entries are claimed by another, and the stream never holds more than its bound.
 """
 
-import json
-
 import gevent
 import psycopg
 import pytest
@@ -17,7 +15,7 @@ from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import TABLES, copy_statement
 from telemetry.pools import Pools
-from tests.conftest import run_locust
+from tests.conftest import load_summary, run_locust
 from writers.copy import copy_rows
 from writers.stream import StreamWriter
 
@@ -229,7 +227,7 @@ def test_missing_redis_server_says_how_to_install_it(monkeypatch):
 
 def _summary(result, path) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(path.read_text())
+    return load_summary(path)
 
 
 def _reconciles(summary: dict, users: int, traces: int) -> None:

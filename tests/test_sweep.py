@@ -27,6 +27,7 @@ from firehose.sweep_report import (
     render_markdown,
     render_table,
 )
+from tests.conftest import validate_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -188,5 +189,7 @@ def test_a_short_sweep_writes_every_result_file(dsn, tmp_path):
     document = json.loads((out / "sweep.json").read_text())
     assert document["machine"]["cores"] == os.cpu_count() and document["machine"]["postgres_version"]
     assert [cell["summary"]["events"]["lost"] for cell in document["cells"]] == [0, 0]
+    for cell in document["cells"]:
+        validate_summary(cell["summary"])
     assert "--traces-per-engineer" in document["cells"][0]["command"]
     assert (out / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -5,7 +5,6 @@ a reason, exactly as it was received.
 """
 
 import argparse
-import json
 
 import psycopg
 import pytest
@@ -15,7 +14,7 @@ from telemetry.faults import KINDS, Faults, corrupt_row
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import COLUMNS
 from telemetry.pools import Pools
-from tests.conftest import run_locust
+from tests.conftest import load_summary, run_locust
 from writers.checks import SUSPICIOUS_ROW_BYTES, Triage, check_row
 from writers.validated import ValidatedCopyWriter
 
@@ -314,7 +313,7 @@ def test_headless_run_with_malformed_rows_reconciles(dsn, tmp_path):
         "--exit-code-on-error", "0",  # refused COPY attempts are Locust failures, expected here
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(path.read_text())
+    summary = load_summary(path)
     events = summary["events"]
     assert events["lost"] == 0 and events["failed"] == 0 and events["duplicates"] == 0
     assert events["quarantined"] > 0

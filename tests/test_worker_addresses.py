@@ -8,7 +8,6 @@ the test reads which address each process used after the run, and the run reconc
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import pytest
 
 from firehose.headless import LOCUSTFILE, run_bounded
 from services.ports import free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, load_summary
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,7 @@ def test_a_workers_own_dsn_wins_over_the_masters(postgres, dsn, tmp_path):
         logs.seek(0)
         output = logs.read()
     assert not timed_out and returncode == 0, output[-4000:]
-    result = json.loads(summary.read_text())
+    result = load_summary(summary)
     assert result["events"]["lost"] == 0 and result["events"]["duplicates"] == 0
     assert result["events"]["acknowledged"] == result["events"]["in_database"] > 0
     with psycopg.connect(dsn) as conn:

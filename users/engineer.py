@@ -13,6 +13,7 @@ from locust.exception import StopUser
 
 from telemetry.faults import Faults
 from telemetry.generator import TraceRows
+from users.pacing import Pacing, Schedule
 from writers.base import Writer
 from writers.batched import BatchedWriter
 from writers.copy import CopyWriter
@@ -31,16 +32,27 @@ class Engineer(User):
     """The write strategy, shared by all engineers of the class in one process."""
 
     wait_time = constant(0)
-    """No think time: an engineer emits as fast as its writer accepts (the writer applies back-pressure)."""
+    """No think time: an engineer emits as fast as its writer accepts (the writer applies back-pressure), or,
+    with --engineer-rate, at that rate of events per second (users/pacing.py)."""
+
+    schedule: Schedule | None = None
+    """This engineer's timetable under --engineer-rate (kept across --continuous rounds)."""
 
     @task
     def emit(self) -> None:
         firehose = self.environment.firehose
         run = firehose.process_run
         writer = run.writer(self.writer_class)
+        pacing = run.shared(Pacing.for_run)
+        if pacing.active and self.schedule is None:
+            self.schedule = pacing.schedule()
         for rows in run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids):
             if run.closing or writer.fatal is not None:  # the run is ending, or stopping on an error of the setup
                 raise StopUser()
+            if self.schedule is not None:
+                self.schedule.hand_over(len(rows))  # sleeps until the trace is due; records its lag
+                if run.closing:
+                    raise StopUser()
             # Counted first: nothing yields from here to the writer's own count of the rows it received, so an
             # engineer killed at the end of a timed run never leaves a trace counted by one and not the other.
             run.generated.add(rows.facts)

@@ -15,11 +15,12 @@ import argparse
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from hdrh.histogram import HdrHistogram
 from locust.event import Events
 
 from telemetry.generator import TraceRows
@@ -47,12 +48,36 @@ class WriterContext:
         return self.addresses["postgres"]
 
 
+HISTOGRAM_LOWEST_US = 1
+HISTOGRAM_HIGHEST_US = 3_600_000_000
+"""Freshness and round-trip histograms' range, in microseconds: 1 us to an hour."""
+HISTOGRAM_DIGITS = 3
+"""Significant digits an HDR histogram keeps: 0.1 % error (Locust's own response times keep about 2)."""
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty microsecond histogram of the range every tally uses (so any two merge)."""
+    return HdrHistogram(HISTOGRAM_LOWEST_US, HISTOGRAM_HIGHEST_US, HISTOGRAM_DIGITS)
+
+
+def _micros(seconds: float) -> int:
+    return min(max(round(seconds * 1e6), HISTOGRAM_LOWEST_US), HISTOGRAM_HIGHEST_US)
+
+
 @dataclass
 class Tally:
-    """Rows a writer received and the database acknowledged, per table.
+    """Rows a writer received and the database acknowledged, per table, and how long rows and round trips took.
 
     `failed` rows were given up on (they count as lost); `quarantined` rows were refused as malformed and
-    kept, with their reason, in the quarantine table (accounted for, not lost).
+    kept, with their reason, in the quarantine table (accounted for, not lost). `retries` counts round trips
+    tried again after a lost connection. The process's live counters are read from here (firehose.report).
+
+    Freshness (per table, microsecond HDR histogram): the time from a row being handed to the writer (`write`)
+    to its commit being acknowledged. Cheap by construction: `receive` notes the wall time of each write per
+    table, and `acknowledge` looks up the write that holds the oldest row of the acknowledged chunk, counting
+    rows in the order they arrived (settled = acknowledged + failed + quarantined), and records that delay once
+    per row of the chunk. A writer that acknowledges elsewhere than where rows arrive (the stream's consumers)
+    records freshness itself from the hand-over time it carried along (`record_freshness`).
     """
 
     received: Counter[str] = field(default_factory=Counter)
@@ -60,20 +85,67 @@ class Tally:
     acknowledged_bytes: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+    freshness: dict[str, HdrHistogram] = field(default_factory=dict)
+    round_trips: dict[str, HdrHistogram] = field(default_factory=dict)
+    """Per SQL verb (COPY, INSERT, XADD): each round trip's duration, the one Locust's request event reports."""
+    track_hand_over: bool = True
+    """False for writers that acknowledge rows in another process than the one that received them."""
+    _handed: dict[str, deque] = field(default_factory=dict, repr=False)
 
     def receive(self, rows: TraceRows) -> None:
-        self.received["spans"] += len(rows.spans)
-        self.received["metrics"] += len(rows.metrics)
-        self.received["logs"] += len(rows.logs)
+        now = time.time()
+        for table, lines in (("spans", rows.spans), ("metrics", rows.metrics), ("logs", rows.logs)):
+            if lines:
+                self.received[table] += len(lines)
+                if self.track_hand_over:
+                    self._handed.setdefault(table, deque()).append((self.received[table], now))
+
+    def settled(self, table: str) -> int:
+        return self.acknowledged[table] + self.failed[table] + self.quarantined[table]
+
+    def acknowledge(self, table: str, rows: int, size: int) -> None:
+        self.acknowledged[table] += rows
+        self.acknowledged_bytes[table] += size
+        handed = self._handed.get(table)
+        if not handed or rows <= 0:
+            return
+        oldest = self.settled(table) - rows + 1  # position (in order of arrival) of the chunk's oldest row
+        while len(handed) > 1 and handed[0][0] < oldest:  # writes wholly settled before this chunk
+            handed.popleft()
+        self.record_freshness(table, rows, handed[0][1])
+
+    def record_freshness(self, table: str, rows: int, handed_at: float) -> None:
+        """`rows` rows of `table`, handed to a writer at `handed_at` (wall clock), are committed now."""
+        if table not in self.freshness:
+            self.freshness[table] = new_histogram()
+        self.freshness[table].record_value(_micros(time.time() - handed_at), rows)
+
+    def record_round_trip(self, verb: str, seconds: float) -> None:
+        if verb not in self.round_trips:
+            self.round_trips[verb] = new_histogram()
+        self.round_trips[verb].record_value(_micros(seconds))
+
+    def buffered(self) -> dict[str, int]:
+        """Rows received and not yet settled (committed, failed or quarantined), per table."""
+        return {table: self.received[table] - self.settled(table) for table in self.received}
 
     def as_dict(self) -> dict:
+        """The counters, and the histograms encoded (HdrHistogram's compressed base64 text) to travel in messages."""
         return {
             "received": dict(self.received),
             "acknowledged": dict(self.acknowledged),
             "acknowledged_bytes": dict(self.acknowledged_bytes),
             "failed": dict(self.failed),
             "quarantined": dict(self.quarantined),
+            "retries": dict(self.retries),
+            "freshness": {table: _encode(h) for table, h in self.freshness.items()},
+            "round_trips": {verb: _encode(h) for verb, h in self.round_trips.items()},
         }
+
+
+def _encode(histogram: HdrHistogram) -> str:
+    return histogram.encode().decode("ascii")
 
 
 class Writer(ABC):
@@ -111,6 +183,10 @@ class Writer(ABC):
     def close(self) -> None:
         """Flush, then release connections. The writer is unusable afterwards."""
 
+    def gauges(self) -> dict[str, int]:
+        """Figures of the strategy's own buffer outside this process (e.g. a stream's length), for live reports."""
+        return {}
+
     @contextmanager
     def timed(self, verb: str, name: str, size: int) -> Iterator[None]:
         """Time one round trip and report it as a Locust request (a failure if it raises); errors propagate."""
@@ -124,8 +200,7 @@ class Writer(ABC):
 
     def acknowledge(self, table: str, rows: int, size: int) -> None:
         """`rows` rows of `table` (`size` bytes of COPY text) are committed."""
-        self.tally.acknowledged[table] += rows
-        self.tally.acknowledged_bytes[table] += size
+        self.tally.acknowledge(table, rows, size)
 
     def fail(self, error: SetupError) -> None:
         """Record an error of the setup and tell the run, once: every later batch would meet it too."""
@@ -137,10 +212,12 @@ class Writer(ABC):
                 logger.error("%s", error)
 
     def _fire(self, verb: str, table: str, start: float, size: int, error: Exception | None) -> None:
+        elapsed = time.perf_counter() - start
+        self.tally.record_round_trip(verb, elapsed)
         self.events.request.fire(
             request_type=verb,
             name=table,
-            response_time=(time.perf_counter() - start) * 1000,
+            response_time=elapsed * 1000,
             response_length=size,
             exception=error,
             context={},

@@ -182,6 +182,8 @@ def deliver(
             if wait is None:
                 return Delivery(Outcome.UNAVAILABLE, error)
             retry = True
+            if (tally := getattr(writer, "tally", None)) is not None:
+                tally.retries[name] += 1
             gevent.sleep(wait)
             # What dropped this connection (a restart, a proxy) likely dropped its idle siblings too:
             # replace the broken ones now, or the retries could draw one dead connection after another.

@@ -79,6 +79,8 @@ DRAIN_TIMEOUT_S = 240
 Entry = tuple[bytes, dict[bytes, bytes]]
 """A stream entry as redis-py returns it: (id, {b"spans": rows, b"metrics": rows, b"logs": rows})."""
 _FIELDS = tuple(table.encode() for table in TABLES)
+HANDED_AT = "t"
+"""Entry field: the wall time the trace was handed to the writer, from which a consumer measures freshness."""
 
 
 class StreamWriter(Writer):
@@ -101,6 +103,7 @@ class StreamWriter(Writer):
         on_fatal: OnFatal | None = None,
     ) -> None:
         super().__init__(events, on_fatal)
+        self.tally.track_hand_over = False  # rows are acknowledged by whichever process consumes them
         self.stream = f"firehose:{run_id}:events"
         self.group = f"firehose:{run_id}:copy"
         self.refused_stream = f"firehose:{run_id}:refused"
@@ -206,6 +209,14 @@ class StreamWriter(Writer):
             self._pool.close()
         self._redis_pool.disconnect()
 
+    def gauges(self) -> dict[str, int]:
+        """The run's stream now: entries waiting (length) and entries read but not yet acknowledged (pending)."""
+        if self._stopping:  # closed: its connections are gone
+            return {}
+        with self._redis.pipeline(transaction=False) as pipe:
+            length, pending = pipe.xlen(self.stream).xpending(self.stream, self.group).execute()
+        return {"stream_length": length, "stream_pending": pending["pending"]}
+
     # Producing
 
     def _backlog(self) -> int:
@@ -227,6 +238,7 @@ class StreamWriter(Writer):
             table: "".join(lines).encode("utf-8", "surrogatepass") for table, lines in rows.by_table()
         }  # see CopyWriter.send
         size = sum(map(len, payload.values()))
+        payload[HANDED_AT] = b"%.6f" % time.time()  # for the consumer's freshness figure
         added = self._added
         # Received before sending: if the reply is lost the entry may still have landed, and be counted.
         self.tally.receive(rows)
@@ -334,6 +346,7 @@ class StreamWriter(Writer):
             for table, field in zip(TABLES, _FIELDS, strict=True):
                 if table in refused:
                     self.tally.failed[table] += fields[field].count(b"\n")
-                else:
-                    self.tally.acknowledged[table] += fields[field].count(b"\n")
-                    self.tally.acknowledged_bytes[table] += len(fields[field])
+                elif rows := fields[field].count(b"\n"):
+                    self.tally.acknowledge(table, rows, len(fields[field]))
+                    if handed_at := fields.get(HANDED_AT.encode()):
+                        self.tally.record_freshness(table, rows, float(handed_at))
