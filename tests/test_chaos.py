@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from firehose.cli import main
-from tests.conftest import run_locust
+from tests.conftest import run_locust, load_summary
 from telemetry.layout import TABLES
 from users.queries import load_queries
 
@@ -34,7 +34,7 @@ def test_copy_engineers_and_analysts_in_two_processes(dsn, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"all {ENGINEERS} engineers have emitted their telemetry" in result.stderr  # ended by itself
-    summary = json.loads(path.read_text())
+    summary = load_summary(path)
     events, queries = summary["events"], summary["queries"]
     assert events["lost"] == 0 and events["duplicates"] == 0
     assert events["generated"] > ENGINEERS * 1900 * 0.9  # every engineer wrote: analysts took none of -u's engineers

@@ -9,13 +9,14 @@ the runs pass `--exit-code-on-error 0` and the reconciliation is what is judged.
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
-import json
 import tempfile
 import time
 
 import gevent
 import psycopg
 import pytest
+
+from tests.conftest import load_summary
 
 from firehose.headless import locust_command, run_bounded
 from services.pgbouncer import PgBouncer
@@ -48,7 +49,7 @@ def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path) -> di
         output.seek(0)
         log = output.read()
     assert not timed_out and returncode == 0, log[-4000:]
-    result = json.loads(summary.read_text())
+    result = load_summary(summary)
     assert result["events"]["in_database"] > before, "the writers did not resume after the fault"
     return result
 

@@ -2,14 +2,13 @@
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
-import json
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
 from firehose.cli import main
-from tests.conftest import run_locust
+from tests.conftest import run_locust, load_summary
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,7 @@ def test_a_run_under_the_writer_and_analyst_roles_reconciles(roles, tmp_path):
         "--analyst-dsn", analyst_dsn, "--summary-json", str(path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(path.read_text())
+    summary = load_summary(path)
     assert summary["events"]["lost"] == 0 and summary["events"]["in_database"] > 0
     queries = summary["queries"]
     assert queries and all(query["failures"] == 0 for query in queries.values())
