@@ -15,7 +15,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
-from firehose import endpoints, tuning
+from firehose import endpoints, probe, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.process_run import ProcessRun, WritingProcess
@@ -110,3 +110,5 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
             events.quitting.add_listener(lambda **_: coordinator.on_quitting())
         if (process := firehose.process) is not None:
             events.report_to_master.add_listener(lambda data, **_: process.on_report_to_master(data))
+
+    probe.register(events)  # the migration-lock probe (--migration-probe): after the listeners above

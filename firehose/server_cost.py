@@ -61,6 +61,8 @@ class ServerSample:
     wal_syncs: int
     cpu_s: float | None
     """User + system seconds of the postmaster and all its processes, living and reaped; None if not local."""
+    clients: int = 0
+    """Other client backends of the database at the time (a pgBouncer's server connections, ...)."""
 
 
 class ServerCost:
@@ -69,15 +71,19 @@ class ServerCost:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
 
-    def sample(self, *, lingering: int = 0) -> ServerSample:
-        """The counters, once at most `lingering` other client backends (a pgBouncer's) are left."""
+    def sample(self, before: ServerSample | None = None, *, lingering: int = 0) -> ServerSample:
+        """The counters now; after a run (`before` given), once the run's client backends have left: at most
+        `before`'s plus `lingering` (the server connections a pgBouncer keeps) are left."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + CLIENTS_GONE_TIMEOUT_S
-            while conn.execute(_OTHER_CLIENTS).fetchone()[0] > lingering and time.monotonic() < deadline:
-                time.sleep(CLIENTS_POLL_S)
+            clients = conn.execute(_OTHER_CLIENTS).fetchone()[0]
+            if before is not None:
+                deadline = time.monotonic() + CLIENTS_GONE_TIMEOUT_S
+                while clients > before.clients + lingering and time.monotonic() < deadline:
+                    time.sleep(CLIENTS_POLL_S)
+                    clients = conn.execute(_OTHER_CLIENTS).fetchone()[0]
             syncs = _WAL_SYNCS[15 if conn.info.server_version < 180000 else 18]
             lsn, size, commits, syncs, pid = conn.execute(_SAMPLE.format(disk=_DISK, wal_syncs=syncs)).fetchone()
-        return ServerSample(lsn, size, commits or 0, syncs or 0, server_cpu_s(pid))
+        return ServerSample(lsn, size, commits or 0, syncs or 0, server_cpu_s(pid), clients)
 
     def per_row(self, before: ServerSample, after: ServerSample, rows: int) -> dict:
         """Costs per row between two samples (and the totals they come from)."""
