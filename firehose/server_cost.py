@@ -83,7 +83,8 @@ class ServerCost:
                     clients = conn.execute(_OTHER_CLIENTS).fetchone()[0]
             syncs = _WAL_SYNCS[15 if conn.info.server_version < 180000 else 18]
             lsn, size, commits, syncs, pid = conn.execute(_SAMPLE.format(disk=_DISK, wal_syncs=syncs)).fetchone()
-        return ServerSample(lsn, size, commits or 0, syncs or 0, server_cpu_s(pid), clients)
+            cpu = server_cpu_s(pid)  # while our backend lives: it leads to the postmaster
+        return ServerSample(lsn, size, commits or 0, syncs or 0, cpu, clients)
 
     def per_row(self, before: ServerSample, after: ServerSample, rows: int) -> dict:
         """Costs per row between two samples (and the totals they come from)."""
