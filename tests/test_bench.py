@@ -20,18 +20,31 @@ def test_quick_bench_writes_results(dsn, tmp_path):
     assert results["generator"]["events_per_s"]["median"] > 0
     e2e = results["end_to_end"]
     assert e2e["rows"] > 0 and e2e["raw_copy_rows_per_s"]["values"] and e2e["copy_engineer_rows_per_s"]["values"]
-    assert set(results["strategies"]["rows_per_s"]) == {
-        "NaiveEngineer",
-        "BatchedEngineer",
-        "PooledEngineer",
-        "CopyEngineer",
-    }
-    assert all(figure["values"] for figure in results["strategies"]["rows_per_s"].values())
+    strategies = results["strategies"]
+    names = {"NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer", "StreamEngineer"}
+    assert set(strategies["rows_per_s"]) == set(strategies["reference_rows_per_s"]) == names
+    assert all(figure["values"] for figure in strategies["rows_per_s"].values())
+    assert all(figure["values"] for figure in strategies["reference_rows_per_s"].values())
+    assert set(strategies["ratio_to_reference"]) == set(strategies["goal"]) == names
+    # Each C-client reference wrote at least the rows it claims (counted in the database afterwards).
+    for name in names - {"StreamEngineer"}:  # the stream's reference is CopyEngineer's run
+        [check] = strategies["reference_rows"][name]
+        assert 0 < check["rows_claimed"] <= check["rows_counted"], name
+    for name in names:
+        assert strategies["server_cost"][name]["ours"]["wal_bytes_per_row"] > 0
+        assert strategies["server_cost"][name]["ours"]["disk_bytes_per_row"] > 0
+    assert set(strategies["client_cpu_us_per_row"]) == names - {"StreamEngineer"}
+    assert set(results["profiles"]) == names - {"StreamEngineer"}
     assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
     assert results["client_profile"]["client_cpu_us_per_row"] > 0
     assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0
     markdown = json_path.with_suffix(".md").read_text()
     assert "end to end / raw" in markdown and "| CopyEngineer |" in markdown
+    assert (
+        "| NaiveEngineer | " in markdown
+        and "pgbench naive, -M prepared" in markdown
+        and "server CPU us/row" in markdown
+    )
 
 
 def test_only_measures_the_parts_asked_for(dsn, tmp_path):

@@ -140,6 +140,37 @@ def test_csv_and_json_have_every_cell():
     assert len(document["cells"]) == 6 and document["cells"][5]["summary"]["events"]["lost"] == 12
 
 
+def test_database_ratio_cost_scale_and_probe_tables():
+    result = _seed_like()
+    result.references = {
+        "NaiveEngineer": {"kind": "naive", "rows_per_s": 5000.0, "clients": 50, "rows_counted": 1, "rows_claimed": 1},
+        "CopyEngineer": {"kind": "copy", "rows_per_s": 15000.0, "clients": 2, "rows_counted": 1, "rows_claimed": 1},
+    }
+    cost = {"wal_bytes_per_row": 2500.0, "disk_bytes_per_row": 2600.0, "server_cpu_us_per_row": 80.0,
+            "commits_per_1k_rows": 2.0, "wal_syncs_per_1k_rows": 1.0}  # fmt: skip
+    result.cells[0].server_cost = cost
+    result.references["NaiveEngineer"]["server_cost"] = cost | {"server_cpu_us_per_row": 60.0}
+    probe = {"interval_s": 5, "lock_timeout_ms": 2000, "attempts": 4, "failed": 1, "failures": {"lock_timeout": 1},
+             "connect_ms": {"count": 4, "p50": 3.0, "p95": 4.0, "max": 4.0},
+             "lock_wait_ms": {"count": 3, "p50": 10.0, "p95": 90.0, "max": 90.0}}  # fmt: skip
+    result.cells[0].summary["migration_probe"] = probe
+    result.cells.append(Cell("PooledEngineer", 50, 0, _summary(4000), connections=1000, server_connections=21))
+    result.cells.append(Cell("BatchedEngineer", 50, 2, None, connections=1000, server_connections=499))
+    header, _, *rows = _table_rows(render_table(result))
+    assert header[-1] == "database's ratio"
+    assert [row[-1] for row in rows] == ["1.0", "", "3.0"]
+    assert [row[0] for row in rows] == ["NaiveEngineer", "BatchedEngineer", "CopyEngineer"]  # scale cells apart
+    report = render_markdown(result)
+    assert "| NaiveEngineer | 10 | 2,500 / 2,500 | 2,600 / 2,600 | 80 / 60 | 2.0 / 2.0 | 1.0 / 1.0 |" in report
+    assert "| PooledEngineer | 4,000, 21 server connections |" in report
+    assert "| BatchedEngineer | failed (exit 2), 499 server connections |" in report
+    assert "| NaiveEngineer | 10 | 4 | 1 | 3.0 | 10.0 | 90.0 | 90.0 |" in report
+    rows = list(csv.DictReader(io.StringIO(render_csv(result))))
+    assert rows[0]["server_cpu_us_per_row"] == "80.0" and rows[0]["probe_failed"] == "1"
+    assert rows[-1]["connections"] == "1000" and rows[-1]["server_connections"] == "499"
+    assert json.loads(render_json(result))["references"]["CopyEngineer"]["rows_per_s"] == 15000.0
+
+
 def test_durations_and_user_counts_parse_like_locust():
     assert parse_duration("20s") == 20 and parse_duration("2m") == 120 and parse_duration("1h30m") == 5400
     assert parse_duration("45") == 45
@@ -181,8 +212,9 @@ def test_a_short_sweep_writes_every_result_file(dsn, tmp_path):
     )  # fmt: skip
     assert exit_code == 0, (out / "cells" / "CopyEngineer-2u.log").read_text()[-3000:]
     header, _, row = _table_rows((out / "sweep.md").read_text().split("\n\n")[2])
-    assert header == ["strategy", "2 users", "4 users", "best"]
-    assert row[0] == "CopyEngineer" and all(value.replace(",", "").isdigit() for value in row[1:])
+    assert header == ["strategy", "2 users", "4 users", "best", "database's ratio"]  # naive's reference ran
+    assert row[0] == "CopyEngineer" and all(value.replace(",", "").isdigit() for value in row[1:4])
+    assert float(row[4]) > 0
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(row["users"], row["status"]) for row in rows] == [("2", "ok"), ("4", "ok")]
     assert all(float(row["rows_per_s"]) > 0 and row["lost"] == "0" for row in rows)
@@ -192,4 +224,8 @@ def test_a_short_sweep_writes_every_result_file(dsn, tmp_path):
     for cell in document["cells"]:
         validate_summary(cell["summary"])
     assert "--traces-per-engineer" in document["cells"][0]["command"]
+    assert all(cell["server_cost"]["wal_bytes_per_row"] > 0 for cell in document["cells"])
+    references = document["references"]
+    assert set(references) == {"NaiveEngineer", "CopyEngineer"}
+    assert all(0 < ref["rows_claimed"] <= ref["rows_counted"] for ref in references.values())
     assert (out / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)

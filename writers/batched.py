@@ -45,6 +45,13 @@ class BatchedWriter(BufferedWriter):
     default_batch_size = BATCH_SIZE
     default_pool_size = POOL_SIZE
     batch_help = "Rows per INSERT statement."
+    prepare: bool | None = True
+    """Prepare each statement on its first use on a connection, as a C client's `-M prepared` does: psycopg's
+    default waits for 5 uses, and a connection sends each table's 500-row statement only ~10 times a run."""
+    connection_settings = {"options": "-c plan_cache_mode=force_generic_plan"}
+    """Plan the prepared statement once: by default the server plans it afresh for its first 5 executions, and
+    planning a VALUES list of 6,500 parameters is much of its work. Together with `prepare`, measured here
+    (57k rows, in-process): the server's CPU per row 84 -> 75 us, 14.7-16.8k -> 17.9-18.6k rows/s."""
 
     def __init__(
         self,
@@ -75,7 +82,7 @@ class BatchedWriter(BufferedWriter):
 
         def attempt(conn: psycopg.Connection, _retry: bool) -> None:
             with psycopg.RawCursor(conn) as cursor:
-                cursor.execute(statement, values)
+                cursor.execute(statement, values, prepare=self.prepare)
 
         self.deliver_rows(table, len(lines), size, attempt)
 

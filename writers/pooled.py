@@ -30,3 +30,4 @@ class PooledWriter(BatchedWriter):
     pool_help = "Client connections to pgBouncer per process."
     connection_settings = {"prepare_threshold": None}
     """pgBouncer 1.18 does not track prepared statements: psycopg must not prepare any."""
+    prepare = None

@@ -1,0 +1,26 @@
+-- BatchedEngineer's round trip for spans, from a C client: one INSERT of 500 rows, a transaction each,
+-- with the batched writer's ON CONFLICT (event_id) DO NOTHING (no event_id repeats, so it skips none).
+-- `firehose bench` runs it with pgbench -M prepared (direct) or -M extended (through pgBouncer 1.18, which
+-- cannot keep prepared statements: the pooled writer does not prepare either), -D first_id=... -D n=0, and one
+-- generated row's values as -D spans_<column>=...
+-- pgbench binds at most 255 parameters per statement, so the 500 rows come from generate_series, and each
+-- value is cast from text once per row (CASE WHEN g >= 0 keeps the server from casting it once for all):
+-- the server parses every row's timestamps, numbers and JSONB as it does for the writer's 500-row VALUES.
+\set n :n + 1
+\set first :first_id + :client_id * 16777216 + :n * 500
+INSERT INTO spans (event_id, trace_id, span_id, parent_span_id, service_name, name, kind, start_time, end_time, duration_ms, status_code, status_message, attributes)
+SELECT :first::bigint + g,
+       (CASE WHEN g >= 0 THEN :spans_trace_id END)::text,
+       (CASE WHEN g >= 0 THEN :spans_span_id END)::text,
+       (CASE WHEN g >= 0 THEN :spans_parent_span_id END)::text,
+       (CASE WHEN g >= 0 THEN :spans_service_name END)::text,
+       (CASE WHEN g >= 0 THEN :spans_name END)::text,
+       (CASE WHEN g >= 0 THEN :spans_kind END)::smallint,
+       (CASE WHEN g >= 0 THEN :spans_start_time END)::timestamptz,
+       (CASE WHEN g >= 0 THEN :spans_end_time END)::timestamptz,
+       (CASE WHEN g >= 0 THEN :spans_duration_ms END)::double precision,
+       (CASE WHEN g >= 0 THEN :spans_status_code END)::smallint,
+       NULL,
+       (CASE WHEN g >= 0 THEN :spans_attributes END)::jsonb
+FROM generate_series(0, 499) AS g
+ON CONFLICT (event_id) DO NOTHING;
