@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from faker import Faker
 from locust.event import Events
 from locust.stats import RequestStats
 
-from firehose.database import empty_tables
+from firehose.database import empty_tables, refusal_to_empty
 from firehose.headless import REPO, run_headless
 from firehose.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
 from firehose.server_cost import ServerCost
@@ -107,6 +108,9 @@ class Figure:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--yes", action="store_true", help="Empty the tables even if the database holds tables that are not firehose's."
+    )
     parser.add_argument("--pg-dsn", default=None, help="Target server (default: the embedded PostgreSQL).")
     parser.add_argument("--pg-bin", default=None, help="Run the embedded server from these binaries instead "
                         "(e.g. /usr/lib/postgresql/15/bin, built with lz4).")  # fmt: skip
@@ -128,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.engineers, args.repetitions, args.strategy_users, args.strategy_duration = 3, 1, 3, "3s"
+    if args.pg_dsn is not None and (refusal := refusal_to_empty(args.pg_dsn, "bench", args.yes)) is not None:
+        sys.stderr.write(refusal + "\n")
+        return 2
     server = None
     if args.pg_dsn is None:
         server = EmbeddedPostgres(bin_dir=args.pg_bin)

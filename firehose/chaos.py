@@ -30,8 +30,8 @@ from psycopg.rows import dict_row
 
 from firehose.chaos_report import render_markdown
 from firehose.cpu_usage import CpuUsage
-from firehose.database import empty_tables
-from firehose.dataset import foreign_tables, own_ids
+from firehose.database import empty_tables, refusal_to_empty
+from firehose.dataset import own_ids
 from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import run_headless
 from firehose.process_run import POOL_SEED
@@ -103,13 +103,8 @@ def run(args: argparse.Namespace) -> int:
     services = RunServices(given_addresses(args), embedded_port=args.embedded_port)
     try:
         dsn = services.start_postgres()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            others = foreign_tables(conn)
-        if others and not args.yes:
-            sys.stderr.write(
-                f"firehose chaos: {redact(dsn)} holds tables that are not firehose's ({', '.join(others)}):"
-                " refusing to empty tables there without --yes\n"
-            )
+        if (refusal := refusal_to_empty(dsn, "chaos", args.yes)) is not None:
+            sys.stderr.write(refusal + "\n")
             return 2
         writer = resolve_strategies([args.strategy])[0].writer_class
         needed = [name for name in writer.services if FLAGS[name] not in locust_args]

@@ -7,11 +7,14 @@ import logging
 import psycopg
 from psycopg import sql
 
+from services.postgres import redact
 from telemetry.layout import TABLES
 
 logger = logging.getLogger("firehose")
 
 TABLES_TO_EMPTY = (*TABLES, "quarantine")
+FIREHOSE_TABLES = frozenset({*TABLES_TO_EMPTY, "firehose_runs", "firehose_writer_keys", "firehose_datasets"})
+"""The tables firehose creates: a database holding any other is someone else's, and is not emptied unasked."""
 
 
 def empty_tables(dsn: str) -> None:
@@ -22,3 +25,27 @@ def empty_tables(dsn: str) -> None:
             conn.execute("CHECKPOINT")
         except psycopg.errors.InsufficientPrivilege:
             logger.info("no privilege to CHECKPOINT between runs: a run may pay for the previous one's writes")
+
+
+def foreign_tables(conn: psycopg.Connection) -> list[str]:
+    """Tables of the database that firehose did not create (outside the system schemas)."""
+    rows = conn.execute(
+        "SELECT schemaname || '.' || tablename, tablename FROM pg_tables"
+        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+    ).fetchall()
+    return sorted(qualified for qualified, table in rows if table not in FIREHOSE_TABLES)
+
+
+def refusal_to_empty(dsn: str, tool: str, yes: bool) -> str | None:
+    """The one line a tool that empties tables refuses with, when the database holds tables that are not
+    firehose's and the user did not say --yes; None when it may go ahead."""
+    if yes:
+        return None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        others = foreign_tables(conn)
+    if not others:
+        return None
+    return (
+        f"firehose {tool}: {redact(dsn)} holds tables that are not firehose's ({', '.join(others)}): "
+        "refusing to empty tables or drop indexes there without --yes"
+    )

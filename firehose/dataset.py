@@ -34,8 +34,6 @@ CREATE TABLE IF NOT EXISTS firehose_datasets (
     loaded_at   timestamptz NOT NULL DEFAULT now()
 )
 """
-FIREHOSE_TABLES = frozenset({*TABLES, "quarantine", "firehose_runs", "firehose_writer_keys", "firehose_datasets"})
-"""The tables firehose creates: a database holding any other is someone else's, and is not emptied unasked."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +55,6 @@ class Dataset:
     @property
     def rows(self) -> int:
         return self.spans + self.metrics + self.logs
-
-
-def foreign_tables(conn: psycopg.Connection) -> list[str]:
-    """Tables of the database that firehose did not create (outside the system schemas)."""
-    rows = conn.execute(
-        "SELECT schemaname || '.' || tablename, tablename FROM pg_tables"
-        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-    ).fetchall()
-    return sorted(qualified for qualified, table in rows if table not in FIREHOSE_TABLES)
 
 
 def recorded(conn: psycopg.Connection, name: str) -> Dataset | None:

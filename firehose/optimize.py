@@ -26,11 +26,12 @@ from pathlib import Path
 import psycopg
 from locust.event import Events
 
-from firehose.dataset import Dataset, foreign_tables, load, own_ids, recorded, sample
+from firehose.database import refusal_to_empty
+from firehose.dataset import Dataset, load, own_ids, recorded, sample
 from firehose.endpoints import RunServices, given_addresses
 from firehose.optimize_report import render_markdown
 from firehose.sweep import machine_info
-from services.postgres import EMBEDDED_PORT, REPO, redact
+from services.postgres import EMBEDDED_PORT, REPO
 from telemetry.durations import parse_duration
 from telemetry.layout import TABLES
 from users.queries import DEFAULT_METRIC_NAME, Query, from_epoch_us, latest_error_trace, load_queries, window_parameters
@@ -87,13 +88,8 @@ def run(args: argparse.Namespace) -> int:
     services = RunServices(given, embedded_port=args.embedded_port)
     try:
         dsn = services.start_postgres()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            others = foreign_tables(conn)
-        if others and not args.yes:
-            sys.stderr.write(
-                f"firehose optimize: {redact(dsn)} holds tables that are not firehose's ({', '.join(others)}):"
-                " refusing to drop indexes or empty tables there without --yes\n"
-            )
+        if (refusal := refusal_to_empty(dsn, "optimize", args.yes)) is not None:
+            sys.stderr.write(refusal + "\n")
             return 2
         result = measure(dsn, args.users, history_s, window_s, args.repeat, args.write_sample, args.reload)
     finally:

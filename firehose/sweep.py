@@ -36,7 +36,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 import users as user_package
-from firehose.database import empty_tables
+from firehose.database import empty_tables, refusal_to_empty
 from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import locust_command, run_bounded
 from firehose.references import KIND_OF, run_reference
@@ -289,6 +289,9 @@ def machine_info(dsn: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`firehose sweep`'s options; what follows `--` goes to every Locust run as is."""
     parser.add_argument(
+        "--yes", action="store_true", help="Empty the tables even if the database holds tables that are not firehose's."
+    )
+    parser.add_argument(
         "--strategies",
         default=",".join(available_strategies()),
         help="Comma-separated engineer classes (default: all of them, %(default)s).",
@@ -363,6 +366,10 @@ def run(args: argparse.Namespace) -> int:
         plan = plan_from_args(args)
     except ValueError as error:
         sys.stderr.write(f"firehose sweep: {error}\n")
+        return 2
+    given = _given(plan).get("postgres")  # the embedded server holds firehose's tables only
+    if given is not None and (refusal := refusal_to_empty(given, "sweep", args.yes)) is not None:
+        sys.stderr.write(refusal + "\n")
         return 2
     result = run_sweep(plan)
     paths = write_results(result, plan.out)

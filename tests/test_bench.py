@@ -5,6 +5,7 @@ No figure is asserted: benchmarks are measured by `make bench`, not judged by te
 
 import json
 
+import psycopg
 import pytest
 
 from firehose.cli import main
@@ -52,3 +53,17 @@ def test_only_measures_the_parts_asked_for(dsn, tmp_path):
     [json_path] = tmp_path.glob("*.json")
     assert set(json.loads(json_path.read_text())) == {"machine", "end_to_end"}
     assert "end to end / raw" in json_path.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("tool", ["bench", "sweep"])
+def test_tools_that_empty_tables_refuse_a_database_with_other_tables(dsn, tmp_path, capsys, tool):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE someone_elses (id int)")
+    try:
+        assert main([tool, "--pg-dsn", dsn, "--out", str(tmp_path)]) == 2
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE someone_elses")
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"firehose {tool}: ") and "someone_elses" in error and "--yes" in error
+    assert len(error.splitlines()) == 1
