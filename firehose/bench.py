@@ -37,7 +37,7 @@ from faker import Faker
 from locust.event import Events
 from locust.stats import RequestStats
 
-from firehose.database import empty_tables, refusal_to_empty
+from firehose.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.headless import REPO, run_headless
 from firehose.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
 from firehose.server_cost import ServerCost
@@ -108,9 +108,7 @@ class Figure:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--yes", action="store_true", help="Empty the tables even if the database holds tables that are not firehose's."
-    )
+    add_empty_arguments(parser)
     parser.add_argument("--pg-dsn", default=None, help="Target server (default: the embedded PostgreSQL).")
     parser.add_argument("--pg-bin", default=None, help="Run the embedded server from these binaries instead "
                         "(e.g. /usr/lib/postgresql/15/bin, built with lz4).")  # fmt: skip

@@ -30,13 +30,13 @@ from psycopg.rows import dict_row
 
 from firehose.chaos_report import render_markdown
 from firehose.cpu_usage import CpuUsage
-from firehose.database import empty_tables, refusal_to_empty
+from firehose.database import add_target_arguments, empty_tables, refusal_to_empty
 from firehose.dataset import own_ids
 from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import run_headless
 from firehose.process_run import POOL_SEED
 from firehose.sweep import CELL_OVERHEAD_S, machine_info, parse_duration, resolve_strategies
-from services.postgres import EMBEDDED_PORT, redact
+from services.postgres import redact
 from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.durations import parse_duration as parse_history
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows, engineer_seed
@@ -74,13 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", default=DEFAULT_HISTORY, help="Time the data spans (default: %(default)s).")
     parser.add_argument("--analysts", type=int, default=ANALYSTS, help="Analysts of the second phase (default: 8).")
     parser.add_argument("--processes", type=int, default=0, help="Locust --processes of each run (default: one).")
-    parser.add_argument(
-        "--yes", action="store_true", help="Empty the tables even in a database that holds tables of others."
-    )
-    parser.add_argument(
-        "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
-    )
-    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    add_target_arguments(parser)
     parser.add_argument("--out", default=None, help="Results directory (default: results/chaos-<timestamp>).")
     parser.add_argument(
         "locust_args",

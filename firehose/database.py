@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import psycopg
 from psycopg import sql
 
-from services.postgres import redact
+from services.postgres import EMBEDDED_PORT, redact
 from telemetry.layout import TABLES
 
 logger = logging.getLogger("firehose")
@@ -49,3 +50,19 @@ def refusal_to_empty(dsn: str, tool: str, yes: bool) -> str | None:
         f"firehose {tool}: {redact(dsn)} holds tables that are not firehose's ({', '.join(others)}): "
         "refusing to empty tables or drop indexes there without --yes"
     )
+
+
+def add_empty_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--yes`: the option of every tool that empties tables (see `refusal_to_empty`)."""
+    parser.add_argument(
+        "--yes", action="store_true", help="Empty the tables even if the database holds tables that are not firehose's."
+    )
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The database a tool empties and loads: --pg-dsn, else PG*, else the embedded server on --embedded-port."""
+    add_empty_arguments(parser)
+    parser.add_argument(
+        "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
+    )
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")

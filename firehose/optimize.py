@@ -26,12 +26,12 @@ from pathlib import Path
 import psycopg
 from locust.event import Events
 
-from firehose.database import refusal_to_empty
+from firehose.database import add_target_arguments, refusal_to_empty
 from firehose.dataset import Dataset, load, own_ids, recorded, sample
 from firehose.endpoints import RunServices, given_addresses
 from firehose.optimize_report import render_markdown
 from firehose.sweep import machine_info
-from services.postgres import EMBEDDED_PORT, REPO
+from services.postgres import REPO
 from telemetry.durations import parse_duration
 from telemetry.layout import TABLES
 from users.queries import DEFAULT_METRIC_NAME, Query, from_epoch_us, latest_error_trace, load_queries, window_parameters
@@ -66,13 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-sample", type=int, default=DEFAULT_WRITE_SAMPLE, help="Rows COPYed to measure the indexes' cost."
     )
     parser.add_argument("--reload", action="store_true", help="Load the dataset even if the same shape is there.")
-    parser.add_argument(
-        "--yes", action="store_true", help="Empty the tables even in a database that holds tables of others."
-    )
-    parser.add_argument(
-        "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
-    )
-    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    add_target_arguments(parser)
     parser.add_argument("--out", default=None, help="Results directory (default: results/optimize-<timestamp>).")
 
 

@@ -36,7 +36,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 import users as user_package
-from firehose.database import empty_tables, refusal_to_empty
+from firehose.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import locust_command, run_bounded
 from firehose.references import KIND_OF, run_reference
@@ -288,9 +288,7 @@ def machine_info(dsn: str) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`firehose sweep`'s options; what follows `--` goes to every Locust run as is."""
-    parser.add_argument(
-        "--yes", action="store_true", help="Empty the tables even if the database holds tables that are not firehose's."
-    )
+    add_empty_arguments(parser)
     parser.add_argument(
         "--strategies",
         default=",".join(available_strategies()),
