@@ -21,7 +21,7 @@ import gevent
 import psycopg
 from locust import User
 from locust.env import Environment
-from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner
+from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
 
 from firehose import preflight, tuning
 from firehose.endpoints import RunServices
@@ -118,13 +118,14 @@ class Coordinator:
     def on_test_start(self) -> None:
         user_classes = self.environment.user_classes
         needed = {service for writer in writer_classes(user_classes) for service in writer.services}
+        self.run, self.fatal = None, None
         addresses = self.services.start(needed)
         given = self.options.seed  # the web UI's form sends "" for an empty field
         seed = int(given) if given not in (None, "") else random.getrandbits(62)
         label = " ".join(sorted(user_class.__name__ for user_class in user_classes))
         run_id = open_run(self.postgres, seed, label)
         self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
-        self.started_at, self.summary, self.fatal = time.time(), None, None
+        self.started_at, self.summary = time.time(), None
         self.reports, self.engineer_reports = {}, {}
         if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
             self.environment.runner.send_message(RUN_START, self.run.as_message())
@@ -172,13 +173,20 @@ class Coordinator:
 
     def on_fatal(self, reason: str) -> None:
         """An error of the setup, here or in a worker: print it once, and stop the run (exit code 1)."""
-        if self.fatal is not None or self.run is None:
+        if self.fatal is not None:
             return
         self.fatal = reason
         logger.error("firehose stops the run: %s", reason)
         self.environment.process_exit_code = 1
-        if self.environment.runner.state in (STATE_SPAWNING, STATE_RUNNING):  # else it is ending already
-            gevent.spawn(self._end_run)  # not from inside a writer's greenlet, which the stop may kill
+        # Not from inside a writer's greenlet, which the stop may kill; from test start, once spawning began.
+        gevent.spawn(self._end_run_once_started)
+
+    def _end_run_once_started(self) -> None:
+        runner = self.environment.runner
+        while runner.state == STATE_INIT:  # a fatal error of test start: Locust sets "spawning" right after
+            gevent.sleep(0.1)
+        if runner.state in (STATE_SPAWNING, STATE_RUNNING):  # else it is ending already
+            self._end_run()
 
     def on_test_stop(self) -> None:
         """After this process's own users drained (if any): collect the workers' reports, count, summarise."""
@@ -238,5 +246,10 @@ class Coordinator:
             self.environment.process_exit_code = 1
 
     def on_quitting(self) -> None:
+        runner = self.environment.runner
+        if runner.state in (STATE_SPAWNING, STATE_RUNNING):
+            # Ctrl-C: Locust fires quitting before it stops the users. Stop them now, so the run drains and
+            # reconciles while the servers it writes through are still up.
+            runner.stop()
         self._restore_levers()
         self.services.stop()

@@ -9,8 +9,10 @@ Each process gets a `Firehose` (as `environment.firehose`) with the parts its ro
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
+import gevent
 from locust import User
 from locust.env import Environment
 from locust.event import Events
@@ -71,23 +73,39 @@ class Firehose:
         """This process's share of the current run (None on a master, or before the first test start)."""
         return self.process.process_run if self.process is not None else None
 
-    def _on_fatal(self, error: SetupError) -> None:
+    def _on_fatal(self, error: Exception) -> None:
         if self.coordinator is not None:
             self.coordinator.on_fatal(str(error))
-        elif (run := self.process_run) is not None:
+        elif (run := self.process.run_start) is not None:  # a worker: the master prints it and stops the run
             self.environment.runner.send_message(FATAL, {"run_id": run.run_id, "reason": str(error)})
 
     def on_test_start(self) -> None:
-        if self.coordinator is not None:
-            self.coordinator.on_test_start()
-        if self.process is not None:
-            self.process.on_test_start()
+        try:
+            if self.coordinator is not None:
+                self.coordinator.on_test_start()
+            if self.process is not None:
+                self.process.on_test_start()
+        except Exception as error:  # e.g. a service that would not start: one line and the run stops, no traceback
+            self._on_fatal(SetupError(f"the run could not start: {one_line(error)}"))
 
     def on_test_stop(self) -> None:
         if self.coordinator is not None:
             self.coordinator.on_test_stop()  # drains this process's users first, when it has any
         elif self.process is not None:
             self.process.drain()
+
+
+def _interrupt_main_greenlet() -> None:
+    """Ctrl-C as Locust expects it (KeyboardInterrupt in its main greenlet, which then shuts down and drains),
+    but always there: Python's default handler raises it in whatever greenlet runs, and a writer's flusher or
+    consumer killed so loses the rows it held."""
+    gevent.get_hub().parent.throw(KeyboardInterrupt)
+
+
+def one_line(error: Exception) -> str:
+    """An error's message on one line (a server's log tail may follow its first line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines[:3]) or type(error).__name__
 
 
 def register(events: Events, user_classes: list[type[User]]) -> None:
@@ -118,6 +136,7 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
             sys.stderr.write(f"firehose: {refusal}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
+        gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())
         if (coordinator := firehose.coordinator) is not None:

@@ -47,6 +47,7 @@ class LocalRedis:
                 [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
                  "--dir", str(self._dir), "--logfile", str(self._log)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the writers drain
             )  # fmt: skip
             url = f"redis://127.0.0.1:{port}/0"
             if self._wait_ready(url):

@@ -42,6 +42,8 @@ class Engineer(User):
     def emit(self) -> None:
         firehose = self.environment.firehose
         run = firehose.process_run
+        if run is None:  # this process's share of the run could not start: that was reported, the run stops
+            raise StopUser()
         writer = run.writer(self.writer_class)
         pacing = run.shared(Pacing.for_run)
         if pacing.active and self.schedule is None:
@@ -107,6 +109,8 @@ class ValidatedCopyEngineer(Engineer):
 
     def on_start(self) -> None:
         firehose = self.environment.firehose
+        if firehose.process_run is None:  # the run could not start (reported): `emit` stops this user
+            return
         self.faults = Faults(firehose.options.malformed_share, firehose.process_run.seed)
 
     def outgoing(self, rows: TraceRows) -> TraceRows:
