@@ -66,7 +66,9 @@ class Refused(Exception):
 
 
 def check_options(options: argparse.Namespace) -> None:
-    """Sizes and counts within their bounds."""
+    """Sizes and counts within their bounds; a headless run that would start no user at all."""
+    if getattr(options, "headless", False) and getattr(options, "num_users", None) == 0:
+        raise Refused("-u 0 starts no user: a headless run needs at least 1 (-u N)")
     for dest, minimum in OPTION_MINIMUMS.items():
         value = getattr(options, dest, None)
         if value is not None and value < minimum:

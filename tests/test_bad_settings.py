@@ -57,6 +57,7 @@ def embedded_options(tmp_path):
         (["NaiveEngineer", "--naive-pool-size", "0"], "firehose: --naive-pool-size must be at least 1, got 0"),
         (["StreamEngineer", "--stream-max-len", "0"], "firehose: --stream-max-len must be at least 1, got 0"),
         (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
+        (["CopyEngineer", "-u", "0"], "firehose: -u 0 starts no user: a headless run needs at least 1 (-u N)"),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):

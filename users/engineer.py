@@ -7,6 +7,8 @@ strategy.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import gevent
 from locust import User, constant, task
 from locust.exception import StopUser
@@ -38,17 +40,36 @@ class Engineer(User):
     schedule: Schedule | None = None
     """This engineer's timetable under --engineer-rate (kept across --continuous rounds)."""
 
+    gave_up = False
+    """Its telemetry raised in a fixed-volume run: it emits no more (the run's end counts it as finished)."""
+
     @task
     def emit(self) -> None:
         firehose = self.environment.firehose
         run = firehose.process_run
-        if run is None:  # this process's share of the run could not start: that was reported, the run stops
+        if run is None or self.gave_up:  # this process's run could not start (reported), or this engineer failed
             raise StopUser()
         writer = run.writer(self.writer_class)
         pacing = run.shared(Pacing.for_run)
         if pacing.active and self.schedule is None:
             self.schedule = pacing.schedule()
-        for rows in run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids):
+        traces = run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids)
+        try:
+            self._hand_over(run, writer, traces)
+        except StopUser:
+            raise
+        except Exception:
+            if not firehose.options.continuous:  # Locust reports the error; the run must still end
+                self.gave_up = True
+                run.engineers_finished += 1
+            raise
+        if not firehose.options.continuous:
+            run.engineers_finished += 1
+            raise StopUser()
+
+    def _hand_over(self, run, writer: Writer, traces: Iterator[TraceRows]) -> None:
+        """Hand each trace to the writer, at the engineer's pace; stops early when the run is ending."""
+        for rows in traces:
             if run.closing or writer.fatal is not None:  # the run is ending, or stopping on an error of the setup
                 raise StopUser()
             if self.schedule is not None:
@@ -60,9 +81,6 @@ class Engineer(User):
             run.generated.add(rows.facts)
             writer.write(self.outgoing(rows))
             gevent.sleep(0)  # one trace is ~0.2 ms of CPU: let other engineers and flushers run
-        if not firehose.options.continuous:
-            run.engineers_finished += 1
-            raise StopUser()
 
     def outgoing(self, rows: TraceRows) -> TraceRows:
         """The rows handed to the writer: a hook for subclasses that alter them (fault injection)."""
