@@ -156,6 +156,11 @@ def test_workers_can_scale(services):
     assert 8089 in _container_ports(services["master"])
 
 
+def test_the_web_ui_leaves_loopback_only_where_the_compose_file_says_so(services):
+    assert "web-host = 127.0.0.1" in (REPO / "locust.conf").read_text().splitlines()
+    assert "--web-host 0.0.0.0" in _command(services["master"])  # published by the container's port mapping
+
+
 @pytest.mark.parametrize("name", ["master", "worker"])
 def test_locust_gets_the_compose_services_addresses(services, name):
     service = services[name]
