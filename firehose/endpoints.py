@@ -17,8 +17,16 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 
+from firehose.preflight import Refused
 from services.pgbouncer import PgBouncer
-from services.postgres import EMBEDDED_PORT, EmbeddedPostgres, apply_schema, dsn_from_environment, redact
+from services.postgres import (
+    EMBEDDED_PORT,
+    EmbeddedPostgres,
+    ListeningElsewhere,
+    apply_schema,
+    dsn_from_environment,
+    redact,
+)
 from services.redis_server import LocalRedis
 
 logger = logging.getLogger("firehose")
@@ -126,7 +134,10 @@ class RunServices:
                 self.embedded = EmbeddedPostgres(
                     self.embedded_data_dir, self.embedded_port, listen=self.listen, password=self.password
                 )
-                self.addresses["postgres"] = self.embedded.start()
+                try:
+                    self.addresses["postgres"] = self.embedded.start()
+                except ListeningElsewhere as error:
+                    raise Refused(str(error)) from None
                 self._stops.append(self.embedded.stop)
                 logger.info("embedded PostgreSQL on %s (data in %s)", redact(self.postgres), self.embedded.data_dir)
         return self.postgres

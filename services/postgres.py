@@ -105,6 +105,10 @@ def bundled_bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+class ListeningElsewhere(RuntimeError):
+    """The embedded server runs already (started by someone else) and does not listen where it was asked to."""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server of our own on 127.0.0.1:`port`, its data in `data_dir`, reused across runs."""
 
@@ -225,7 +229,7 @@ class EmbeddedPostgres:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             listening = conn.execute("SELECT current_setting('listen_addresses')").fetchone()[0]
             if self.listen not in {address.strip() for address in listening.split(",")} | {"*"}:
-                raise RuntimeError(
+                raise ListeningElsewhere(
                     f"the embedded PostgreSQL in {self.data_dir} already runs, listening on {listening} only: "
                     f"stop it, or give another --embedded-data-dir and --embedded-port"
                 )

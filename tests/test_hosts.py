@@ -260,6 +260,29 @@ def test_a_worker_that_cannot_reach_the_masters_loopback_refuses_with_one_line(m
         assert "Traceback" not in output and "Uncaught exception" not in output, output
 
 
+@pytest.mark.slow
+def test_an_embedded_server_running_without_the_listen_address_is_refused(machines, server_dir):
+    """The server in the data directory runs already, on loopback only (another run's): refused before start."""
+    server = EmbeddedPostgres(server_dir, free_port())
+    server.start()
+    try:
+        command = [
+            sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "CopyEngineer", "--headless", "-u", "1", "-t", "30s",
+            "--embedded-listen", MASTER_ADDRESS, "--embedded-port", str(server.port),
+            "--embedded-data-dir", str(server_dir),
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+        assert server.running(), "the master stopped a server it did not start"
+    finally:
+        server.stop()
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output
+    assert [line for line in output.splitlines() if line.startswith("firehose:")] == [
+        f"firehose: the embedded PostgreSQL in {server_dir} already runs, listening on 127.0.0.1 only: stop it, or "
+        "give another --embedded-data-dir and --embedded-port"
+    ], output
+
+
 def test_the_refusal_names_each_address_on_the_masters_loopback_and_the_option_to_pass():
     addresses = {
         "postgres": "host=127.0.0.1 port=54329 user=postgres dbname=firehose",
