@@ -75,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         include_in_web_ui=False,
         help="On the master: the embedded PostgreSQL and the pgBouncer and Redis it starts for a run also listen "
         "on ADDRESS (an IP address of this machine that workers on other machines reach), where clients must "
-        "give a password drawn for this run; the addresses sent to workers carry it. Default: 127.0.0.1 only.",
+        "give a password drawn when the master starts; the addresses sent to workers carry it (shown redacted). "
+        "Keep it, and Locust's unauthenticated master/worker channel, on a private network. Default: 127.0.0.1 only.",
     )
     parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
     parser.add_argument("--embedded-data-dir", default=None, help="Data directory of the embedded PostgreSQL.")
