@@ -29,6 +29,7 @@ from firehose.headless import LOCUSTFILE, run_bounded
 from firehose.reach import loopback_identity, refusal
 from services.ports import free_port
 from services.redis_server import LocalRedis
+from services.pgbouncer import PgBouncer
 from services.postgres import EmbeddedPostgres, as_user, bundled_bin_dir, server_user
 from tests.conftest import REPO, load_summary
 
@@ -258,6 +259,35 @@ def test_a_worker_that_cannot_reach_the_masters_loopback_refuses_with_one_line(m
     assert re.search(rf"firehose stops the run: firehose worker \d+ on \S+: {re.escape(line)}$", master, re.M), master
     for output in (master, worker):
         assert "Traceback" not in output and "Uncaught exception" not in output, output
+
+
+@pytest.mark.slow
+def test_services_listening_beyond_loopback_ask_for_the_password_there_only(machines, server_dir):
+    """Never `trust` beyond loopback: PostgreSQL, pgBouncer and Redis refuse a client on the bridge address without
+    the password, and take one with it; loopback stays as it was (no password)."""
+    password = secrets.token_urlsafe(16)
+    server = EmbeddedPostgres(server_dir, free_port(), listen=MASTER_ADDRESS, password=password)
+    bouncer = PgBouncer(server.start(), listen=MASTER_ADDRESS, password=password)
+    own_redis = LocalRedis(listen=MASTER_ADDRESS, password=password)
+    try:
+        for dsn in (server.listen_dsn, bouncer.start()):
+            with pytest.raises(psycopg.OperationalError, match="password"):
+                psycopg.connect(make_conninfo(dsn, password=""), connect_timeout=5, prepare_threshold=None)
+            with psycopg.connect(dsn, connect_timeout=5, prepare_threshold=None) as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        with psycopg.connect(server.dsn) as conn:  # loopback, no password
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        url = own_redis.start()
+        assert url.startswith(f"redis://:{password}@{MASTER_ADDRESS}:")
+        anonymous = url.replace(f":{password}@", "")
+        with redis.Redis.from_url(anonymous) as client, pytest.raises(redis.AuthenticationError):
+            client.ping()
+        with redis.Redis.from_url(url) as client:
+            assert client.ping()
+    finally:
+        own_redis.stop()
+        bouncer.stop()
+        server.stop()
 
 
 @pytest.mark.slow
