@@ -189,8 +189,9 @@ class Coordinator:
             self._end_run()
 
     def on_test_stop(self) -> None:
-        """After this process's own users drained (if any): collect the workers' reports, count, summarise."""
-        if self.run is None:
+        """After this process's own users drained (if any): collect the workers' reports, count, summarise.
+        Once per run: a run stopped while Locust's master was still spawning gets test_stop again at its exit."""
+        if self.run is None or self.summary is not None:
             return
         if self.local is not None and (report := self.local.drain()) is not None:
             self.reports[report["writer_key"]] = report

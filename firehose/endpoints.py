@@ -4,16 +4,29 @@ The master (or the only process) resolves them once: a DSN the user gave (`--pg-
 variables), else the embedded PostgreSQL; for each service a selected writer declares ("pgbouncer",
 "redis"), the address the user gave, else a local one started in front of that PostgreSQL. The addresses
 go to the writing processes in the run-start message; `stop` ends exactly what was started here.
+
+What is started here listens on 127.0.0.1, and with `--embedded-listen ADDRESS` on ADDRESS too, for workers
+on other machines: there clients must give a password drawn for this master process (loopback stays as it
+was), and the addresses handed out carry it (every output shows them through `redact`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 from collections.abc import Callable, Iterable
 
+from firehose.preflight import Refused
 from services.pgbouncer import PgBouncer
-from services.postgres import EMBEDDED_PORT, EmbeddedPostgres, apply_schema, dsn_from_environment, redact
+from services.postgres import (
+    EMBEDDED_PORT,
+    EmbeddedPostgres,
+    ListeningElsewhere,
+    apply_schema,
+    dsn_from_environment,
+    redact,
+)
 from services.redis_server import LocalRedis
 
 logger = logging.getLogger("firehose")
@@ -21,6 +34,8 @@ logger = logging.getLogger("firehose")
 GIVEN = {"postgres": "pg_dsn", "pgbouncer": "pgbouncer_dsn", "redis": "redis_url", "analysts": "analyst_dsn"}
 """Service name -> the option that gives its address ("analysts": the analysts' own DSN, e.g. a read-only role)."""
 FLAGS = {"postgres": "--pg-dsn", "pgbouncer": "--pgbouncer-dsn", "redis": "--redis-url", "analysts": "--analyst-dsn"}
+PASSWORD_BYTES = 24
+"""Random bytes of the password of services listening beyond loopback (32 URL-safe characters)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         include_in_web_ui=False,
         help="libpq DSN the analysts query through (e.g. a read-only role of the same database). Default: --pg-dsn.",
     )
+    parser.add_argument(
+        "--embedded-listen",
+        default=None,
+        metavar="ADDRESS",
+        include_in_web_ui=False,
+        help="On the master: the embedded PostgreSQL and the pgBouncer and Redis it starts for a run also listen "
+        "on ADDRESS (an IP address of this machine that workers on other machines reach), where clients must "
+        "give a password drawn when the master starts; the addresses sent to workers carry it (shown redacted). "
+        "Keep it, and Locust's unauthenticated master/worker channel, on a private network. Default: 127.0.0.1 only.",
+    )
     parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
     parser.add_argument("--embedded-data-dir", default=None, help="Data directory of the embedded PostgreSQL.")
 
@@ -69,11 +94,19 @@ class RunServices:
     """A run's PostgreSQL and services: the addresses given, else started here (and stopped by `stop`)."""
 
     def __init__(
-        self, given: dict[str, str], *, embedded_port: int = EMBEDDED_PORT, embedded_data_dir: str | None = None
+        self,
+        given: dict[str, str],
+        *,
+        embedded_port: int = EMBEDDED_PORT,
+        embedded_data_dir: str | None = None,
+        listen: str | None = None,
     ) -> None:
+        """`listen`: also listen there, beyond loopback, with a password of this object's own."""
         self.given = given
         self.embedded_port = embedded_port
         self.embedded_data_dir = embedded_data_dir
+        self.listen = listen
+        self.password = secrets.token_urlsafe(PASSWORD_BYTES) if listen else None
         self.addresses: dict[str, str] = {}
         self.embedded: EmbeddedPostgres | None = None
         self._stops: list[Callable[[], None]] = []
@@ -84,6 +117,7 @@ class RunServices:
             given_addresses(options),
             embedded_port=options.embedded_port,
             embedded_data_dir=options.embedded_data_dir,
+            listen=options.embedded_listen,
         )
 
     @property
@@ -98,8 +132,13 @@ class RunServices:
                 apply_schema(self.given["postgres"])
                 self.addresses["postgres"] = self.given["postgres"]
             else:
-                self.embedded = EmbeddedPostgres(self.embedded_data_dir, self.embedded_port)
-                self.addresses["postgres"] = self.embedded.start()
+                self.embedded = EmbeddedPostgres(
+                    self.embedded_data_dir, self.embedded_port, listen=self.listen, password=self.password
+                )
+                try:
+                    self.addresses["postgres"] = self.embedded.start()
+                except ListeningElsewhere as error:
+                    raise Refused(str(error)) from None
                 self._stops.append(self.embedded.stop)
                 logger.info("embedded PostgreSQL on %s (data in %s)", redact(self.postgres), self.embedded.data_dir)
         return self.postgres
@@ -113,7 +152,10 @@ class RunServices:
             if name in self.given:
                 self.addresses[name] = self.given[name]
                 continue
-            starters = {"pgbouncer": lambda: PgBouncer(self.postgres), "redis": LocalRedis}
+            starters = {
+                "pgbouncer": lambda: PgBouncer(self.postgres, listen=self.listen, password=self.password),
+                "redis": lambda: LocalRedis(listen=self.listen, password=self.password),
+            }
             if name not in starters:
                 raise ValueError(f"unknown service {name!r}: one of {', '.join(starters)}")
             server = starters[name]()

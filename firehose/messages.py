@@ -7,7 +7,9 @@ has it when its own test_start fires). The options the user typed stay in `parse
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+
+from firehose.reach import loopback_identity
 
 RUN_START = "firehose:run_start"
 """master -> workers: a `RunStart`."""
@@ -31,6 +33,9 @@ class RunStart:
     """Microseconds since the epoch: the end of the time window generated telemetry falls in."""
     addresses: dict[str, str]
     """Service name -> address: "postgres" always, plus the services the selected writers declared."""
+    loopback: str = field(default_factory=loopback_identity)
+    """Whose 127.0.0.1 the addresses mean: the machine and network namespace of the process that made the
+    message, the master (a worker elsewhere refuses such addresses: firehose.reach)."""
 
     def as_message(self) -> dict:
         return asdict(self)
@@ -41,4 +46,4 @@ class RunStart:
 
     def with_own(self, own: dict[str, str]) -> RunStart:
         """The same run with a process's own addresses, which win over the master's."""
-        return RunStart(self.run_id, self.seed, self.anchor_us, {**self.addresses, **own})
+        return replace(self, addresses={**self.addresses, **own})

@@ -6,13 +6,16 @@ Checked on the master (or the only process) at Locust's init, before the run tou
 - an existing telemetry table whose columns differ from the row layout (named, with the columns);
 - a role missing a privilege the run needs (named, with the tables);
 - a Redis given with --redis-url that does not answer, or is older than 7;
-- pgBouncer or Redis to be started here for a strategy named on the command line, without its binary.
+- pgBouncer or Redis to be started here for a strategy named on the command line, without its binary;
+- an --embedded-listen that is not an IP address of this machine other than loopback or a wildcard.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import shutil
+import socket
 
 import psycopg
 import redis
@@ -74,6 +77,24 @@ def check_options(options: argparse.Namespace) -> None:
         if value is not None and value < minimum:
             flag = "--" + dest.replace("_", "-")
             raise Refused(f"{flag} must be at least {minimum}, got {value}")
+    if (listen := getattr(options, "embedded_listen", None)) is not None:
+        check_listen_address(listen)
+
+
+def check_listen_address(address: str) -> None:
+    """An address of this machine that other machines can reach: not loopback, not every address at once."""
+    prefix = f"--embedded-listen {address}"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        raise Refused(f"{prefix}: give an IP address of this machine that workers reach") from None
+    if parsed.is_loopback or parsed.is_unspecified:
+        raise Refused(f"{prefix}: give the address of this machine that workers reach, not loopback or a wildcard")
+    try:
+        with socket.socket(socket.AF_INET6 if parsed.version == 6 else socket.AF_INET) as probe:
+            probe.bind((address, 0))
+    except OSError as error:
+        raise Refused(f"{prefix} is not an address of this machine ({error.strerror})") from None
 
 
 def check_database(conninfo: str) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -27,7 +29,10 @@ from locust.runners import WorkerRunner
 from psycopg.conninfo import make_conninfo
 
 from firehose.endpoints import given_addresses
-from firehose.messages import DRAIN, DRAINED, ENGINEERS, RUN_START, RunStart
+from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, RUN_START, RunStart
+from firehose.preflight import CONNECT_TIMEOUT_S
+from firehose.reach import refusal
+from services.postgres import redact
 from telemetry.counts import GeneratedCounts
 from telemetry.durations import parse_duration
 from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
@@ -44,7 +49,7 @@ T = TypeVar("T")
 
 def register_writer_key(conninfo: str, run_id: int) -> int:
     """A new writer key of `run_id`: its row records the address and name of the connection that drew it."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         return conn.execute(
             "INSERT INTO firehose_writer_keys (writer_key, run_id)"
             " VALUES (nextval('firehose_writer_key'), %s) RETURNING writer_key",
@@ -193,11 +198,24 @@ class WritingProcess:
         )
 
     def on_test_start(self) -> None:
-        """A worker's test start: the run-start message arrived before Locust's spawn message."""
-        if self.is_worker:
-            if self.run_start is None:
-                raise RuntimeError("no run-start message from the master before the spawn message")
-            self.begin(self.run_start)
+        """A worker's test start: the run-start message arrived before Locust's spawn message. A worker that
+        cannot reach where the run writes refuses it (`_refuse`)."""
+        if not self.is_worker:
+            return
+        if self.run_start is None:
+            raise RuntimeError("no run-start message from the master before the spawn message")
+        run = self.run_start
+        line = refusal(run.loopback, run.addresses, self.own_addresses)
+        if line is None:
+            try:
+                self.begin(run)
+                return
+            except psycopg.Error as error:  # registering the writer key connects first (or finds the DSN malformed)
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
+                conninfo = run.with_own(self.own_addresses).addresses["postgres"]
+                where = redact(conninfo)
+                line = f"cannot connect to PostgreSQL at {where}: {reason}: give this worker a --pg-dsn it reaches"
+        self._refuse(line)
 
     def engineers(self) -> tuple[int, int]:
         """This process's engineers (started, finished) in the current run."""
@@ -217,6 +235,18 @@ class WritingProcess:
         if self.is_worker:
             self._send_final(report)
         return report
+
+    def _refuse(self, line: str) -> None:
+        """Say `line` here and to the master (which stops the run), and quit with exit code 2 before any user
+        of ours runs: the quit is scheduled ahead of the spawning Locust starts after this test start."""
+        sys.stderr.write(f"firehose: {line}\n")
+        sys.stderr.flush()
+        host = socket.gethostname()
+        self.environment.runner.send_message(
+            FATAL, {"run_id": self.run_start.run_id, "reason": f"{self.name} on {host}: {line}"}
+        )
+        self.environment.process_exit_code = 2
+        gevent.spawn(self.environment.runner.quit)
 
     def _on_run_start(self, environment: Environment, msg) -> None:
         self.run_start = RunStart.from_message(msg.data)

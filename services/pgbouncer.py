@@ -7,7 +7,8 @@ refuses to run as root: as root it runs as the unprivileged user the embedded Po
 Authentication: the server's user (and password, if the DSN resolves one) goes into the auth file.
 Without a password clients are trusted (`auth_type = trust`; it only listens on loopback, like the
 trust-auth embedded server behind it). With one, clients must give it (`scram-sha-256`), and
-pgBouncer logs into PostgreSQL with it, whichever method the server asks for.
+pgBouncer logs into PostgreSQL with it, whichever method the server asks for. Listening on another
+address too (`listen`, for workers on other machines) needs a password: the server's, else `password`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class PgBouncerMissing(RuntimeError):
 
 
 class PgBouncer:
-    """pgBouncer in transaction pooling mode on 127.0.0.1:`port`, in front of the PostgreSQL of `conninfo`."""
+    """pgBouncer in transaction pooling mode on 127.0.0.1:`port` (and `listen`, if given), in front of the
+    PostgreSQL of `conninfo`."""
 
     def __init__(
         self,
@@ -59,8 +61,12 @@ class PgBouncer:
         port: int | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
         max_client_conn: int = MAX_CLIENT_CONN,
+        listen: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.conninfo = conninfo
+        self.listen = listen
+        self.password = password
         self.port = port
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
@@ -74,11 +80,14 @@ class PgBouncer:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:  # resolves PG* variables, .pgpass, defaults
             info = conn.info
             server, user, dbname = f"host={info.host} port={info.port}", info.user, info.dbname
-            password = info.password or None
+            password = info.password or self.password
+        if self.listen and not password:
+            raise ValueError("pgBouncer listening beyond loopback needs a password")
         self.port = self.port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="firehose-pgbouncer-"))
         config = self._write_config(server, user, password)
-        self.dsn = make_conninfo(host="127.0.0.1", port=self.port, dbname=dbname, user=user, password=password)
+        host = self.listen or "127.0.0.1"
+        self.dsn = make_conninfo(host=host, port=self.port, dbname=dbname, user=user, password=password)
         with open(self._dir / "pgbouncer.log", "wb") as log:
             self._process = subprocess.Popen(
                 [binary, str(config)],
@@ -122,7 +131,7 @@ class PgBouncer:
                     "[databases]",
                     f"* = {server}",  # any database name, passed on as is
                     "[pgbouncer]",
-                    "listen_addr = 127.0.0.1",
+                    f"listen_addr = {','.join(['127.0.0.1', *([self.listen] if self.listen else [])])}",
                     f"listen_port = {self.port}",
                     "unix_socket_dir =",  # TCP only: no socket file left in /tmp
                     "pool_mode = transaction",

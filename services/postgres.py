@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,8 @@ EMBEDDED_DATABASE = "firehose"
 PG_ENVIRONMENT = ("PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGSERVICE")
 _SERVER_USER = "postgres"
 """PostgreSQL refuses to run as root; as root we run it as this user (created if missing)."""
+HBA_BEYOND_LOOPBACK = "host all all all scram-sha-256"
+"""pg_hba.conf's last line: loopback keeps initdb's `trust` (matched first), every other host gives the password."""
 
 
 def redact(conninfo: str) -> str:
@@ -102,6 +105,10 @@ def bundled_bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
+class ListeningElsewhere(RuntimeError):
+    """The embedded server runs already (started by someone else) and does not listen where it was asked to."""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server of our own on 127.0.0.1:`port`, its data in `data_dir`, reused across runs."""
 
@@ -112,9 +119,14 @@ class EmbeddedPostgres:
         settings: dict | None = None,
         bin_dir: str | Path | None = None,
         socket_dir: Path | None = None,
+        listen: str | None = None,
+        password: str | None = None,
     ) -> None:
         """`bin_dir` runs other PostgreSQL binaries (e.g. Debian's, built with lz4) in a data dir of their own;
-        `socket_dir` also listens on a Unix socket there (default: TCP only)."""
+        `socket_dir` also listens on a Unix socket there (default: TCP only); `listen` also listens on that
+        address, where clients must give `password` (scram-sha-256; loopback stays `trust`)."""
+        if listen and not password:
+            raise ValueError("listening beyond loopback needs a password")
         if bin_dir is None:
             self.bin = bundled_bin_dir()
             self.data_dir = Path(data_dir or default_data_dir())
@@ -123,6 +135,8 @@ class EmbeddedPostgres:
             self.data_dir = Path(data_dir or default_data_dir().with_name(f"postgres-{self.bin.parent.name}"))
         self.port = port
         self.socket_dir = socket_dir
+        self.listen = listen
+        self.password = password
         self.settings = {**server_settings(), **(settings or {})}
         self.started_here = False
 
@@ -131,11 +145,19 @@ class EmbeddedPostgres:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={EMBEDDED_DATABASE}"
 
     @property
+    def listen_dsn(self) -> str:
+        """The DSN for clients on other machines: the `listen` address, with the password."""
+        return make_conninfo(
+            host=self.listen, port=self.port, user="postgres", dbname=EMBEDDED_DATABASE, password=self.password
+        )
+
+    @property
     def log_file(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
     def start(self) -> str:
-        """Start the server unless it already runs; create the database and schema. Returns the DSN."""
+        """Start the server unless it already runs; create the database and schema. Returns the DSN for clients:
+        `listen_dsn` when listening beyond loopback, else `dsn`."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_dir is not None:
             self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -148,12 +170,18 @@ class EmbeddedPostgres:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb()
+            if self.listen:
+                self._require_password_beyond_loopback()
             if not self.running():
                 self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), "-o", self._options())
                 self.started_here = True
+            elif self.listen:
+                self._pg_ctl("reload")  # pg_hba.conf may have gained its line
         self._create_database()
+        if self.listen:
+            self._open_to_listen_address()
         apply_schema(self.dsn)
-        return self.dsn
+        return self.listen_dsn if self.listen else self.dsn
 
     def stop(self) -> None:
         """Stop the server, if this object started it (one found running is left alone)."""
@@ -169,7 +197,8 @@ class EmbeddedPostgres:
         return self._pg_ctl("status", check=False).returncode == 0
 
     def _options(self) -> str:
-        settings = {**self.settings, "port": str(self.port), "listen_addresses": "127.0.0.1"}
+        listen = ",".join(["127.0.0.1", *([self.listen] if self.listen else [])])
+        settings = {**self.settings, "port": str(self.port), "listen_addresses": listen}
         # TCP only unless asked: no socket directory to own.
         settings["unix_socket_directories"] = str(self.socket_dir) if self.socket_dir else ""
         return " ".join(f"-c {key}={value}" if value else f"-c {key}=''" for key, value in settings.items())
@@ -186,6 +215,26 @@ class EmbeddedPostgres:
                 "--encoding=UTF8", "--locale=C", "--no-instructions",
             ]
         )  # fmt: skip
+
+    def _require_password_beyond_loopback(self) -> None:
+        """Append HBA_BEYOND_LOOPBACK to pg_hba.conf once (kept: without `listen` nothing else reaches the server)."""
+        hba = self.data_dir / "pg_hba.conf"
+        if HBA_BEYOND_LOOPBACK not in hba.read_text().splitlines():
+            with hba.open("a") as file:
+                file.write(f"{HBA_BEYOND_LOOPBACK}\n")
+
+    def _open_to_listen_address(self) -> None:
+        """Give the role this run's password, as a SCRAM verifier computed here (the statement, which a server
+        may log, never holds the password); check that a server found running listens on `listen` too."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            listening = conn.execute("SELECT current_setting('listen_addresses')").fetchone()[0]
+            if self.listen not in {address.strip() for address in listening.split(",")} | {"*"}:
+                raise ListeningElsewhere(
+                    f"the embedded PostgreSQL in {self.data_dir} already runs, listening on {listening} only: "
+                    f"stop it, or give another --embedded-data-dir and --embedded-port"
+                )
+            verifier = conn.pgconn.encrypt_password(self.password.encode(), b"postgres", b"scram-sha-256")
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier.decode())))
 
     def _create_database(self) -> None:
         admin = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"

@@ -2,7 +2,9 @@
 
 It listens on a free 127.0.0.1 port, keeps nothing on disk (`--save '' --appendonly no`: the stream
 is a buffer in front of PostgreSQL, not a store), and works in a temporary directory removed when it
-stops. Only this process's own server is ever stopped.
+stops. Only this process's own server is ever stopped. Listening on another address too (`listen`, for
+workers on other machines) needs a password (`requirepass`, in a config file only we can read, not on the
+command line that `ps` shows).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import quote
 
 import redis
 
@@ -30,7 +33,11 @@ INSTALL_HINT = "install it (Debian/Ubuntu: `apt-get install redis-server`) or pa
 class LocalRedis:
     """One redis-server child process on a free loopback port, stopped (and its directory removed) by `stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: str | None = None, password: str | None = None) -> None:
+        if listen and not password:
+            raise ValueError("Redis listening beyond loopback needs a password")
+        self.listen = listen
+        self.password = password
         self.url: str | None = None
         self._process: subprocess.Popen | None = None
         self._dir: Path | None = None
@@ -41,15 +48,16 @@ class LocalRedis:
         if binary is None:
             raise RuntimeError(f"the Redis Streams strategy needs redis-server, which is not on PATH: {INSTALL_HINT}")
         self._dir = Path(tempfile.mkdtemp(prefix="firehose-redis-"))
+        config = self._write_config()
         for _ in range(PORT_ATTEMPTS):
             port = free_port()
             self._process = subprocess.Popen(
-                [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                [binary, str(config), "--port", str(port), "--save", "", "--appendonly", "no",
                  "--dir", str(self._dir), "--logfile", str(self._log)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the writers drain
             )  # fmt: skip
-            url = f"redis://127.0.0.1:{port}/0"
+            url = self._url(port)
             if self._wait_ready(url):
                 self.url = url
                 return url
@@ -68,6 +76,22 @@ class LocalRedis:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def _write_config(self) -> Path:
+        """Where it listens and, beyond loopback, the password clients must give."""
+        config = self._dir / "redis.conf"
+        config.touch(mode=0o600)
+        lines = [f"bind 127.0.0.1{f' {self.listen}' if self.listen else ''}"]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def _url(self, port: int) -> str:
+        host = self.listen or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address, in a URL
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{credentials}{host}:{port}/0"
 
     @property
     def _log(self) -> Path:

@@ -65,6 +65,23 @@ def test_sizes_out_of_range(embedded_options, args, line):
     assert refused == line and elapsed < REFUSAL_S
 
 
+@pytest.mark.parametrize(
+    ("address", "line"),
+    [
+        ("db-host", "firehose: --embedded-listen db-host: give an IP address of this machine that workers reach"),
+        ("127.0.0.1", "firehose: --embedded-listen 127.0.0.1: give the address of this machine that workers "
+         "reach, not loopback or a wildcard"),
+        ("0.0.0.0", "firehose: --embedded-listen 0.0.0.0: give the address of this machine that workers reach, "
+         "not loopback or a wildcard"),
+        ("192.0.2.254", "firehose: --embedded-listen 192.0.2.254 is not an address of this machine "
+         "(Cannot assign requested address)"),
+    ],
+)  # fmt: skip
+def test_an_embedded_listen_address_workers_cannot_reach(embedded_options, address, line):
+    refused, elapsed = _refused("CopyEngineer", "--embedded-listen", address, *embedded_options)
+    assert refused == line and elapsed < REFUSAL_S
+
+
 def test_a_dsn_nothing_listens_on():
     port = free_port()
     dsn = f"host=127.0.0.1 port={port} user=x password=s3cret"
