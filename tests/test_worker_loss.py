@@ -1,0 +1,131 @@
+"""Every worker accounted for: a worker killed -9 mid-run is named in the summary, the run ends by itself, is
+INCOMPLETE with exit code 1, and the survivors' rows reconcile among themselves.
+
+A real master and two real `locust --worker` processes (separate subprocesses, so one can be killed by pid).
+The victim worker is given its own DSN (a worker's own --pg-dsn wins over the master's) naming a unique
+application_name, so the test finds its writer key in `firehose_writer_keys`. It is killed once the
+database holds rows of that key and the master has logged that it writes under it (its figures arrived),
+both observed, never timed.
+"""
+
+import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from firehose.headless import LOCUSTFILE
+from services.ports import free_port
+from telemetry.layout import TABLES
+from tests.conftest import REPO, load_summary
+
+pytestmark = pytest.mark.slow
+
+RUN_S = 20
+"""The run's length (--continuous -t): the kill strikes within its first seconds."""
+RUN_TIMEOUT_S = 150
+"""Bound on the whole run: RUN_S, Locust's ~4 s to find the dead worker missing, the survivor's drain."""
+DEADLINE_S = 60
+"""Bound on waiting for an observed state."""
+
+
+def _locust(*args: str, log) -> subprocess.Popen:
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def _victim_key(dsn: str, application_name: str) -> int | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT writer_key FROM firehose_writer_keys WHERE application_name = %s", [application_name]
+        ).fetchone()
+        return row[0] if row else None
+
+
+_ROWS_OF_KEY = "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s + 1) << 32"
+
+
+def _rows_of_key(dsn: str, writer_key: int) -> int:
+    with psycopg.connect(dsn) as conn:
+        return sum(
+            conn.execute(_ROWS_OF_KEY.format(table=table), {"key": writer_key}).fetchone()[0] for table in TABLES
+        )
+
+
+def _wait_for(condition, what: str, *processes: subprocess.Popen):
+    deadline = time.monotonic() + DEADLINE_S
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"not seen within {DEADLINE_S} s: {what}"
+        assert all(process.poll() is None for process in processes), f"a process ended before: {what}"
+        time.sleep(0.1)
+    return found
+
+
+def run_and_kill_a_worker(dsn: str, strategy: str, tmp_path, *extra: str) -> dict:
+    """A master and two workers run `strategy`; one worker is killed -9 once it writes. Returns what happened."""
+    port, summary_path, log_path = free_port(), tmp_path / "summary.json", tmp_path / "master.log"
+    victim_name = f"victim-{uuid.uuid4().hex[:12]}"
+    processes = []
+    with log_path.open("w") as log, (tmp_path / "workers.log").open("w") as worker_log:
+        try:
+            master = _locust(
+                strategy, "--master", "--headless", "--only-summary", "--expect-workers", "2",
+                "--master-bind-port", str(port), "-u", "4", "-r", "4", "-t", f"{RUN_S}s", "--continuous",
+                "--traces-per-engineer", "20", "--pg-dsn", dsn, "--summary-json", str(summary_path), *extra,
+                log=log,
+            )  # fmt: skip
+            processes.append(master)
+            victim_dsn = make_conninfo(dsn, application_name=victim_name)
+            victim = _locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
+            survivor = _locust("--worker", "--master-port", str(port), log=worker_log)
+            processes += [victim, survivor]
+            key = _wait_for(lambda: _victim_key(dsn, victim_name), "the victim's writer key", *processes)
+            _wait_for(lambda: _rows_of_key(dsn, key) > 0, "rows of the victim's key in the database", *processes)
+            announced = f"writes under writer key {key}\n"
+            _wait_for(lambda: announced in log_path.read_text(), "the master's line on the victim", *processes)
+            os.kill(victim.pid, signal.SIGKILL)
+            returncode = master.wait(RUN_TIMEOUT_S)
+            survivor.wait(DEADLINE_S)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+    output = log_path.read_text()
+    return {
+        "returncode": returncode,
+        "output": output,
+        "summary": load_summary(summary_path),
+        "victim_key": key,
+        "victim_rows": _rows_of_key(dsn, key),
+    }
+
+
+def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile(dsn, tmp_path):
+    run = run_and_kill_a_worker(dsn, "CopyEngineer", tmp_path, "--drain-timeout", "120")
+    summary, output = run["summary"], run["output"]
+    assert run["returncode"] == 1, output[-4000:]
+    assert summary["run"]["verdict"] == "INCOMPLETE"
+    assert "[INCOMPLETE]" in output and "UNACCOUNTED firehose worker " in output, output[-4000:]
+    (dead,) = summary["unaccounted"]
+    assert dead["writer_key"] == run["victim_key"] and dead["worker"].startswith("firehose worker ")
+    # Not waited for until --drain-timeout: the master knew it was missing (or already dropped).
+    assert dead["reason"].startswith(("missing", "gone")), dead
+    assert dead["received"] > 0 and dead["in_database"] == run["victim_rows"] > 0, dead
+    assert dead["lost_with_it_at_least"] == max(dead["received"] - dead["in_database"], 0)
+    # The survivor reconciles on its own: what it generated is in the database under its key, once.
+    (survivor,) = summary["processes"]
+    assert survivor["writer_key"] != run["victim_key"]
+    assert survivor["lost"] == 0 and survivor["generated"] == survivor["in_database"] > 0, survivor
+    events = summary["events"]
+    assert events["lost"] == 0 and events["duplicates"] == 0 and events["failed"] == 0, events
+    assert events["acknowledged"] == events["in_database"] == events["generated"] == survivor["generated"]
