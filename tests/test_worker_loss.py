@@ -28,10 +28,15 @@ from tests.conftest import REPO, load_summary
 
 pytestmark = pytest.mark.slow
 
-RUN_S = 20
-"""The run's length (--continuous -t): the kill strikes within its first seconds."""
-RUN_TIMEOUT_S = 150
-"""Bound on the whole run: RUN_S, Locust's ~4 s to find the dead worker missing, the survivor's drain."""
+CONTINUOUS = ("--continuous", "-t", "20s", "--traces-per-engineer", "20")
+"""A timed run: the kill strikes within its first seconds."""
+FIXED_VOLUME = ("-t", "240s", "--traces-per-engineer", "100", "--engineer-rate", "200", "--copy-batch-size", "200")
+"""A fixed-volume run whose engineers take ~10 s each (1,900 events at 200/s), so the victim dies with
+unfinished engineers; small batches, so its rows reach the database while they write. The time limit is a
+safety net only: the test checks the run ended by its end check."""
+RUN_TIMEOUT_S = 240
+"""Bound on the whole run: a fixed-volume one waits ~64 s for Locust to drop the dead worker and hand its
+users to the survivor, then ~10 s for them; a timed one 20 s, ~4 s to find the worker missing, the drain."""
 DEADLINE_S = 60
 """Bound on waiting for an observed state."""
 
@@ -51,7 +56,9 @@ def _victim_key(dsn: str, application_name: str) -> int | None:
         return row[0] if row else None
 
 
-_ROWS_OF_KEY = "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s + 1) << 32"
+_ROWS_OF_KEY = (
+    "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s::bigint + 1) << 32"
+)
 
 
 def _rows_of_key(dsn: str, writer_key: int) -> int:
@@ -71,7 +78,8 @@ def _wait_for(condition, what: str, *processes: subprocess.Popen):
 
 
 def run_and_kill_a_worker(dsn: str, strategy: str, tmp_path, *extra: str) -> dict:
-    """A master and two workers run `strategy`; one worker is killed -9 once it writes. Returns what happened."""
+    """A master and two workers run `strategy` (4 users) with Locust options `extra`; one worker is killed -9
+    once it writes. Returns the exit code, the master's output, the summary, the victim's key and its rows."""
     port, summary_path, log_path = free_port(), tmp_path / "summary.json", tmp_path / "master.log"
     victim_name = f"victim-{uuid.uuid4().hex[:12]}"
     processes = []
@@ -79,9 +87,8 @@ def run_and_kill_a_worker(dsn: str, strategy: str, tmp_path, *extra: str) -> dic
         try:
             master = _locust(
                 strategy, "--master", "--headless", "--only-summary", "--expect-workers", "2",
-                "--master-bind-port", str(port), "-u", "4", "-r", "4", "-t", f"{RUN_S}s", "--continuous",
-                "--traces-per-engineer", "20", "--pg-dsn", dsn, "--summary-json", str(summary_path), *extra,
-                log=log,
+                "--master-bind-port", str(port), "-u", "4", "-r", "4", "--pg-dsn", dsn,
+                "--summary-json", str(summary_path), *extra, log=log,
             )  # fmt: skip
             processes.append(master)
             victim_dsn = make_conninfo(dsn, application_name=victim_name)
@@ -110,8 +117,7 @@ def run_and_kill_a_worker(dsn: str, strategy: str, tmp_path, *extra: str) -> dic
     }
 
 
-def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile(dsn, tmp_path):
-    run = run_and_kill_a_worker(dsn, "CopyEngineer", tmp_path, "--drain-timeout", "120")
+def _named_and_the_survivor_reconciles(run: dict) -> None:
     summary, output = run["summary"], run["output"]
     assert run["returncode"] == 1, output[-4000:]
     assert summary["run"]["verdict"] == "INCOMPLETE"
@@ -129,3 +135,16 @@ def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile(dsn, tmp_p
     events = summary["events"]
     assert events["lost"] == 0 and events["duplicates"] == 0 and events["failed"] == 0, events
     assert events["acknowledged"] == events["in_database"] == events["generated"] == survivor["generated"]
+
+
+def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile(dsn, tmp_path):
+    run = run_and_kill_a_worker(dsn, "CopyEngineer", tmp_path, *CONTINUOUS, "--drain-timeout", "120")
+    _named_and_the_survivor_reconciles(run)
+
+
+def test_a_fixed_volume_run_ends_by_itself_after_a_worker_is_killed(dsn, tmp_path):
+    run = run_and_kill_a_worker(dsn, "CopyEngineer", tmp_path, *FIXED_VOLUME)
+    _named_and_the_survivor_reconciles(run)
+    assert "engineers have emitted their telemetry: ending the run" in run["output"], run["output"][-4000:]
+    # The dead worker's users came back on the survivor as new engineers: more than its own two.
+    assert run["summary"]["open_model"]["engineers"] > 2, run["summary"]["open_model"]
