@@ -57,6 +57,7 @@ def embedded_options(tmp_path):
         (["NaiveEngineer", "--naive-pool-size", "0"], "firehose: --naive-pool-size must be at least 1, got 0"),
         (["StreamEngineer", "--stream-max-len", "0"], "firehose: --stream-max-len must be at least 1, got 0"),
         (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
+        (["CopyEngineer", "--drain-timeout", "0"], "firehose: --drain-timeout must be at least 1, got 0"),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):

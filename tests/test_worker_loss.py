@@ -148,3 +148,29 @@ def test_a_fixed_volume_run_ends_by_itself_after_a_worker_is_killed(dsn, tmp_pat
     assert "engineers have emitted their telemetry: ending the run" in run["output"], run["output"][-4000:]
     # The dead worker's users came back on the survivor as new engineers: more than its own two.
     assert run["summary"]["open_model"]["engineers"] > 2, run["summary"]["open_model"]
+
+
+STRATEGIES = (
+    "NaiveEngineer", "BatchedEngineer", "CopyEngineer", "PooledEngineer", "StreamEngineer", "ValidatedCopyEngineer",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_what_a_crash_costs(dsn, tmp_path, strategy):
+    """kill -9 of a writing worker, per strategy: the summary says what died with it (the README's table).
+
+    Run with `-s` to see each strategy's row: rows received and acknowledged at its last report, its rows in
+    the database at the end, and the lower bound of what was lost with it.
+    """
+    run = run_and_kill_a_worker(dsn, strategy, tmp_path, *CONTINUOUS)
+    summary = run["summary"]
+    assert run["returncode"] == 1 and summary["run"]["verdict"] == "INCOMPLETE", run["output"][-4000:]
+    (dead,) = summary["unaccounted"]
+    assert dead["writer_key"] == run["victim_key"] and dead["in_database"] == run["victim_rows"], dead
+    assert dead["reason"].startswith(("missing", "gone")) and dead["received"] > 0, dead
+    (survivor,) = summary["processes"]
+    assert survivor["lost"] == 0 and summary["events"]["lost"] == 0 and summary["events"]["duplicates"] == 0
+    print(
+        f"\n| {strategy} | {dead['received']:,} | {dead['acknowledged']:,} | {dead['in_database']:,} "
+        f"| {dead['lost_with_it_at_least']:,} |"
+    )
