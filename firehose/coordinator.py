@@ -40,6 +40,7 @@ DRAIN_TIMEOUT_S = 60
 """--drain-timeout's default: how long the master waits for live workers to commit what they buffered. A COPY
 backlog of a few batches commits in seconds here; a worker past this is named in the summary, not waited for."""
 DRAIN_POLL_S = 0.1
+"""How often the master looks for final reports, and for workers gone, while it waits."""
 END_CHECK_S = 0.5
 """How often the end of a fixed-volume run is checked."""
 
