@@ -22,7 +22,7 @@ import psycopg
 
 from firehose.probe import merge_probe_reports, render_probe
 from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
-from telemetry.counts import merge_counts
+from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.layout import TABLES
 from users import pacing
 from users.analyst import merge_reports
@@ -167,7 +167,10 @@ class RunSummary:
 
     def generated_counts(self) -> dict:
         """The generator's own counts (telemetry.counts) of every process's engineers, added up."""
-        return merge_counts([report["generated_counts"] for report in self.reports if "generated_counts" in report])
+        none = GeneratedCounts(()).as_dict()  # the shape, for a run where no process reported
+        return merge_counts(
+            [none, *(report["generated_counts"] for report in self.reports if "generated_counts" in report)]
+        )
 
     def open_model(self) -> dict | None:
         """Offered vs achieved rates and lag behind schedule under --engineer-rate (None without it)."""
@@ -353,9 +356,11 @@ def _render_unaccounted(worker: dict, ended_at: float) -> str:
             f"{worker['acknowledged']:,} acknowledged"
         )
         lost = f"at least {worker['lost_with_it_at_least']:,}"
+    # A live worker past --drain-timeout may still commit its rows: not lost yet, unflushed when counted.
+    what = "unflushed when counted" if worker["state"] == "live" else "lost with it"
     return (
         f"UNACCOUNTED {who}: {worker['reason']}; {known}; {worker['in_database']:,} rows of its key in the "
-        f"database; lost with it: {lost}"
+        f"database; {what}: {lost}"
     )
 
 

@@ -110,19 +110,19 @@ class WorkerLedger:
         found = []
         for key in sorted(keys - drained):
             owner = self.owner(key)
-            if owner is None:
-                reason = "never reported: no worker told the master this key"
-            elif (state := self.state(owner.client_id)) == "live":
-                reason = f"no final report within --drain-timeout ({drain_timeout:g} s)"
-            elif state == "missing":
-                reason = "missing: its heartbeats stopped (process killed or unreachable)"
-            else:
-                reason = "gone: dropped by Locust's master after missing heartbeats, or quit"
+            state = "unknown" if owner is None else self.state(owner.client_id)
+            reason = {
+                "unknown": "never reported: no worker told the master this key",
+                "live": f"no final report within --drain-timeout ({drain_timeout:g} s)",
+                "missing": "missing: its heartbeats stopped (process killed or unreachable)",
+                "gone": "gone: dropped by Locust's master after missing heartbeats, or quit",
+            }[state]
             found.append(
                 {
                     "worker": owner.name if owner is not None else None,
                     "worker_index": owner.worker_index if owner is not None else None,
                     "writer_key": key,
+                    "state": state,
                     "reason": reason,
                     "last_report_at": owner.reported_at if owner is not None else None,
                     "received": owner.rows("received") if owner is not None else None,

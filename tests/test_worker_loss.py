@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from firehose.headless import LOCUSTFILE
+from firehose.headless import LOCUSTFILE, locust_command
 from services.ports import free_port
 from telemetry.layout import TABLES
 from tests.conftest import REPO, load_summary
@@ -66,6 +66,15 @@ def _rows_of_key(dsn: str, writer_key: int) -> int:
         return sum(
             conn.execute(_ROWS_OF_KEY.format(table=table), {"key": writer_key}).fetchone()[0] for table in TABLES
         )
+
+
+def _group_alive(group: int) -> bool:
+    """Whether any process of process group `group` is still running (a forked worker may outlive its master)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _wait_for(condition, what: str, *processes: subprocess.Popen):
@@ -125,7 +134,7 @@ def _named_and_the_survivor_reconciles(run: dict) -> None:
     (dead,) = summary["unaccounted"]
     assert dead["writer_key"] == run["victim_key"] and dead["worker"].startswith("firehose worker ")
     # Not waited for until --drain-timeout: the master knew it was missing (or already dropped).
-    assert dead["reason"].startswith(("missing", "gone")), dead
+    assert dead["state"] in ("missing", "gone"), dead
     assert dead["received"] > 0 and dead["in_database"] == run["victim_rows"] > 0, dead
     assert dead["lost_with_it_at_least"] == max(dead["received"] - dead["in_database"], 0)
     # The survivor reconciles on its own: what it generated is in the database under its key, once.
@@ -167,10 +176,41 @@ def test_what_a_crash_costs(dsn, tmp_path, strategy):
     assert run["returncode"] == 1 and summary["run"]["verdict"] == "INCOMPLETE", run["output"][-4000:]
     (dead,) = summary["unaccounted"]
     assert dead["writer_key"] == run["victim_key"] and dead["in_database"] == run["victim_rows"], dead
-    assert dead["reason"].startswith(("missing", "gone")) and dead["received"] > 0, dead
+    assert dead["state"] in ("missing", "gone") and dead["received"] > 0, dead
     (survivor,) = summary["processes"]
     assert survivor["lost"] == 0 and summary["events"]["lost"] == 0 and summary["events"]["duplicates"] == 0
     print(
         f"\n| {strategy} | {dead['received']:,} | {dead['acknowledged']:,} | {dead['in_database']:,} "
         f"| {dead['lost_with_it_at_least']:,} |"
     )
+
+
+def test_a_worker_past_the_drain_timeout_is_named_not_waited_for(dsn, tmp_path):
+    """A live worker whose last batches cannot commit (the tables locked) misses --drain-timeout: named, INCOMPLETE."""
+    summary_path, log_path = tmp_path / "summary.json", tmp_path / "master.log"
+    command = locust_command(
+        "CopyEngineer", "-u", "2", "-r", "2", "-t", "6s", "--continuous", "--drain-timeout", "3",
+        "--pg-dsn", dsn, "--summary-json", str(summary_path), processes=1,
+    )  # fmt: skip
+    with log_path.open("w") as log, psycopg.connect(dsn) as locker:
+        master = subprocess.Popen(
+            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            _wait_for(lambda: "writes under writer key" in log_path.read_text(), "the worker writing", master)
+            locker.execute("LOCK TABLE spans, metrics, logs IN ACCESS EXCLUSIVE MODE")  # held until the rollback
+            timed_out = "within --drain-timeout (3 s)"
+            _wait_for(lambda: timed_out in log_path.read_text(), "the master giving up on the worker", master)
+            locker.rollback()  # the master counts the rows (and the worker commits, too late for the summary)
+            returncode = master.wait(RUN_TIMEOUT_S)
+            _wait_for(lambda: not _group_alive(master.pid), "the forked worker gone after its late commit")
+        finally:
+            if _group_alive(master.pid):
+                os.killpg(master.pid, signal.SIGKILL)
+            master.wait()
+    summary = load_summary(summary_path)
+    assert returncode == 1 and summary["run"]["verdict"] == "INCOMPLETE", log_path.read_text()[-4000:]
+    (late,) = summary["unaccounted"]
+    assert late["worker"] == "firehose worker 0" and late["state"] == "live", late
+    assert late["reason"] == "no final report within --drain-timeout (3 s)", late
+    assert summary["processes"] == [], summary["processes"]
