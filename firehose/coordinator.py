@@ -4,8 +4,10 @@
 - test start: start the services the selected writers declare, record the run, and send what it decided
   (`RunStart`) to the workers, or hand it to this process's own users.
 - end detection: without --continuous, end the run once every engineer has emitted its telemetry.
-- drain protocol: at test stop, ask every worker to commit what it buffered and wait until every writer key
-  of the run has reported; then count the run's rows in the database and print the summary.
+- drain protocol: at test stop, ask every worker to commit what it buffered and wait, at most --drain-timeout,
+  until every writer key of the run has reported, except those of workers Locust found missing or dropped
+  (firehose.worker_ledger); then count the run's rows per writer key and print the summary, naming every
+  worker that did not report (an INCOMPLETE run, exit code 1).
 - an error of the setup anywhere (`writers.delivery.SetupError`) stops the run with one clear line.
 """
 
@@ -25,16 +27,20 @@ from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunn
 
 from firehose import preflight, tuning
 from firehose.endpoints import RunServices
-from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, RUN_START, RunStart
+from firehose.messages import DRAIN, DRAINED, FATAL, RUN_START, WRITER_KEY, RunStart
 from firehose.process_run import WritingProcess
 from firehose.summary import RunSummary, count_in_database
+from firehose.worker_ledger import WorkerLedger
 from services.postgres import redact
 from writers.base import Writer
 
 logger = logging.getLogger("firehose")
 
-DRAIN_TIMEOUT_S = 300
-"""How long the master waits for workers to commit what they buffered: a few backlogs of batches."""
+DRAIN_TIMEOUT_S = 60
+"""--drain-timeout's default: how long the master waits for live workers to commit what they buffered. A COPY
+backlog of a few batches commits in seconds here; a worker past this is named in the summary, not waited for."""
+DRAIN_POLL_S = 0.1
+"""How often the master looks for final reports, and for workers gone, while it waits."""
 END_CHECK_S = 0.5
 """How often the end of a fixed-volume run is checked."""
 
@@ -79,12 +85,17 @@ class Coordinator:
         self.started_at = 0.0
         self.fatal: str | None = None
         self.reports: dict[int, dict] = {}
-        self.engineer_reports: dict[str, tuple[int, int]] = {}
+        """Final (drained) reports by writer key."""
+        self.unaccounted: list[dict] = []
+        """Writer keys of the run with no final report, with what is known of their workers."""
+        self.workers = WorkerLedger(environment.runner) if self.is_master else None
+        self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
         self.summary_extras: dict[str, Callable[[], object]] = {}
         """Sections other parts add to the summary (firehose.report: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
+            environment.runner.register_message(WRITER_KEY, self._on_writer_key)
             environment.runner.register_message(FATAL, self._on_fatal_message)
 
     def _check_and_start_database(self) -> None:
@@ -126,7 +137,9 @@ class Coordinator:
         run_id = open_run(self.postgres, seed, label)
         self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
         self.started_at, self.summary = time.time(), None
-        self.reports, self.engineer_reports = {}, {}
+        self.reports, self.unaccounted = {}, []
+        if self.workers is not None:
+            self.workers.begin(run_id)
         if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
             self.environment.runner.send_message(RUN_START, self.run.as_message())
         elif self.local is not None:
@@ -134,15 +147,15 @@ class Coordinator:
 
     def on_spawning_complete(self) -> None:
         """Without --continuous, end the run once every engineer has emitted its telemetry."""
-        if not self.options.continuous:
-            gevent.spawn(self._finish_when_done)
+        # Once: Locust completes spawning again when it hands a dropped worker's users to the survivors.
+        if not self.options.continuous and (self._end_watch is None or self._end_watch.dead):
+            self._end_watch = gevent.spawn(self._finish_when_done)
 
     def engineers(self) -> tuple[int, int]:
         """Engineers (started, finished) in the whole run: this process's, or the workers' latest reports."""
         if self.local is not None:
             return self.local.engineers()
-        reports = list(self.engineer_reports.values())
-        return sum(started for started, _ in reports), sum(finished for _, finished in reports)
+        return self.workers.engineers()
 
     def _target_engineers(self) -> int:
         """Engineers the run spawns: users of classes that write (analysts do not end a run)."""
@@ -168,8 +181,7 @@ class Coordinator:
         runner.quit() if self.options.headless else runner.stop()
 
     def on_worker_report(self, client_id: str, data: dict) -> None:
-        if ENGINEERS in data:
-            self.engineer_reports[client_id] = tuple(data[ENGINEERS])
+        self.workers.on_report(client_id, data)
 
     def on_fatal(self, reason: str) -> None:
         """An error of the setup, here or in a worker: print it once, and stop the run (exit code 1)."""
@@ -200,15 +212,18 @@ class Coordinator:
         self._summarise()
 
     def _on_drained(self, environment: Environment, msg) -> None:
-        if self.run is not None and msg.data["run_id"] == self.run.run_id:
+        if self.run is not None and msg.data["run_id"] == self.run.run_id and self.summary is None:
             self.reports[msg.data["writer_key"]] = msg.data
+
+    def _on_writer_key(self, environment: Environment, msg) -> None:
+        self.workers.on_writer_key(msg.node_id, msg.data)
 
     def _on_fatal_message(self, environment: Environment, msg) -> None:
         if self.run is not None and msg.data["run_id"] == self.run.run_id:
             self.on_fatal(msg.data["reason"])
 
     def _collect_worker_reports(self) -> None:
-        """Ask workers to drain and wait until every writer key of the run has reported."""
+        """Ask workers to drain; wait for the final report of every writer key whose worker is still there."""
         self.environment.runner.send_message(DRAIN, {"run_id": self.run.run_id})
         with psycopg.connect(self.postgres, autocommit=True) as conn:
             keys = {
@@ -217,14 +232,21 @@ class Coordinator:
                     "SELECT writer_key FROM firehose_writer_keys WHERE run_id = %s", [self.run.run_id]
                 )
             }
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while not keys <= self.reports.keys() and time.monotonic() < deadline:
-            gevent.sleep(0.1)
-        if missing := keys - self.reports.keys():
-            logger.error("no final report from writer keys %s: their rows count as lost", sorted(missing))
+        timeout = self.options.drain_timeout
+        deadline = time.monotonic() + timeout
+        while self.workers.awaited(keys, set(self.reports)) and time.monotonic() < deadline:
+            gevent.sleep(DRAIN_POLL_S)
+        self.unaccounted = self.workers.unaccounted(keys, set(self.reports), timeout)
+        for worker in self.unaccounted:
+            logger.error(
+                "no final report from %s (writer key %d): %s",
+                worker["worker"] or "an unknown process",
+                worker["writer_key"],
+                worker["reason"],
+            )
 
     def _summarise(self) -> None:
-        in_database, duplicates = count_in_database(self.postgres, self.run.run_id)
+        in_database_by_key, duplicates = count_in_database(self.postgres, self.run.run_id)
         self.summary = RunSummary(
             run_id=self.run.run_id,
             seed=self.run.seed,
@@ -232,7 +254,8 @@ class Coordinator:
             started_at=self.started_at,
             ended_at=time.time(),
             reports=list(self.reports.values()),
-            in_database=in_database,
+            in_database_by_key=in_database_by_key,
+            unaccounted=self.unaccounted,
             duplicates=duplicates,
             stopped_by=self.fatal,
             class_names=class_names(self.environment.user_classes),
@@ -242,8 +265,7 @@ class Coordinator:
         sys.stdout.flush()
         if self.options.summary_json:
             self.summary.write_json(self.options.summary_json)
-        events = self.summary.as_dict()["events"]
-        if events["lost"] or events["duplicates"] or self.fatal:
+        if self.summary.verdict() != "OK":
             self.environment.process_exit_code = 1
 
     def on_quitting(self) -> None:

@@ -19,7 +19,7 @@ from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
 from firehose import endpoints, probe, tuning
-from firehose.coordinator import Coordinator, writer_classes
+from firehose.coordinator import DRAIN_TIMEOUT_S, Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.preflight import Refused
 from firehose.process_run import ProcessRun, WritingProcess
@@ -54,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the analysts' time filters select a fraction of the table.",
     )
     parser.add_argument("--summary-json", default=None, help="Also write the end-of-run summary to this JSON file.")
+    parser.add_argument(
+        "--drain-timeout",
+        type=int,
+        default=DRAIN_TIMEOUT_S,
+        help="Seconds the master waits at the end for live workers' final reports (their buffered rows committed). "
+        "A worker past it, or one Locust found missing (killed, unreachable), is named in the summary with what "
+        "is known of its rows, and the run is INCOMPLETE (exit code 1). Locust's --stop-timeout does not bound it.",
+    )
     tuning.add_arguments(parser)
     pacing.add_arguments(parser)
 

@@ -19,8 +19,14 @@ DRAINED = "firehose:drained"
 """worker -> master: a process's final report (writer key, tallies per writer)."""
 FATAL = "firehose:fatal"
 """worker -> master: an error of the setup stops the run ({"run_id": ..., "reason": one line})."""
+WRITER_KEY = "firehose:writer_key"
+"""worker -> master, as soon as its share of the run opens, before it writes a row:
+{"run_id": ..., "writer_key": ..., "worker_index": ...}. The master then knows whose rows a key numbers."""
 ENGINEERS = "firehose_engineers"
 """Key of a worker's stats report (events.report_to_master): its engineers (started, finished)."""
+FIGURES = "firehose_figures"
+"""Key of a worker's stats report: {"run_id", "writer_key", "received": {table: rows}, "acknowledged": {...}},
+what the master knows of a worker that dies before its final report."""
 
 
 @dataclass(frozen=True)

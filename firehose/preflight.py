@@ -41,6 +41,7 @@ OPTION_MINIMUMS = {
     "stream_max_len": 1,
     "analyst_pool_size": 1,
     "analysts": 0,
+    "drain_timeout": 1,
 }
 """Each option's smallest sensible value: 0 rows per batch or 0 connections is no strategy at all."""
 PRIVILEGES = (

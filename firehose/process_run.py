@@ -29,7 +29,7 @@ from locust.runners import WorkerRunner
 from psycopg.conninfo import make_conninfo
 
 from firehose.endpoints import given_addresses
-from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, RUN_START, RunStart
+from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, FIGURES, RUN_START, WRITER_KEY, RunStart
 from firehose.preflight import CONNECT_TIMEOUT_S
 from firehose.reach import refusal
 from services.postgres import redact
@@ -77,6 +77,7 @@ class ProcessRun:
             for name, address in run.addresses.items()
         }
         self.conninfo = self.addresses["postgres"]
+        self.process_name = process_name
         self.run_id = run.run_id
         self.seed = run.seed
         self.anchor_us = run.anchor_us
@@ -135,6 +136,21 @@ class ProcessRun:
         """Rows this process's writers have seen committed so far."""
         return sum(sum(writer.tally.acknowledged.values()) for writer in self._writers.values())
 
+    def figures(self) -> dict:
+        """Rows received and acknowledged so far per table, all writers together: small enough for every report."""
+        received: dict[str, int] = {}
+        acknowledged: dict[str, int] = {}
+        for writer in self._writers.values():
+            for totals, counter in ((received, writer.tally.received), (acknowledged, writer.tally.acknowledged)):
+                for table, rows in counter.items():
+                    totals[table] = totals.get(table, 0) + rows
+        return {
+            "run_id": self.run_id,
+            "writer_key": self.ids.writer_key,
+            "received": received,
+            "acknowledged": acknowledged,
+        }
+
     def drain(self) -> dict:
         """Stop taking rows, commit everything buffered, and report. Idempotent."""
         self.closing = True
@@ -149,6 +165,7 @@ class ProcessRun:
                 self._report = {
                     "run_id": self.run_id,
                     "writer_key": self.ids.writer_key,
+                    "process": self.process_name,
                     "writing_since": self.writing_since,
                     "writers": {type(writer).__name__: writer.tally.as_dict() for writer in self._writers.values()},
                     "generated_counts": self.generated.as_dict(),
@@ -196,6 +213,9 @@ class WritingProcess:
         self.process_run = ProcessRun(
             run, self.name, index, self._pools.get(), self.options, self.environment, self.on_fatal
         )
+        if self.is_worker:  # before any row is written: a worker that dies from now on is known by its key
+            key = {"run_id": run.run_id, "writer_key": self.process_run.ids.writer_key, "worker_index": index}
+            self.environment.runner.send_message(WRITER_KEY, key)
 
     def on_test_start(self) -> None:
         """A worker's test start: the run-start message arrived before Locust's spawn message. A worker that
@@ -223,9 +243,10 @@ class WritingProcess:
         return (run.engineers_started, run.engineers_finished) if run else (0, 0)
 
     def on_report_to_master(self, data: dict) -> None:
-        """Workers add their engineer counts to every stats report (every few seconds, and at the end)."""
+        """Workers add their engineer counts and figures to every stats report (every few seconds, and at the end)."""
         if self.process_run is not None:
             data[ENGINEERS] = self.engineers()
+            data[FIGURES] = self.process_run.figures()
 
     def drain(self) -> dict | None:
         """Commit what this process buffered; its final report (sent to the master from a worker)."""

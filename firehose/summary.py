@@ -1,9 +1,15 @@
 """End-of-run reconciliation and report: what was generated, acknowledged, and is in the database.
 
-Writers report per process (`ProcessRun.drain`); the database is counted by the run's writer keys.
-`lost` = generated - in the database - quarantined: rows an engineer handed over that never landed
-and were not set aside as malformed. `duplicates` counts spans of the run stored more than once (same
-trace and span id under another event id): a writer that re-sends must not produce any.
+Writers report per process (`ProcessRun.drain`); the database is counted per writer key (one per process).
+`lost` = generated - in the database - quarantined, over the processes that reported their final figures:
+rows an engineer handed over that never landed and were not set aside as malformed. `duplicates` counts
+spans of the run stored more than once (same trace and span id under another event id): a writer that
+re-sends must not produce any.
+
+A process with no final report (its worker killed, or past --drain-timeout) cannot be reconciled: its rows in
+the database are known, what it received only up to its last stats report. It is named apart ("unaccounted"),
+with "lost with it" = received at its last report - its rows in the database (at least that many: what it
+received afterwards is unknown), and the run's verdict is INCOMPLETE, never OK.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ import psycopg
 
 from firehose.probe import merge_probe_reports, render_probe
 from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
-from telemetry.counts import merge_counts
+from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.layout import TABLES
 from users import pacing
 from users.analyst import merge_reports
 
-_COUNT_BY_KEYS = """
-SELECT count(*) FROM {table} AS t
-JOIN firehose_writer_keys AS k
+_COUNT_PER_KEY = """
+SELECT k.writer_key, count(t.event_id) FROM firehose_writer_keys AS k
+LEFT JOIN {table} AS t
   ON t.event_id >= k.writer_key << 32 AND t.event_id < (k.writer_key + 1) << 32
 WHERE k.run_id = %s
+GROUP BY k.writer_key
 """
 
 
@@ -37,10 +44,13 @@ WHERE k.run_id = %s
 """
 
 
-def count_in_database(conninfo: str, run_id: int) -> tuple[dict[str, int], int]:
-    """Rows of the run in each table (primary-key range scans over its writer keys), and duplicate spans."""
+def count_in_database(conninfo: str, run_id: int) -> tuple[dict[int, dict[str, int]], int]:
+    """Rows of the run per writer key and table (primary-key range scans), and the run's duplicate spans."""
+    counts: dict[int, dict[str, int]] = {}
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        counts = {table: conn.execute(_COUNT_BY_KEYS.format(table=table), [run_id]).fetchone()[0] for table in TABLES}
+        for table in TABLES:
+            for key, rows in conn.execute(_COUNT_PER_KEY.format(table=table), [run_id]):
+                counts.setdefault(key, dict.fromkeys(TABLES, 0))[table] = rows
         return counts, conn.execute(_DUPLICATE_SPANS, [run_id]).fetchone()[0]
 
 
@@ -54,7 +64,11 @@ class RunSummary:
     started_at: float  # the run's test start (wall clock)
     ended_at: float  # after every writer drained
     reports: list[dict] = field(default_factory=list)
-    in_database: dict[str, int] = field(default_factory=dict)
+    """Final reports of the processes that drained."""
+    in_database_by_key: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Rows in the database per writer key of the run and table."""
+    unaccounted: list[dict] = field(default_factory=list)
+    """Writer keys with no final report, with what is known of their workers (firehose.worker_ledger)."""
     duplicates: int = 0
     stopped_by: str | None = None
     """The error of the setup that stopped the run, if one did."""
@@ -62,6 +76,71 @@ class RunSummary:
     """Writer (strategy) class name -> the user class that wrote through it."""
     extras: dict = field(default_factory=dict)
     """Sections other parts add (e.g. "live": the live counters' totals when the run ended)."""
+
+    @property
+    def in_database(self) -> dict[str, int]:
+        """Rows in the database per table, of the processes that reported: the ones that reconcile."""
+        totals = dict.fromkeys(TABLES, 0)
+        for report in self.reports:
+            for table, rows in self.in_database_by_key.get(report["writer_key"], {}).items():
+                totals[table] += rows
+        return totals
+
+    def _key_rows(self, writer_key: int) -> int:
+        return sum(self.in_database_by_key.get(writer_key, {}).values())
+
+    def processes(self) -> list[dict]:
+        """Per process that reported: rows generated, acknowledged, in the database under its key, lost."""
+        found = []
+        for report in sorted(self.reports, key=lambda report: report["writer_key"]):
+            tallies = report["writers"].values()
+            generated = sum(sum(t["received"].values()) for t in tallies)
+            quarantined = sum(sum(t["quarantined"].values()) for t in tallies)
+            in_database = self._key_rows(report["writer_key"])
+            found.append(
+                {
+                    "process": report.get("process"),
+                    "writer_key": report["writer_key"],
+                    "generated": generated,
+                    "acknowledged": sum(sum(t["acknowledged"].values()) for t in tallies),
+                    "in_database": in_database,
+                    "lost": generated - in_database - quarantined,
+                }
+            )
+        return found
+
+    def unaccounted_processes(self) -> list[dict]:
+        """Per process with no final report: what it last reported, its rows in the database, what died with it."""
+        found = []
+        for worker in self.unaccounted:
+            in_database = self._key_rows(worker["writer_key"])
+            received = worker["received"]
+            lost = None if received is None else max(received - in_database, 0)
+            found.append({**worker, "in_database": in_database, "lost_with_it_at_least": lost})
+        return found
+
+    def verdict(self) -> str:
+        """OK (reconciled), MISMATCH (lost or duplicated rows), INCOMPLETE (a process never gave its final
+        figures), STOPPED (an error of the setup stopped the run)."""
+        if self.stopped_by:
+            return "STOPPED"
+        if self.unaccounted:
+            return "INCOMPLETE"
+        events = self._events()
+        return "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
+
+    def _events(self) -> dict:
+        generated, in_database = sum(self._sum("received").values()), sum(self.in_database.values())
+        quarantined = sum(self._sum("quarantined").values())
+        return {
+            "generated": generated,
+            "acknowledged": sum(self._sum("acknowledged").values()),
+            "in_database": in_database,
+            "lost": generated - in_database - quarantined,
+            "failed": sum(self._sum("failed").values()),
+            "quarantined": quarantined,
+            "duplicates": self.duplicates,
+        }
 
     def _sum(self, key: str) -> dict[str, int]:
         totals = dict.fromkeys(TABLES, 0)
@@ -88,7 +167,10 @@ class RunSummary:
 
     def generated_counts(self) -> dict:
         """The generator's own counts (telemetry.counts) of every process's engineers, added up."""
-        return merge_counts([report["generated_counts"] for report in self.reports if "generated_counts" in report])
+        none = GeneratedCounts(()).as_dict()  # the shape, for a run where no process reported
+        return merge_counts(
+            [none, *(report["generated_counts"] for report in self.reports if "generated_counts" in report)]
+        )
 
     def open_model(self) -> dict | None:
         """Offered vs achieved rates and lag behind schedule under --engineer-rate (None without it)."""
@@ -130,8 +212,7 @@ class RunSummary:
         generated = self._sum("received")
         acknowledged = self._sum("acknowledged")
         size = self._sum("acknowledged_bytes")
-        failed = self._sum("failed")
-        quarantined = self._sum("quarantined")
+        in_database = self.in_database
         elapsed = max(self.writing_s, 1e-9)
         rows = sum(acknowledged.values())
         by_class, freshness, round_trips = self._strategies(elapsed)
@@ -143,16 +224,9 @@ class RunSummary:
                 "elapsed_s": self.ended_at - self.started_at,
                 "writing_s": self.writing_s,
                 "stopped_by": self.stopped_by,
+                "verdict": self.verdict(),
             },
-            "events": {
-                "generated": sum(generated.values()),
-                "acknowledged": rows,
-                "in_database": sum(self.in_database.values()),
-                "lost": sum(generated.values()) - sum(self.in_database.values()) - sum(quarantined.values()),
-                "failed": sum(failed.values()),
-                "quarantined": sum(quarantined.values()),
-                "duplicates": self.duplicates,
-            },
+            "events": self._events(),
             "writes": {
                 "rows": rows,
                 "rows_per_s": rows / elapsed,
@@ -161,7 +235,7 @@ class RunSummary:
                     table: {
                         "generated": generated[table],
                         "acknowledged": acknowledged[table],
-                        "in_database": self.in_database.get(table, 0),
+                        "in_database": in_database[table],
                         "rows_per_s": acknowledged[table] / elapsed,
                         "mb_per_s": size[table] / elapsed / 1e6,
                     }
@@ -169,13 +243,8 @@ class RunSummary:
                 },
                 "by_class": by_class,
             },
-            "processes": [
-                {
-                    "writer_key": report["writer_key"],
-                    "acknowledged": sum(sum(t["acknowledged"].values()) for t in report["writers"].values()),
-                }
-                for report in sorted(self.reports, key=lambda report: report["writer_key"])
-            ],
+            "processes": self.processes(),
+            "unaccounted": self.unaccounted_processes(),
             "freshness": freshness,
             "round_trips": round_trips,
             "open_model": self.open_model(),
@@ -256,13 +325,15 @@ class RunSummary:
             lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
         if figures["migration_probe"]:
             lines.append(render_probe(figures["migration_probe"]))
-        verdict = "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
         if self.stopped_by:
             lines.append(f"stopped by an error of the setup: {self.stopped_by}")
-            verdict = "STOPPED"
+        for worker in figures["unaccounted"]:
+            lines.append(_render_unaccounted(worker, self.ended_at))
+        reported = len(self.reports)
+        over = f" of the {reported} process{'es' if reported != 1 else ''} that reported" if self.unaccounted else ""
         lines.append(
-            f"reconciliation: lost = {events['lost']:,}, duplicates = {events['duplicates']:,}, "
-            f"quarantined = {events['quarantined']:,}, failed = {events['failed']:,}  [{verdict}]"
+            f"reconciliation{over}: lost = {events['lost']:,}, duplicates = {events['duplicates']:,}, "
+            f"quarantined = {events['quarantined']:,}, failed = {events['failed']:,}  [{self.verdict()}]"
         )
         return "\n".join(lines)
 
@@ -270,6 +341,27 @@ class RunSummary:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
+
+
+def _render_unaccounted(worker: dict, ended_at: float) -> str:
+    """One line for a process with no final report: who, why, and what is known of its rows."""
+    who = f"{worker['worker'] or 'unknown process'} (writer key {worker['writer_key']})"
+    if worker["received"] is None:
+        known = "no stats report before it stopped"
+        lost = "unknown"
+    else:
+        age = ended_at - worker["last_report_at"]
+        known = (
+            f"at its last report ({age:.0f} s before the end) {worker['received']:,} rows received, "
+            f"{worker['acknowledged']:,} acknowledged"
+        )
+        lost = f"at least {worker['lost_with_it_at_least']:,}"
+    # A live worker past --drain-timeout may still commit its rows: not lost yet, unflushed when counted.
+    what = "unflushed when counted" if worker["state"] == "live" else "lost with it"
+    return (
+        f"UNACCOUNTED {who}: {worker['reason']}; {known}; {worker['in_database']:,} rows of its key in the "
+        f"database; {what}: {lost}"
+    )
 
 
 def _s(value: float | None) -> str:

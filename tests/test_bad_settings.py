@@ -58,6 +58,7 @@ def embedded_options(tmp_path):
         (["StreamEngineer", "--stream-max-len", "0"], "firehose: --stream-max-len must be at least 1, got 0"),
         (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
         (["CopyEngineer", "-u", "0"], "firehose: -u 0 starts no user: a headless run needs at least 1 (-u N)"),
+        (["CopyEngineer", "--drain-timeout", "0"], "firehose: --drain-timeout must be at least 1, got 0"),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):
