@@ -106,6 +106,7 @@ class RunSummary:
                 "failed": row["failed"],
                 "quarantined": row["quarantined"],
                 "retries": row["retries"],
+                "blocked_s": row["blocked_s"],
                 "rows_per_s": row["acknowledged"] / elapsed,
                 "mb_per_s": row["acknowledged_bytes"] / elapsed / 1e6,
                 "freshness": percentiles_ms(fresh["by_class"].get(name)),
@@ -216,6 +217,11 @@ class RunSummary:
                     f"{name:<24}{row['acknowledged']:>14,}{row['rows_per_s']:>10,.0f}{row['mb_per_s']:>8.1f}"
                     f"{_ms(row['freshness']['p99_ms']):>14}"
                 )
+        if retried := {name: row for name, row in writes["by_class"].items() if row["retries"]}:
+            lines.append(
+                "retries after a lost connection (blocked s, summed over deliveries): "
+                + "; ".join(f"{name} {row['retries']:,} ({row['blocked_s']:,.1f} s)" for name, row in retried.items())
+            )
         fresh = figures["freshness"]["by_class"]
         lines.append(
             "freshness (hand-over to commit) p50/p95/p99 ms: "
@@ -258,7 +264,7 @@ class RunSummary:
             lines.append(render_probe(figures["migration_probe"]))
         verdict = "OK" if events["lost"] == 0 and events["duplicates"] == 0 else "MISMATCH"
         if self.stopped_by:
-            lines.append(f"stopped by an error of the setup: {self.stopped_by}")
+            lines.append(f"stopped by an error of the setup: {self.stopped_by}; {events['lost']:,} rows not written")
             verdict = "STOPPED"
         lines.append(
             f"reconciliation: lost = {events['lost']:,}, duplicates = {events['duplicates']:,}, "
