@@ -215,7 +215,10 @@ class Coordinator:
             logger.error("no final report from writer keys %s: their rows count as lost", sorted(missing))
 
     def _summarise(self) -> None:
-        in_database, duplicates = count_in_database(self.postgres, self.run.run_id)
+        try:
+            in_database, duplicates = count_in_database(self.postgres, self.run.run_id)
+        except psycopg.OperationalError:  # the database is gone (an outage past the deadline stopped the run)
+            in_database, duplicates = None, 0
         self.summary = RunSummary(
             run_id=self.run.run_id,
             seed=self.run.seed,
