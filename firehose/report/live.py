@@ -103,8 +103,9 @@ def merge(snapshots: list[dict], class_names: dict[str, str] | None = None) -> d
             strategy = by_class.setdefault(name, dict.fromkeys((*COUNTERS, "buffered"), 0))
             for counter in COUNTERS:
                 for table, value in entry[counter].items():
-                    by_table[table][counter] += value
                     strategy[counter] += value
+                    if table in by_table:  # not the stream's own retries (XADD), kept under its name
+                        by_table[table][counter] += value
             for table, histogram in entry["freshness"].items():
                 _add(freshness_by_table, table, histogram)
                 _add(freshness_by_class, name, histogram)
