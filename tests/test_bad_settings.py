@@ -57,6 +57,8 @@ def embedded_options(tmp_path):
         (["NaiveEngineer", "--naive-pool-size", "0"], "firehose: --naive-pool-size must be at least 1, got 0"),
         (["StreamEngineer", "--stream-max-len", "0"], "firehose: --stream-max-len must be at least 1, got 0"),
         (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
+        (["CopyEngineer", "--outage-deadline", "0"], "firehose: --outage-deadline must be at least 1, got 0.0"),
+        (["StreamEngineer", "--stream-claim-idle", "0"], "firehose: --stream-claim-idle must be at least 0.1, got 0.0"),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):

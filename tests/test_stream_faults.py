@@ -22,11 +22,17 @@ import psycopg
 import pytest
 import redis
 
+from locust.event import Events
+
 from tests.conftest import load_summary
 from firehose.headless import REPO, locust_command, run_bounded
 from services.ports import free_port
 from services.redis_server import LocalRedis
+from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import TABLES
+from telemetry.pools import Pools
+from writers.delivery import RetryPolicy
+from writers.stream import StreamWriter
 
 pytestmark = pytest.mark.slow
 
@@ -209,3 +215,20 @@ def test_the_local_redis_restarts_on_its_port_and_keeps_its_data(local_redis):
         local_redis.restart(kill=kill)
         assert client.xlen("s") == 1
     client.close()
+
+
+def test_redis_down_past_the_deadline_fails_the_writes_with_one_error(dsn, local_redis):
+    """Redis stopped for good: a write gives up after the deadline, its rows failed; close does not wait."""
+    fatal = []
+    writer = StreamWriter(
+        dsn, Events(), redis_url=local_redis.url, run_id=1, consumers=1, on_fatal=fatal.append,
+        retry_policy=RetryPolicy(deadline_s=1),
+    )  # fmt: skip
+    local_redis.stop()
+    traces = EngineerTelemetry(Pools.build(0), 1, traces=2).traces(EventIds(31))
+    for rows in traces:
+        writer.write(rows)
+    writer.close()
+    assert [str(error) for error in fatal] == [writer.fatal.args[0]]
+    assert str(writer.fatal).startswith("Redis has been unreachable for 1 s (")
+    assert writer.tally.failed == writer.tally.received and sum(writer.tally.received.values()) > 0

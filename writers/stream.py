@@ -210,7 +210,7 @@ class StreamWriter(Writer):
     def flush(self) -> None:
         """Return once every entry this writer added has been committed and acknowledged, by any consumer."""
         self._adding.join()
-        if self._last_id is not None and not self._database_gone():
+        if self._last_id is not None and not self._given_up():
             last = "%d-%d" % self._last_id
             self._wait_until(lambda: not self._redis.xrange(self.stream, "-", last, count=1), "this writer's entries")
 
@@ -219,16 +219,16 @@ class StreamWriter(Writer):
 
         Other processes' entries too: one that only produces, or one that died, relies on these consumers.
         Writes already under way (an engineer waiting for room) finish first; later ones are refused, counted.
-        Once the database is taken for gone (--outage-deadline), nothing more can be stored: the entries stay in
-        the stream, for a later consumer, and close does not wait for them.
+        Once the database or Redis is taken for gone (--outage-deadline), nothing more can be stored: the entries
+        stay in the stream, for a later consumer, and close does not wait for them.
         """
         self._closing = True
         self._wait_until(lambda: self._writes == 0, "the writes under way")
         self._adding.join()
-        self._wait_until(lambda: self._database_gone() or self._redis.xlen(self.stream) == 0, self.stream)
+        self._wait_until(lambda: self._given_up() or self._redis.xlen(self.stream) == 0, self.stream)
         self._stopping = True
         gevent.joinall(self._consumers)
-        if self._database_gone():
+        if self.retry_policy.gone is not None:
             try:
                 left = self._redis.xlen(self.stream)
             except redis.RedisError:
@@ -251,8 +251,9 @@ class StreamWriter(Writer):
             return {}
         return {"stream_length": length, "stream_pending": pending["pending"]}
 
-    def _database_gone(self) -> bool:
-        return self.retry_policy.gone is not None
+    def _given_up(self) -> bool:
+        """The database or Redis stayed out of reach past the deadline: nothing more can be stored."""
+        return self.retry_policy.gone is not None or isinstance(self.fatal, RedisUnreachable)
 
     def _refuse(self, rows: TraceRows) -> None:
         """Count a trace that never reached the stream as received and failed."""
@@ -324,7 +325,7 @@ class StreamWriter(Writer):
         try:
             # A re-sent XADD may duplicate an entry whose reply a restart cut: its rows are stored once (see above).
             entry_id, length = self._with_redis(xadd, self.stream)
-        except redis.RedisError as error:
+        except (redis.RedisError, RedisUnreachable) as error:
             for table in TABLES:
                 self.tally.failed[table] += len(getattr(rows, table))
             if isinstance(error, RedisUnreachable):
@@ -359,7 +360,7 @@ class StreamWriter(Writer):
     def _consume_forever(self, consumer: str) -> None:
         cursor = b"0-0"
         group_lost = False
-        while not self._stopping and not self._database_gone():
+        while not self._stopping and not self._given_up():
             try:
                 if group_lost:
                     self._create_group()
