@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import enum
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -61,6 +62,10 @@ _HINTS = {
     "3D000": "the database does not exist",
 }
 _PRIVILEGE_OF_VERB = {"COPY": "INSERT", "INSERT": "INSERT"}
+
+# psycopg_pool logs a warning for every failed reconnection: through an outage, dozens of lines per pool. The
+# delivery loop counts the retries and, when the database stays away, says the one line that matters.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class ErrorClass(enum.Enum):

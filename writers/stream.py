@@ -401,8 +401,7 @@ class StreamWriter(Writer):
             if not parts:
                 continue
             outcome = self._copy(table, parts, deduplicate=claimed)
-            if outcome is Outcome.UNAVAILABLE:
-                logger.warning("database unreachable: %d entries stay pending, to be claimed later", len(entries))
+            if outcome is Outcome.UNAVAILABLE:  # the database is gone (the run stops): the entries stay pending
                 return
             if outcome is Outcome.REFUSED:
                 refused.append(table)
