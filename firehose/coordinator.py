@@ -225,13 +225,16 @@ class Coordinator:
     def _collect_worker_reports(self) -> None:
         """Ask workers to drain; wait for the final report of every writer key whose worker is still there."""
         self.environment.runner.send_message(DRAIN, {"run_id": self.run.run_id})
-        with psycopg.connect(self.postgres, autocommit=True) as conn:
-            keys = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT writer_key FROM firehose_writer_keys WHERE run_id = %s", [self.run.run_id]
-                )
-            }
+        try:
+            with psycopg.connect(self.postgres, autocommit=True, connect_timeout=preflight.CONNECT_TIMEOUT_S) as conn:
+                keys = {
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT writer_key FROM firehose_writer_keys WHERE run_id = %s", [self.run.run_id]
+                    )
+                }
+        except psycopg.OperationalError:  # the database is gone (an outage past the deadline): the keys workers told
+            keys = {entry.writer_key for entry in self.workers.entries.values() if entry.writer_key is not None}
         timeout = self.options.drain_timeout
         deadline = time.monotonic() + timeout
         while self.workers.awaited(keys, set(self.reports)) and time.monotonic() < deadline:
@@ -246,7 +249,10 @@ class Coordinator:
             )
 
     def _summarise(self) -> None:
-        in_database_by_key, duplicates = count_in_database(self.postgres, self.run.run_id)
+        try:
+            in_database_by_key, duplicates = count_in_database(self.postgres, self.run.run_id)
+        except psycopg.OperationalError:  # the database is gone (an outage past the deadline stopped the run)
+            in_database_by_key, duplicates = None, 0
         self.summary = RunSummary(
             run_id=self.run.run_id,
             seed=self.run.seed,

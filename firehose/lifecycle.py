@@ -27,6 +27,7 @@ from firehose.report import webui
 from firehose.report.telemetry import attach as attach_telemetry
 from telemetry.generator import TRACES_PER_ENGINEER
 from users import pacing
+from writers import delivery
 from writers.delivery import SetupError
 
 
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     tuning.add_arguments(parser)
     pacing.add_arguments(parser)
+    delivery.add_arguments(parser)
 
 
 class Firehose:

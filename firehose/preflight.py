@@ -39,6 +39,8 @@ OPTION_MINIMUMS = {
     "stream_batch_size": 1,
     "stream_consumers": 0,
     "stream_max_len": 1,
+    "stream_claim_idle": 0.1,
+    "outage_deadline": 1,
     "analyst_pool_size": 1,
     "analysts": 0,
     "drain_timeout": 1,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 
+from firehose.preflight import CONNECT_TIMEOUT_S
 from firehose.probe import merge_probe_reports, render_probe
 from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
 from telemetry.counts import GeneratedCounts, merge_counts
@@ -47,7 +48,7 @@ WHERE k.run_id = %s
 def count_in_database(conninfo: str, run_id: int) -> tuple[dict[int, dict[str, int]], int]:
     """Rows of the run per writer key and table (primary-key range scans), and the run's duplicate spans."""
     counts: dict[int, dict[str, int]] = {}
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         for table in TABLES:
             for key, rows in conn.execute(_COUNT_PER_KEY.format(table=table), [run_id]):
                 counts.setdefault(key, dict.fromkeys(TABLES, 0))[table] = rows
@@ -65,8 +66,8 @@ class RunSummary:
     ended_at: float  # after every writer drained
     reports: list[dict] = field(default_factory=list)
     """Final reports of the processes that drained."""
-    in_database_by_key: dict[int, dict[str, int]] = field(default_factory=dict)
-    """Rows in the database per writer key of the run and table."""
+    in_database_by_key: dict[int, dict[str, int]] | None = field(default_factory=dict)
+    """Rows in the database per writer key of the run and table; None when it could not be reached to count them."""
     unaccounted: list[dict] = field(default_factory=list)
     """Writer keys with no final report, with what is known of their workers (firehose.worker_ledger)."""
     duplicates: int = 0
@@ -78,16 +79,32 @@ class RunSummary:
     """Sections other parts add (e.g. "live": the live counters' totals when the run ended)."""
 
     @property
+    def in_database_counted(self) -> bool:
+        return self.in_database_by_key is not None
+
+    @property
     def in_database(self) -> dict[str, int]:
         """Rows in the database per table, of the processes that reported: the ones that reconcile."""
         totals = dict.fromkeys(TABLES, 0)
         for report in self.reports:
-            for table, rows in self.in_database_by_key.get(report["writer_key"], {}).items():
+            for table, rows in self._key_tables(report["writer_key"]).items():
                 totals[table] += rows
         return totals
 
+    def _key_tables(self, writer_key: int) -> dict[str, int]:
+        """Rows of a writer key per table; uncountable (the database is gone): what its writers saw committed."""
+        if self.in_database_by_key is not None:
+            return self.in_database_by_key.get(writer_key, {})
+        totals = dict.fromkeys(TABLES, 0)
+        for report in self.reports:
+            if report["writer_key"] == writer_key:
+                for tally in report["writers"].values():
+                    for table, rows in tally["acknowledged"].items():
+                        totals[table] += rows
+        return totals
+
     def _key_rows(self, writer_key: int) -> int:
-        return sum(self.in_database_by_key.get(writer_key, {}).values())
+        return sum(self._key_tables(writer_key).values())
 
     def processes(self) -> list[dict]:
         """Per process that reported: rows generated, acknowledged, in the database under its key, lost."""
@@ -136,6 +153,7 @@ class RunSummary:
             "generated": generated,
             "acknowledged": sum(self._sum("acknowledged").values()),
             "in_database": in_database,
+            "in_database_counted": self.in_database_counted,
             "lost": generated - in_database - quarantined,
             "failed": sum(self._sum("failed").values()),
             "quarantined": quarantined,
@@ -188,6 +206,7 @@ class RunSummary:
                 "failed": row["failed"],
                 "quarantined": row["quarantined"],
                 "retries": row["retries"],
+                "blocked_s": row["blocked_s"],
                 "rows_per_s": row["acknowledged"] / elapsed,
                 "mb_per_s": row["acknowledged_bytes"] / elapsed / 1e6,
                 "freshness": percentiles_ms(fresh["by_class"].get(name)),
@@ -235,7 +254,7 @@ class RunSummary:
                     table: {
                         "generated": generated[table],
                         "acknowledged": acknowledged[table],
-                        "in_database": in_database[table],
+                        "in_database": in_database.get(table, 0),
                         "rows_per_s": acknowledged[table] / elapsed,
                         "mb_per_s": size[table] / elapsed / 1e6,
                     }
@@ -285,6 +304,11 @@ class RunSummary:
                     f"{name:<24}{row['acknowledged']:>14,}{row['rows_per_s']:>10,.0f}{row['mb_per_s']:>8.1f}"
                     f"{_ms(row['freshness']['p99_ms']):>14}"
                 )
+        if retried := {name: row for name, row in writes["by_class"].items() if row["retries"]}:
+            lines.append(
+                "retries after a lost connection (blocked s, summed over deliveries): "
+                + "; ".join(f"{name} {row['retries']:,} ({row['blocked_s']:,.1f} s)" for name, row in retried.items())
+            )
         fresh = figures["freshness"]["by_class"]
         lines.append(
             "freshness (hand-over to commit) p50/p95/p99 ms: "
@@ -325,8 +349,10 @@ class RunSummary:
             lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
         if figures["migration_probe"]:
             lines.append(render_probe(figures["migration_probe"]))
+        if not events["in_database_counted"]:
+            lines.append("the database could not be reached to count the rows: in database = acknowledged")
         if self.stopped_by:
-            lines.append(f"stopped by an error of the setup: {self.stopped_by}")
+            lines.append(f"stopped by an error of the setup: {self.stopped_by}; {events['lost']:,} rows not written")
         for worker in figures["unaccounted"]:
             lines.append(_render_unaccounted(worker, self.ended_at))
         reported = len(self.reports)

@@ -1,10 +1,11 @@
 """A throwaway `redis-server` for the Redis Streams strategy when the user gives no --redis-url.
 
-It listens on a free 127.0.0.1 port, keeps nothing on disk (`--save '' --appendonly no`: the stream
-is a buffer in front of PostgreSQL, not a store), and works in a temporary directory removed when it
-stops. Only this process's own server is ever stopped. Listening on another address too (`listen`, for
-workers on other machines) needs a password (`requirepass`, in a config file only we can read, not on the
-command line that `ps` shows).
+It listens on a free 127.0.0.1 port and works in a temporary directory removed when it stops. The stream is
+a buffer in front of PostgreSQL, but one that must not lose what it acknowledged: the server keeps an
+append-only file fsynced at every write (`PERSISTENCE`), so a restart, by SIGTERM or kill -9, loses no
+entry, consumer group or pending list. Only this process's own server is ever stopped. Listening on another
+address too (`listen`, for workers on other machines) needs a password (`requirepass`, in a config file only we
+can read, not on the command line that `ps` shows).
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from services.ports import free_port
 START_TIMEOUT_S = 10
 """redis-server answers PING within ~50 ms here; ten seconds leaves room for a loaded machine."""
 STOP_TIMEOUT_S = 10
-"""Without persistence a SIGTERM shutdown is immediate; past this the server is killed."""
+"""A SIGTERM shutdown only fsyncs the append-only file (already synced at every write); past this it is killed."""
+PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+"""Every write is in the append-only file, fsynced, before Redis replies: an acknowledged XADD (and XACK, XDEL,
+the consumer group) survives a kill -9. No RDB snapshots: the AOF is the one copy. Cost: README, "Reliability"."""
 PORT_ATTEMPTS = 3
 """A free port can be taken by another process before redis-server binds it: try a few."""
 INSTALL_HINT = "install it (Debian/Ubuntu: `apt-get install redis-server`) or pass --redis-url redis://HOST:PORT/0"
@@ -41,6 +45,7 @@ class LocalRedis:
         self.url: str | None = None
         self._process: subprocess.Popen | None = None
         self._dir: Path | None = None
+        self._port: int | None = None
 
     def start(self) -> str:
         """Start the server and return its URL once it answers PING."""
@@ -48,44 +53,60 @@ class LocalRedis:
         if binary is None:
             raise RuntimeError(f"the Redis Streams strategy needs redis-server, which is not on PATH: {INSTALL_HINT}")
         self._dir = Path(tempfile.mkdtemp(prefix="firehose-redis-"))
-        config = self._write_config()
+        self._write_config()
         for _ in range(PORT_ATTEMPTS):
-            port = free_port()
-            self._process = subprocess.Popen(
-                [binary, str(config), "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--dir", str(self._dir), "--logfile", str(self._log)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the writers drain
-            )  # fmt: skip
-            url = self._url(port)
+            self._port = free_port()
+            url = self._spawn(binary)
             if self._wait_ready(url):
                 self.url = url
                 return url
         self._fail("redis-server exited at start (ports taken?)")
 
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL with `kill`), then start it again on its port and append-only file."""
+        self._halt(kill=kill)
+        if not self._wait_ready(self._spawn(shutil.which("redis-server"))):
+            self._fail(f"redis-server did not start again on port {self._port}")
+
     def stop(self) -> None:
         """Stop the server this object started and wait for it to exit. Idempotent."""
+        self._halt(kill=False)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _spawn(self, binary: str) -> str:
+        self._process = subprocess.Popen(
+            [binary, str(self._config), "--port", str(self._port), *PERSISTENCE,
+             "--dir", str(self._dir), "--logfile", str(self._log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the writers drain
+        )  # fmt: skip
+        return self._url(self._port)
+
+    def _halt(self, *, kill: bool) -> None:
+        """Stop the server process, keeping its directory. Idempotent."""
         if self._process is not None:
-            self._process.terminate()
+            self._process.kill() if kill else self._process.terminate()
             try:
                 self._process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
             self._process = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
 
-    def _write_config(self) -> Path:
+    @property
+    def _config(self) -> Path:
+        return self._dir / "redis.conf"
+
+    def _write_config(self) -> None:
         """Where it listens and, beyond loopback, the password clients must give."""
-        config = self._dir / "redis.conf"
+        config = self._config
         config.touch(mode=0o600)
         lines = [f"bind 127.0.0.1{f' {self.listen}' if self.listen else ''}"]
         if self.password:
             lines.append(f"requirepass {self.password}")
         config.write_text("\n".join(lines) + "\n")
-        return config
 
     def _url(self, port: int) -> str:
         host = self.listen or "127.0.0.1"

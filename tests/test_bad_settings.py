@@ -59,6 +59,8 @@ def embedded_options(tmp_path):
         (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
         (["CopyEngineer", "-u", "0"], "firehose: -u 0 starts no user: a headless run needs at least 1 (-u N)"),
         (["CopyEngineer", "--drain-timeout", "0"], "firehose: --drain-timeout must be at least 1, got 0"),
+        (["CopyEngineer", "--outage-deadline", "0"], "firehose: --outage-deadline must be at least 1, got 0.0"),
+        (["StreamEngineer", "--stream-claim-idle", "0"], "firehose: --stream-claim-idle must be at least 0.1, got 0.0"),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):

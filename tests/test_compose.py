@@ -18,6 +18,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from services.postgres import SERVER_CONF, server_settings
+from services.redis_server import PERSISTENCE
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -143,10 +144,12 @@ def test_replica_streams_from_the_primary(services):
     assert "pg_create_physical_replication_slot" in primary_scripts and "REPLICATION" in primary_scripts
 
 
-def test_redis_keeps_nothing_on_disk(services):
+def test_redis_persists_like_the_local_one(services):
+    """The compose Redis loses nothing it acknowledged across a restart, as services/redis_server.py's does."""
     command = services["redis"]["command"]
-    assert command[command.index("--save") + 1] == ""
-    assert command[command.index("--appendonly") + 1] == "no"
+    for flag, value in zip(PERSISTENCE[::2], PERSISTENCE[1::2], strict=True):
+        assert command[command.index(flag) + 1] == value
+    assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])
 
 
 def test_workers_can_scale(services):

@@ -1,6 +1,7 @@
 """Faults survived with real servers: writers ride out a PostgreSQL fast restart, an immediate restart (crash
 recovery) and a pgBouncer restart mid-run; in-flight batches are retried through the deduplicating path, and
-every run reconciles: acknowledged == in database, lost = 0, duplicates = 0.
+every run reconciles: acknowledged == in database, lost = 0, duplicates = 0. A database that stays down past
+--outage-deadline stops the run with one line, rows not written counted, within the deadline and a margin.
 
 Each run is `--continuous` for a fixed time; the fault strikes once rows are arriving (observed, not timed).
 Locust's own rule makes a run with failed requests exit 1 (the round trips the restart broke are failures), so
@@ -9,8 +10,13 @@ the runs pass `--exit-code-on-error 0` and the reconciliation is what is judged.
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import os
+import shutil
+import signal
+import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import gevent
 import psycopg
@@ -18,8 +24,11 @@ import pytest
 
 from tests.conftest import load_summary
 
-from firehose.headless import locust_command, run_bounded
+from firehose.headless import REPO, locust_command, run_bounded
+from firehose.summary import count_in_database
 from services.pgbouncer import PgBouncer
+from services.ports import free_port
+from services.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +37,10 @@ RUN_S = 10
 RUN_TIMEOUT_S = 240
 DEADLINE_S = 60
 """Bound on waiting for an observed state."""
+OUTAGE_DEADLINE_S = 5
+"""--outage-deadline of the runs whose database stays down."""
+OUTAGE_MARGIN_S = 30
+"""Such a run must end within its deadline and this, counted from the server's stop."""
 
 
 def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path) -> dict:
@@ -87,3 +100,63 @@ def test_a_pgbouncer_restart_mid_run_loses_nothing(postgres, dsn, tmp_path):
     finally:
         bouncer.stop()
     _reconciles(summary)
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL of the test's own, which it may stop and keep down (the session's server stays up)."""
+    root = Path(tempfile.mkdtemp(prefix="firehose-outage-"))
+    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
+    server = EmbeddedPostgres(root / "data", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("strategy", ["CopyEngineer", "NaiveEngineer", "StreamEngineer"])
+def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path, strategy):
+    """A --continuous run of ten minutes ends within deadline + margin of the database's stop, with one line."""
+    dsn = own_postgres.dsn
+    summary_path = tmp_path / "summary.json"
+    command = locust_command(
+        strategy, "-u", "10", "-r", "10", "-t", "10m", "--continuous", "--exit-code-on-error", "0",
+        "--outage-deadline", str(OUTAGE_DEADLINE_S), "--pg-dsn", dsn, "--summary-json", str(summary_path),
+    )  # fmt: skip
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while not _spans(dsn):
+                assert time.monotonic() < deadline and process.poll() is None, "no row arrived before the outage"
+                gevent.sleep(0.1)
+            own_postgres.stop()  # and it stays down until the run has ended
+            try:
+                returncode = process.wait(OUTAGE_DEADLINE_S + OUTAGE_MARGIN_S)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the run outlived its outage deadline by {OUTAGE_MARGIN_S} s")
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        output.seek(0)
+        log = output.read()
+    assert returncode == 1, log[-4000:]
+    stops = [line for line in log.splitlines() if "firehose stops the run:" in line]
+    assert len(stops) == 1, log[-4000:]
+    assert f"the database has been unreachable for {OUTAGE_DEADLINE_S} s (" in stops[0], stops
+    assert "Traceback" not in log, log[-4000:]
+    summary = load_summary(summary_path)
+    events, (written,) = summary["events"], summary["writes"]["by_class"].values()
+    assert "unreachable" in summary["run"]["stopped_by"] and not events["in_database_counted"]
+    not_written = events["generated"] - events["acknowledged"] - events["quarantined"]
+    assert events["lost"] == not_written > 0, events
+    if strategy != "StreamEngineer":  # the stream's rows not written stay in the stream, not counted as failed
+        assert events["failed"] == not_written, events
+    assert written["retries"] > 0 and written["blocked_s"] >= OUTAGE_DEADLINE_S, written
+    # What the writers saw committed is in the database, and nothing more: counted once it is back.
+    own_postgres.start()
+    in_database, duplicates = count_in_database(dsn, summary["run"]["run_id"])
+    assert sum(in_database.values()) == events["acknowledged"] and duplicates == 0, (in_database, events)

@@ -26,6 +26,7 @@ def _snapshot(acknowledged: int, received: int) -> dict:
                 "failed": {},
                 "quarantined": {},
                 "retries": {},
+                "blocked_s": {},
                 "freshness": {},
                 "round_trips": {},
                 "gauges": {},

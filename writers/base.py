@@ -19,12 +19,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import psycopg
 from hdrh.histogram import HdrHistogram
 from locust.event import Events
 
 from telemetry.generator import TraceRows
-from writers.delivery import SetupError
+from writers.delivery import DEADLINE_S, Connections, Delivery, Outcome, RetryPolicy, SetupError, deliver
 
 logger = logging.getLogger("firehose")
 
@@ -46,6 +48,12 @@ class WriterContext:
     @property
     def postgres(self) -> str:
         return self.addresses["postgres"]
+
+    @cached_property
+    def retry_policy(self) -> RetryPolicy:
+        """The process's retry policy (--outage-deadline), one for all its writers: once one delivery has given
+        up on the database, the others stop retrying."""
+        return RetryPolicy(deadline_s=getattr(self.options, "outage_deadline", DEADLINE_S))
 
 
 HISTOGRAM_LOWEST_US = 1
@@ -70,7 +78,9 @@ class Tally:
 
     `failed` rows were given up on (they count as lost); `quarantined` rows were refused as malformed and
     kept, with their reason, in the quarantine table (accounted for, not lost). `retries` counts round trips
-    tried again after a lost connection. The process's live counters are read from here (firehose.report).
+    tried again after a lost connection; `blocked_s` sums, over deliveries, the seconds from a delivery's first
+    failed attempt to its outcome (committed or given up): two batches blocked 10 s at once count 20 s.
+    The process's live counters are read from here (firehose.report).
 
     Freshness (per table, microsecond HDR histogram): the time from a row being handed to the writer (`write`)
     to its commit being acknowledged. Cheap by construction: `receive` notes the wall time of each write per
@@ -86,6 +96,7 @@ class Tally:
     failed: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
+    blocked_s: Counter[str] = field(default_factory=Counter)
     freshness: dict[str, HdrHistogram] = field(default_factory=dict)
     round_trips: dict[str, HdrHistogram] = field(default_factory=dict)
     """Per SQL verb (COPY, INSERT, XADD): each round trip's duration, the one Locust's request event reports."""
@@ -139,6 +150,7 @@ class Tally:
             "failed": dict(self.failed),
             "quarantined": dict(self.quarantined),
             "retries": dict(self.retries),
+            "blocked_s": dict(self.blocked_s),
             "freshness": {table: _encode(h) for table, h in self.freshness.items()},
             "round_trips": {verb: _encode(h) for verb, h in self.round_trips.items()},
         }
@@ -155,12 +167,16 @@ class Writer(ABC):
     """Services besides PostgreSQL this strategy writes through ("pgbouncer", "redis"): the run starts each
     once (unless the user gave its address) and hands the address over in the WriterContext."""
 
-    def __init__(self, events: Events, on_fatal: OnFatal | None = None) -> None:
+    def __init__(
+        self, events: Events, on_fatal: OnFatal | None = None, retry_policy: RetryPolicy | None = None
+    ) -> None:
         self.events = events
         self.tally = Tally()
         self.fatal: SetupError | None = None
         """The first error of the setup this writer met: past it, the run is stopping."""
         self._on_fatal = on_fatal
+        self.retry_policy = retry_policy or RetryPolicy()
+        """Shared by the process's writers (WriterContext.retry_policy): one gives up on the database, all do."""
 
     @classmethod  # noqa: B027 (an optional hook: most strategies add no options)
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -197,6 +213,22 @@ class Writer(ABC):
             self._fire(verb, name, start, size, error)
             raise
         self._fire(verb, name, start, size, None)
+
+    def deliver(
+        self,
+        pool: Connections,
+        verb: str,
+        name: str,
+        size: int,
+        attempt: Callable[[psycopg.Connection, bool], None],
+        *,
+        deduplicate: bool = False,
+    ) -> Delivery:
+        """`writers.delivery.deliver` under the process's retry policy; a database gone for good stops the run."""
+        delivery = deliver(self, pool, verb, name, size, attempt, deduplicate=deduplicate, policy=self.retry_policy)
+        if delivery.outcome is Outcome.UNAVAILABLE:
+            self.fail(delivery.error)
+        return delivery
 
     def acknowledge(self, table: str, rows: int, size: int) -> None:
         """`rows` rows of `table` (`size` bytes of COPY text) are committed."""

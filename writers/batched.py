@@ -21,6 +21,7 @@ from locust.event import Events
 from telemetry.layout import COLUMNS, parse_row
 from writers.base import OnFatal
 from writers.buffered import BufferedWriter
+from writers.delivery import RetryPolicy
 
 BATCH_SIZE = 500
 """Rows per INSERT, the seed's value: 6,500 parameters for spans, a tenth of the protocol's limit."""
@@ -62,6 +63,7 @@ class BatchedWriter(BufferedWriter):
         pool_size: int | None = None,
         connect_kwargs: dict | None = None,
         on_fatal: OnFatal | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         widest = max(len(columns) for columns in COLUMNS.values())
         rows = batch_size or self.default_batch_size
@@ -71,7 +73,13 @@ class BatchedWriter(BufferedWriter):
                 f"{MAX_PARAMETERS}: use at most {MAX_PARAMETERS // widest} rows per INSERT"
             )
         super().__init__(
-            conninfo, events, batch_size=rows, pool_size=pool_size, connect_kwargs=connect_kwargs, on_fatal=on_fatal
+            conninfo,
+            events,
+            batch_size=rows,
+            pool_size=pool_size,
+            connect_kwargs=connect_kwargs,
+            on_fatal=on_fatal,
+            retry_policy=retry_policy,
         )
 
     def send(self, table: str, lines: list[str]) -> None:

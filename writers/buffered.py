@@ -23,7 +23,7 @@ from locust.event import Events
 from telemetry.generator import TraceRows
 from telemetry.layout import TABLES
 from writers.base import OnFatal, Writer, WriterContext
-from writers.delivery import Outcome, SetupError, deliver, open_pool
+from writers.delivery import Outcome, RetryPolicy, SetupError, open_pool
 
 logger = logging.getLogger("firehose")
 
@@ -57,8 +57,9 @@ class BufferedWriter(Writer):
         pool_size: int | None = None,
         connect_kwargs: dict | None = None,
         on_fatal: OnFatal | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(events, on_fatal)
+        super().__init__(events, on_fatal, retry_policy)
         batch_size = batch_size or self.default_batch_size
         pool_size = pool_size or self.default_pool_size
         self.batch_size = batch_size
@@ -93,7 +94,11 @@ class BufferedWriter(Writer):
     @classmethod
     def from_context(cls, context: WriterContext) -> BufferedWriter:
         return cls(
-            context.addresses[cls.address], context.events, on_fatal=context.on_fatal, **cls.sizes(context.options)
+            context.addresses[cls.address],
+            context.events,
+            on_fatal=context.on_fatal,
+            retry_policy=context.retry_policy,
+            **cls.sizes(context.options),
         )
 
     def write(self, rows: TraceRows) -> None:
@@ -148,7 +153,7 @@ class BufferedWriter(Writer):
     ) -> None:
         """`deliver` one batch of `rows` rows and tally it: acknowledged once committed, else failed."""
         try:
-            delivery = deliver(self, self._pool, self.verb, table, size, attempt)
+            delivery = self.deliver(self._pool, self.verb, table, size, attempt)
         except SetupError:
             self.tally.failed[table] += rows
             raise

@@ -52,10 +52,13 @@ def copy_rows(conn: psycopg.Connection, statement: str, data: bytes) -> None:
         copy.write(data)
 
 
-def copy_deduplicated(conn: psycopg.Connection, table: str, data: bytes) -> None:
-    """COPY into a temporary table, then keep only event_ids the table does not have yet."""
+def copy_deduplicated(conn: psycopg.Connection, table: str, data: bytes) -> int:
+    """COPY into a temporary table, then keep only event_ids the table does not have yet; the rows inserted."""
     staging = f"firehose_retry_{table}"
     columns = ", ".join(COLUMNS[table])
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
     copy_rows(conn, copy_statement(table, staging), data)
-    conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT (event_id) DO NOTHING")
+    inserted = conn.execute(
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT (event_id) DO NOTHING"
+    )
+    return inserted.rowcount

@@ -6,7 +6,9 @@ happens after an error depends only on its class (`classify`), the same for ever
 - TRANSIENT: the connection was lost or the server is restarting (SQLSTATE class 08, 57P0x, no SQLSTATE at
   all, a pool that cannot connect). Retried with exponential backoff within a deadline; every retry runs with
   `retry=True`, so the attempt goes through its de-duplicating path: the rows may have committed just before
-  the connection dropped. Past the deadline the rows are UNAVAILABLE.
+  the connection dropped. Past the deadline (--outage-deadline) the rows are UNAVAILABLE, and the database
+  is taken for gone for the whole process: every other delivery gives up at once (`RetryPolicy.gone`), its
+  rows counted as not written, instead of each batch waiting out a deadline of its own while the run stops.
 - ROWS: the server refused the rows themselves (a bad value, a constraint, a row too big: classes 22, 23,
   54), or the client could not even encode them (text that is not valid UTF-8). Returned as REFUSED: the
   validated path splits the batch and quarantines the culprit, the others count the batch's rows as failed.
@@ -18,7 +20,10 @@ happens after an error depends only on its class (`classify`), the same for ever
 
 from __future__ import annotations
 
+import argparse
 import enum
+import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -29,15 +34,15 @@ import gevent
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-ATTEMPTS = 6
-"""Round trips per delivery at most: the first and five retries."""
 BACKOFF_S = 0.5
-"""First wait before a retry, doubled each time (0.5, 1, 2, 4, 8 s): a fast restart fits in the first
+"""First wait before a retry, doubled each time (0.5, 1, 2, 4, 8, 8, ... s): a fast restart fits in the first
 waits, crash recovery of a busy server in the later ones."""
 MAX_BACKOFF_S = 8.0
 DEADLINE_S = 60.0
-"""A delivery gives up this long after its first attempt, retries included: past it the database is taken
-for gone and the rows count as not written."""
+"""A delivery gives up this long after its first failed attempt (--outage-deadline): past it the database is
+taken for gone, the run stops, and the rows count as not written."""
+PROBE_TIMEOUT_S = 5
+"""Bound on the one connection that asks libpq why the database is unreachable, once the deadline has passed."""
 POOL_OPEN_TIMEOUT_S = 30
 """Bound on opening a pool's connections: generous for a remote server or many processes connecting at once."""
 
@@ -57,6 +62,10 @@ _HINTS = {
     "3D000": "the database does not exist",
 }
 _PRIVILEGE_OF_VERB = {"COPY": "INSERT", "INSERT": "INSERT"}
+
+# psycopg_pool logs a warning for every failed reconnection: through an outage, dozens of lines per pool. The
+# delivery loop counts the retries and, when the database stays away, says the one line that matters.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 class ErrorClass(enum.Enum):
@@ -127,30 +136,51 @@ class Timed(Protocol):
     def timed(self, verb: str, name: str, size: int) -> AbstractContextManager[None]: ...
 
 
-@dataclass(frozen=True)
+class DatabaseUnreachable(SetupError):
+    """The database stayed out of reach past the outage deadline: the run stops, as for an error of the setup."""
+
+    def __init__(self, deadline_s: float, error: Exception) -> None:
+        super().__init__(f"the database has been unreachable for {deadline_s:g} s ({_first_line(error)})")
+
+
 class RetryPolicy:
-    attempts: int = ATTEMPTS
-    backoff_s: float = BACKOFF_S
-    max_backoff_s: float = MAX_BACKOFF_S
-    deadline_s: float = DEADLINE_S
+    """How long deliveries retry a database out of reach, and the verdict once one of them gave up.
+
+    One per process, shared by its writers (`WriterContext.retry_policy`): the first delivery that waits out
+    `deadline_s` sets `gone`, and from then on every delivery of the process gives up without a round trip.
+    """
+
+    def __init__(
+        self, deadline_s: float = DEADLINE_S, backoff_s: float = BACKOFF_S, max_backoff_s: float = MAX_BACKOFF_S
+    ) -> None:
+        self.deadline_s = deadline_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.gone: DatabaseUnreachable | None = None
+        """Set by the first delivery that gave up: the database is taken for gone for the rest of the run."""
 
     def waits(self) -> Iterator[float]:
-        """The wait before each retry, until the attempts or the deadline run out."""
+        """The wait before each retry, the last one cut short at the deadline; none once the database is gone."""
         deadline = time.monotonic() + self.deadline_s
-        for number in range(self.attempts - 1):
-            wait = min(self.backoff_s * 2**number, self.max_backoff_s)
-            if time.monotonic() + wait > deadline:
+        for number in itertools.count():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.gone is not None:
                 return
-            yield wait
+            yield min(self.backoff_s * 2**number, self.max_backoff_s, left)
 
-
-RETRY_POLICY = RetryPolicy()
+    def give_up(self, error: Exception, pool: Connections) -> DatabaseUnreachable:
+        """The verdict after a delivery waited out the deadline (the first one's, for every later delivery)."""
+        if self.gone is None:
+            self.gone = DatabaseUnreachable(self.deadline_s, _why_unreachable(error, pool))
+        return self.gone
 
 
 class Connections(Protocol):
     """Where `deliver` takes its connection: a psycopg_pool pool, or a `HeldConnection`."""
 
-    def connection(self) -> AbstractContextManager[psycopg.Connection]: ...
+    conninfo: str
+
+    def connection(self, timeout: float | None = None) -> AbstractContextManager[psycopg.Connection]: ...
 
     def check(self) -> None: ...
 
@@ -168,10 +198,14 @@ class HeldConnection:
         self._pool = pool
         self._conn: psycopg.Connection | None = None
 
+    @property
+    def conninfo(self) -> str:
+        return self._pool.conninfo
+
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
         if self._conn is None:
-            self._conn = self._pool.getconn()
+            self._conn = self._pool.getconn(timeout)
         yield self._conn
 
     def check(self) -> None:
@@ -193,38 +227,82 @@ def deliver(
     attempt: Callable[[psycopg.Connection, bool], None],
     *,
     deduplicate: bool = False,
-    policy: RetryPolicy = RETRY_POLICY,
+    policy: RetryPolicy | None = None,
 ) -> Delivery:
     """Run `attempt(conn, retry)` in one transaction of a pooled (or held) connection, as one timed `verb` request.
 
     The transaction commits when `attempt` returns (unless the pool's connections are autocommit).
     `retry` is True after a lost connection, or from the start with `deduplicate` (rows that may already be
     stored, e.g. claimed from a dead consumer): the attempt must then skip rows already stored.
+    Once `policy` has taken the database for gone, returns UNAVAILABLE (its `gone` the error) without trying.
     Raises SetupError for an error of the statement or the setup.
+    The writer's tally (if it has one) counts each retry, and the seconds from the first failed attempt to the
+    outcome (`blocked_s`).
     """
-    waits = policy.waits()
+    policy = policy or RetryPolicy()
+    if policy.gone is not None:
+        return Delivery(Outcome.UNAVAILABLE, policy.gone)
+    tally = getattr(writer, "tally", None)
+    waits: Iterator[float] | None = None
+    blocked_since = 0.0
     retry = deduplicate
     while True:
         try:
-            with writer.timed(verb, name, size), pool.connection() as conn:
+            # A checkout waits at most the deadline: a pool that cannot reconnect must not outwait it.
+            with writer.timed(verb, name, size), pool.connection(timeout=policy.deadline_s) as conn:
                 attempt(conn, retry)
-            return Delivery(Outcome.COMMITTED)
+            outcome = Delivery(Outcome.COMMITTED)
         except (psycopg.Error, RowsRefused, UnicodeEncodeError) as error:
             kind = classify(error)
             if kind is ErrorClass.ROWS:
-                return Delivery(Outcome.REFUSED, error)
-            if kind is ErrorClass.SETUP:
+                outcome = Delivery(Outcome.REFUSED, error)
+            elif kind is ErrorClass.SETUP:
                 raise SetupError.of(error, verb, name) from error
-            wait = next(waits, None)
-            if wait is None:
-                return Delivery(Outcome.UNAVAILABLE, error)
-            retry = True
-            if (tally := getattr(writer, "tally", None)) is not None:
-                tally.retries[name] += 1
-            gevent.sleep(wait)
-            # What dropped this connection (a restart, a proxy) likely dropped its idle siblings too:
-            # replace the broken ones now, or the retries could draw one dead connection after another.
-            pool.check()
+            else:
+                if waits is None:
+                    waits, blocked_since = policy.waits(), time.monotonic()
+                wait = next(waits, None)
+                if wait is None:
+                    outcome = Delivery(Outcome.UNAVAILABLE, policy.give_up(error, pool))
+                else:
+                    retry = True
+                    if tally is not None:
+                        tally.retries[name] += 1
+                    gevent.sleep(wait)
+                    # What dropped this connection (a restart, a proxy) likely dropped its idle siblings too:
+                    # replace the broken ones now, or the retries could draw one dead connection after another.
+                    pool.check()
+                    continue
+        if waits is not None and tally is not None:
+            tally.blocked_s[name] += time.monotonic() - blocked_since
+        return outcome
+
+
+def _why_unreachable(error: Exception, pool: Connections) -> Exception:
+    """The error that tells why: a pool's timeout says only that it waited, so ask libpq with one connection."""
+    if isinstance(error, PoolTimeout):
+        try:
+            psycopg.connect(pool.conninfo, connect_timeout=PROBE_TIMEOUT_S).close()
+        except psycopg.Error as probe:
+            return probe
+    return error
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The option every writer's deliveries obey."""
+    parser.add_argument(
+        "--outage-deadline",
+        type=float,
+        default=DEADLINE_S,
+        metavar="SECONDS",
+        help="How long a writer retries a database (or Redis) out of reach before the run stops, the rows it "
+        "still holds counted as not written (exit code 1).",
+    )
 
 
 def open_pool(conninfo: str, size: int, name: str, **connect_kwargs: object) -> ConnectionPool:

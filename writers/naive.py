@@ -18,7 +18,7 @@ from locust.event import Events
 from telemetry.generator import TraceRows
 from telemetry.layout import COLUMNS, parse_row
 from writers.base import OnFatal, Writer, WriterContext
-from writers.delivery import HeldConnection, Outcome, SetupError, deliver, open_pool
+from writers.delivery import HeldConnection, Outcome, RetryPolicy, SetupError, open_pool
 
 POOL_SIZE = 50
 """Connections per process, the seed's value (its naive INSERT ran on 50 connections)."""
@@ -37,8 +37,9 @@ class NaiveWriter(Writer):
         pool_size: int = POOL_SIZE,
         connect_kwargs: dict | None = None,
         on_fatal: OnFatal | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(events, on_fatal)
+        super().__init__(events, on_fatal, retry_policy)
         self._pool = open_pool(conninfo, pool_size, type(self).__name__, **(connect_kwargs or {}), autocommit=True)
         self._traces = Group()
 
@@ -50,7 +51,11 @@ class NaiveWriter(Writer):
     @classmethod
     def from_context(cls, context: WriterContext) -> NaiveWriter:
         return cls(
-            context.postgres, context.events, pool_size=context.options.naive_pool_size, on_fatal=context.on_fatal
+            context.postgres,
+            context.events,
+            pool_size=context.options.naive_pool_size,
+            on_fatal=context.on_fatal,
+            retry_policy=context.retry_policy,
         )
 
     def write(self, rows: TraceRows) -> None:
@@ -90,7 +95,7 @@ class NaiveWriter(Writer):
             # Only a retry may find its row stored: the connection can drop after the commit.
             conn.execute(_INSERT_DEDUPLICATED[table] if retry else _INSERT[table], values)
 
-        if deliver(self, held, self.verb, table, size, attempt).outcome is Outcome.COMMITTED:
+        if self.deliver(held, self.verb, table, size, attempt).outcome is Outcome.COMMITTED:
             self.acknowledge(table, 1, size)
         else:
             self.tally.failed[table] += 1

@@ -7,10 +7,17 @@ engineer (cooperatively) instead of trimming: MAXLEN would silently drop rows.
 Consuming: `--stream-consumers` greenlets per writing process, owned by the writer, read batches with
 XREADGROUP, COPY each table's rows in its own transaction, and only then XACK and XDEL the entries (one
 MULTI, so Redis frees them and nothing is deleted unacknowledged). A consumer that dies before its XACK
-leaves its entries pending: once they have been idle for `CLAIM_IDLE_MS`, any consumer takes them over
-with XAUTOCLAIM and COPYs them through the de-duplicating path, so they land exactly once. Rows count as
-acknowledged in the process whose XACK removed their entry from the pending list: once, whichever
-process consumed it, so the run's summed tallies match the database.
+leaves its entries pending: once they have been idle for `--stream-claim-idle`, any consumer takes them
+over with XAUTOCLAIM and COPYs them through the de-duplicating path, so they land exactly once. Rows count
+as acknowledged by the transaction that stored them: all of a plain COPY's, and only those a de-duplicating
+COPY inserted; so the run's summed tallies match the database whichever process consumed an entry, however
+often it was delivered or sent.
+
+Redis restarts: the run's Redis keeps an append-only file fsynced at every write (services.redis_server), so
+an acknowledged XADD, the consumer group and its pending entries survive a SIGTERM or a kill -9. Through the
+outage the producer retries its XADD (`--outage-deadline`); an XADD whose reply the restart cut may have
+landed and is sent again: the duplicate entry's rows are already stored and count nowhere twice. A consumer
+that finds its group gone (a Redis without persistence, restarted) creates it again.
 
 Consumers are the writer's greenlets, not a Locust user class: consumer users would count in -u and -r,
 be stopped with the engineers just when the stream must be drained, and keep the user count above 0, by
@@ -31,7 +38,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import gevent
 import psycopg
@@ -45,7 +53,7 @@ from telemetry.generator import TraceRows
 from telemetry.layout import TABLES, copy_statement
 from writers.base import OnFatal, Writer, WriterContext
 from writers.copy import copy_deduplicated, copy_rows
-from writers.delivery import Outcome, SetupError, deliver, open_pool
+from writers.delivery import Outcome, RetryPolicy, SetupError, open_pool
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +68,10 @@ batch: draining 56k rows here, four consumers did 5.8-8.8k rows/s, two 5.6-6.0k 
 MAX_LEN = 5_000
 """Entries (one trace, ~62 KB of Redis memory each) before engineers wait: ~95k rows, ~310 MB, the
 memory 100k 3-KB messages took here (302 MB); four seconds of PostgreSQL's COPY rate."""
-CLAIM_IDLE_MS = 30_000
-"""Pending this long, an entry's consumer is taken for dead and XAUTOCLAIM hands the entry to another.
-A live consumer holds a batch for its three COPYs plus retries (seconds at worst), far below this."""
+CLAIM_IDLE_S = 30.0
+"""Pending this long, an entry's consumer is taken for dead and XAUTOCLAIM hands the entry to another
+(`--stream-claim-idle`). A live consumer holds a batch for its three COPYs (a second here), far below this;
+one that was only slow loses nothing to a claim either: the claimer's de-duplicating COPY skips stored rows."""
 BLOCK_MS = 250
 """XREADGROUP waits this long for entries: bounds how long `close` waits for consumers to notice it."""
 REDIS_CONNECTIONS = 64
@@ -71,7 +80,7 @@ the client's CPU, not Redis, limits a process (one XADD per trace costs ~0.5 ms 
 ROOM_POLL_S = 0.05
 """While the stream is full, one engineer polls XLEN this often: a consumer frees a batch every ~0.3 s."""
 ERROR_BACKOFF_S = 1.0
-"""A consumer's pause after an unexpected error (Redis gone), so it does not spin while the cause lasts."""
+"""A consumer's pause after an error (Redis gone), so it does not spin while the cause lasts."""
 DRAIN_POLL_S = 0.1
 DRAIN_TIMEOUT_S = 240
 """`close` gives up after this (entries left count as lost), within the master's 300 s wait for reports."""
@@ -81,6 +90,8 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 _FIELDS = tuple(table.encode() for table in TABLES)
 HANDED_AT = "t"
 """Entry field: the wall time the trace was handed to the writer, from which a consumer measures freshness."""
+_HANDED_AT_FIELD = HANDED_AT.encode()
+T = TypeVar("T")
 
 
 class StreamWriter(Writer):
@@ -99,26 +110,23 @@ class StreamWriter(Writer):
         batch_size: int = BATCH_SIZE,
         consumers: int = CONSUMERS,
         max_len: int = MAX_LEN,
-        claim_idle_ms: int = CLAIM_IDLE_MS,
+        claim_idle_s: float = CLAIM_IDLE_S,
         on_fatal: OnFatal | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(events, on_fatal)
+        super().__init__(events, on_fatal, retry_policy)
         self.tally.track_hand_over = False  # rows are acknowledged by whichever process consumes them
         self.stream = f"firehose:{run_id}:events"
         self.group = f"firehose:{run_id}:copy"
         self.refused_stream = f"firehose:{run_id}:refused"
         self.max_len = max_len
-        self.claim_idle_ms = claim_idle_ms
+        self.claim_idle_ms = max(1, round(claim_idle_s * 1000))
         self._per_read = max(1, batch_size // ROWS_PER_ENTRY)
         self._redis_pool = redis.BlockingConnectionPool.from_url(
             redis_url, max_connections=REDIS_CONNECTIONS, timeout=None
         )
         self._redis = redis.Redis(connection_pool=self._redis_pool)
-        try:  # from id 0: entries another process added before the group existed are delivered too
-            self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):  # BUSYGROUP: another process of the run created it first
-                raise
+        self._create_group()
         # Back-pressure estimate: the last XLEN seen, plus own XADDs since; never below the truth for this process.
         self._length = 0
         self._in_flight = 0
@@ -155,6 +163,14 @@ class StreamWriter(Writer):
             help="Entries (one per trace: ~19 rows, ~62 KB of Redis memory) the stream holds before engineers "
             "wait. Nothing is trimmed.",
         )
+        group.add_argument(
+            "--stream-claim-idle",
+            type=float,
+            default=CLAIM_IDLE_S,
+            metavar="SECONDS",
+            help="An entry pending this long is taken from its consumer (dead, e.g. its process killed) by another "
+            "with XAUTOCLAIM, and stored through the de-duplicating path.",
+        )
 
     @classmethod
     def from_context(cls, context: WriterContext) -> StreamWriter:
@@ -167,19 +183,24 @@ class StreamWriter(Writer):
             batch_size=options.stream_batch_size,
             consumers=options.stream_consumers,
             max_len=options.stream_max_len,
+            claim_idle_s=options.stream_claim_idle,
             on_fatal=context.on_fatal,
+            retry_policy=context.retry_policy,
         )
 
     def write(self, rows: TraceRows) -> None:
         if self._closing:  # close() has decided when the stream is empty: an entry now would never be consumed
-            self.tally.receive(rows)
-            for table, lines in rows.by_table():
-                self.tally.failed[table] += len(lines)
+            self._refuse(rows)
             logger.error("a trace of %d rows arrived after the stream writer closed: counted as failed", len(rows))
             return
         self._writes += 1
         try:
-            self._wait_for_room()
+            try:
+                self._wait_for_room()
+            except RedisUnreachable as error:
+                self._refuse(rows)
+                self.fail(error)
+                return
             self._in_flight += 1  # before yielding: the next engineer must see this room as taken
             # A greenlet of its own: when Locust kills the engineer mid-XADD, the XADD and its tally still complete.
             self._adding.spawn(self._add, rows).get()
@@ -189,7 +210,7 @@ class StreamWriter(Writer):
     def flush(self) -> None:
         """Return once every entry this writer added has been committed and acknowledged, by any consumer."""
         self._adding.join()
-        if self._last_id is not None:
+        if self._last_id is not None and not self._given_up():
             last = "%d-%d" % self._last_id
             self._wait_until(lambda: not self._redis.xrange(self.stream, "-", last, count=1), "this writer's entries")
 
@@ -198,13 +219,23 @@ class StreamWriter(Writer):
 
         Other processes' entries too: one that only produces, or one that died, relies on these consumers.
         Writes already under way (an engineer waiting for room) finish first; later ones are refused, counted.
+        Once the database or Redis is taken for gone (--outage-deadline), nothing more can be stored: the entries
+        stay in the stream, for a later consumer, and close does not wait for them.
         """
         self._closing = True
         self._wait_until(lambda: self._writes == 0, "the writes under way")
         self._adding.join()
-        self._wait_until(lambda: self._redis.xlen(self.stream) == 0, self.stream)
+        self._wait_until(lambda: self._given_up() or self._redis.xlen(self.stream) == 0, self.stream)
         self._stopping = True
         gevent.joinall(self._consumers)
+        if self.retry_policy.gone is not None:
+            try:
+                left = self._redis.xlen(self.stream)
+            except redis.RedisError:
+                left = "its"
+            logger.error(
+                "the database is gone: %s entries stay in Redis stream %s, not written to PostgreSQL", left, self.stream
+            )
         if self._pool is not None:
             self._pool.close()
         self._redis_pool.disconnect()
@@ -213,9 +244,53 @@ class StreamWriter(Writer):
         """The run's stream now: entries waiting (length) and entries read but not yet acknowledged (pending)."""
         if self._stopping:  # closed: its connections are gone
             return {}
-        with self._redis.pipeline(transaction=False) as pipe:
-            length, pending = pipe.xlen(self.stream).xpending(self.stream, self.group).execute()
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                length, pending = pipe.xlen(self.stream).xpending(self.stream, self.group).execute()
+        except redis.RedisError:  # restarting: no figure rather than a failed report
+            return {}
         return {"stream_length": length, "stream_pending": pending["pending"]}
+
+    def _given_up(self) -> bool:
+        """The database or Redis stayed out of reach past the deadline: nothing more can be stored."""
+        return self.retry_policy.gone is not None or isinstance(self.fatal, RedisUnreachable)
+
+    def _refuse(self, rows: TraceRows) -> None:
+        """Count a trace that never reached the stream as received and failed."""
+        self.tally.receive(rows)
+        for table, lines in rows.by_table():
+            self.tally.failed[table] += len(lines)
+
+    def _create_group(self) -> None:
+        """The run's consumer group (and stream), unless another process (or this one, before a restart) made it."""
+        try:  # from id 0: entries another process added before the group existed are delivered too
+            self._with_redis(lambda: self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # BUSYGROUP: another process of the run created it first
+                raise
+
+    def _with_redis(self, call: Callable[[], T], name: str | None = None) -> T:
+        """`call()`, retried through a Redis restart (lost connections) until the outage deadline.
+
+        Redis retries and blocked seconds are tallied under `name` (the stream), when given.
+        """
+        waits: Iterator[float] | None = None
+        blocked_since = 0.0
+        try:
+            while True:
+                try:
+                    return call()
+                except (redis.ConnectionError, redis.TimeoutError) as error:
+                    if waits is None:
+                        waits, blocked_since = self.retry_policy.waits(), time.monotonic()
+                    if (wait := next(waits, None)) is None:
+                        raise RedisUnreachable(self.retry_policy.deadline_s, error) from error
+                    if name is not None:
+                        self.tally.retries[name] += 1
+                    gevent.sleep(wait)
+        finally:
+            if waits is not None and name is not None:
+                self.tally.blocked_s[name] += time.monotonic() - blocked_since
 
     # Producing
 
@@ -228,7 +303,7 @@ class StreamWriter(Writer):
             with self._polling:
                 while self._backlog() >= self.max_len:
                     added = self._added
-                    length = self._redis.xlen(self.stream)
+                    length = self._with_redis(lambda: self._redis.xlen(self.stream))
                     self._length = length + self._added - added  # own XADDs that completed meanwhile
                     if self._backlog() >= self.max_len:
                         gevent.sleep(ROOM_POLL_S)
@@ -242,12 +317,20 @@ class StreamWriter(Writer):
         added = self._added
         # Received before sending: if the reply is lost the entry may still have landed, and be counted.
         self.tally.receive(rows)
-        try:
+
+        def xadd() -> list:
             with self.timed("XADD", self.stream, size), self._redis.pipeline(transaction=False) as pipe:
-                entry_id, length = pipe.xadd(self.stream, payload).xlen(self.stream).execute()
-        except redis.RedisError:
+                return pipe.xadd(self.stream, payload).xlen(self.stream).execute()
+
+        try:
+            # A re-sent XADD may duplicate an entry whose reply a restart cut: its rows are stored once (see above).
+            entry_id, length = self._with_redis(xadd, self.stream)
+        except (redis.RedisError, RedisUnreachable) as error:
             for table in TABLES:
                 self.tally.failed[table] += len(getattr(rows, table))
+            if isinstance(error, RedisUnreachable):
+                self.fail(error)
+                return
             raise
         finally:
             self._in_flight -= 1
@@ -259,18 +342,29 @@ class StreamWriter(Writer):
 
     def _wait_until(self, done: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while not done():
+        while not self._done(done):
             if time.monotonic() > deadline:
                 logger.error("%s not consumed in %d s: what is left counts as lost", what, DRAIN_TIMEOUT_S)
                 return
             gevent.sleep(DRAIN_POLL_S)
 
+    @staticmethod
+    def _done(done: Callable[[], bool]) -> bool:
+        try:
+            return done()
+        except (redis.ConnectionError, redis.TimeoutError):  # Redis restarting: ask again
+            return False
+
     # Consuming
 
     def _consume_forever(self, consumer: str) -> None:
         cursor = b"0-0"
-        while not self._stopping:
+        group_lost = False
+        while not self._stopping and not self._given_up():
             try:
+                if group_lost:
+                    self._create_group()
+                    group_lost = False
                 # Entries a dead consumer left pending first; deleted ones (third item) were already settled.
                 cursor, claimed, _ = self._redis.xautoclaim(
                     self.stream, self.group, consumer, self.claim_idle_ms, cursor, count=self._per_read
@@ -283,8 +377,19 @@ class StreamWriter(Writer):
                 )
                 if reply:
                     self._process(reply[0][1], claimed=False)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                # What it held stays pending (Redis keeps it on disk) and is claimed after --stream-claim-idle.
+                logger.warning("stream consumer %s: Redis unreachable (%s), trying again", consumer, error)
+                gevent.sleep(ERROR_BACKOFF_S)
+            except redis.ResponseError as error:
+                if "NOGROUP" in str(error):  # Redis restarted without it (no persistence): what it held is gone
+                    logger.warning("stream consumer %s: the consumer group is gone, creating it again", consumer)
+                    group_lost = True
+                else:
+                    logger.exception("stream consumer %s failed; its batch stays pending", consumer)
+                    gevent.sleep(ERROR_BACKOFF_S)
             except Exception:
-                # A consumer outlives any one batch: what it held stays pending and is claimed after CLAIM_IDLE_MS.
+                # A consumer outlives any one batch: what it held stays pending and is claimed after a while.
                 logger.exception("stream consumer %s failed; its batch stays pending", consumer)
                 gevent.sleep(ERROR_BACKOFF_S)
 
@@ -292,43 +397,59 @@ class StreamWriter(Writer):
         """COPY a batch table by table, then settle its entries. Claimed ones may be in the database already."""
         refused = []
         for table, field in zip(TABLES, _FIELDS, strict=True):
-            data = b"".join(fields[field] for _, fields in entries)
-            if not data:
+            parts = [(fields[field], fields.get(_HANDED_AT_FIELD)) for _, fields in entries if fields[field]]
+            if not parts:
                 continue
-            outcome = self._copy(table, data, deduplicate=claimed)
-            if outcome is Outcome.UNAVAILABLE:
-                logger.warning("database unreachable: %d entries stay pending, to be claimed later", len(entries))
+            outcome = self._copy(table, parts, deduplicate=claimed)
+            if outcome is Outcome.UNAVAILABLE:  # the database is gone (the run stops): the entries stay pending
                 return
             if outcome is Outcome.REFUSED:
                 refused.append(table)
         self._settle(entries, refused)
 
-    def _copy(self, table: str, data: bytes, *, deduplicate: bool) -> Outcome:
-        """COPY one table's rows of a batch in its own transaction (claimed entries through the deduplicating path)."""
+    def _copy(self, table: str, parts: list[tuple[bytes, bytes | None]], *, deduplicate: bool) -> Outcome:
+        """COPY one table's rows of a batch in its own transaction, and tally the rows it stored.
+
+        Claimed entries go through the deduplicating path, which counts only the rows it inserted: the others
+        were stored (and counted) by the transaction that inserted them.
+        """
+        data = b"".join(rows for rows, _ in parts)
+        rows = data.count(b"\n")
+        stored = 0
 
         def attempt(conn: psycopg.Connection, retry: bool) -> None:
+            nonlocal stored
             if retry:
-                copy_deduplicated(conn, table, data)
+                stored = copy_deduplicated(conn, table, data)
             else:
                 copy_rows(conn, copy_statement(table), data)
+                stored = rows
 
         try:
-            delivery = deliver(self, self._pool, self.verb, table, len(data), attempt, deduplicate=deduplicate)
+            delivery = self.deliver(self._pool, self.verb, table, len(data), attempt, deduplicate=deduplicate)
             if isinstance(delivery.error, psycopg.errors.UniqueViolation) and not deduplicate:
-                # A consumer that claimed these entries from us committed them first: keep what is not stored.
-                delivery = deliver(self, self._pool, self.verb, table, len(data), attempt, deduplicate=True)
+                # Stored already (by a consumer that claimed these entries, or from an XADD sent twice): keep the rest.
+                delivery = self.deliver(self._pool, self.verb, table, len(data), attempt, deduplicate=True)
         except SetupError as error:
             self.fail(error)
             return Outcome.UNAVAILABLE
         if delivery.outcome is Outcome.REFUSED:
-            logger.error("%s refused a batch of %d rows: %s", table, data.count(b"\n"), delivery.error)
+            logger.error("%s refused a batch of %d rows: %s", table, rows, delivery.error)
+        elif delivery.outcome is Outcome.COMMITTED and stored:
+            self.tally.acknowledge(table, stored, len(data) * stored // rows)
+            if stored == rows:
+                for part, handed_at in parts:
+                    if handed_at:
+                        self.tally.record_freshness(table, part.count(b"\n"), float(handed_at))
+            elif handed := [float(handed_at) for _, handed_at in parts if handed_at]:
+                self.tally.record_freshness(table, stored, min(handed))  # which rows were new is not known
         return delivery.outcome
 
     def _settle(self, entries: list[Entry], refused: list[str]) -> None:
-        """XACK and XDEL the batch in one MULTI (refused entries copied to the refused stream first), then tally.
+        """XACK and XDEL the batch in one MULTI (refused entries copied to the refused stream first).
 
-        XACK answers per entry whether it was still pending: an entry another consumer claimed and settled
-        first answers 0, and its rows are tallied there, not here.
+        XACK answers per entry whether it was still pending: the rows of a refused table count as failed only
+        where it was (an entry another consumer claimed and settled first is counted there).
         """
         ids = [entry_id for entry_id, _ in entries]
         with self._redis.pipeline(transaction=True) as pipe:
@@ -341,12 +462,15 @@ class StreamWriter(Writer):
         if refused:
             logger.error("%d entries refused by %s kept in %s", len(ids), ", ".join(refused), self.refused_stream)
         for (_, fields), was_pending in zip(entries, acked, strict=True):
-            if not was_pending:
-                continue
-            for table, field in zip(TABLES, _FIELDS, strict=True):
-                if table in refused:
-                    self.tally.failed[table] += fields[field].count(b"\n")
-                elif rows := fields[field].count(b"\n"):
-                    self.tally.acknowledge(table, rows, len(fields[field]))
-                    if handed_at := fields.get(HANDED_AT.encode()):
-                        self.tally.record_freshness(table, rows, float(handed_at))
+            if was_pending:
+                for table, field in zip(TABLES, _FIELDS, strict=True):
+                    if table in refused:
+                        self.tally.failed[table] += fields[field].count(b"\n")
+
+
+class RedisUnreachable(SetupError):
+    """Redis stayed out of reach past the outage deadline: the run stops, as for an error of the setup."""
+
+    def __init__(self, deadline_s: float, error: Exception) -> None:
+        reason = str(error).strip() or type(error).__name__
+        super().__init__(f"Redis has been unreachable for {deadline_s:g} s ({reason})")

@@ -30,7 +30,7 @@ from telemetry.layout import COLUMNS, copy_statement, parse_row
 from writers.base import OnFatal, WriterContext
 from writers.checks import Triage
 from writers.copy import CopyWriter, copy_deduplicated, copy_rows
-from writers.delivery import Outcome, RowsRefused, SetupError, deliver
+from writers.delivery import Outcome, RetryPolicy, RowsRefused, SetupError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class ValidatedCopyWriter(CopyWriter):
         pool_size: int | None = None,
         connect_kwargs: dict | None = None,
         on_fatal: OnFatal | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         super().__init__(
             conninfo,
@@ -78,6 +79,7 @@ class ValidatedCopyWriter(CopyWriter):
             pool_size=pool_size,
             connect_kwargs=connect_kwargs,
             on_fatal=on_fatal,
+            retry_policy=retry_policy,
         )
         self.run_id = run_id  # recorded with each quarantined row
 
@@ -99,6 +101,7 @@ class ValidatedCopyWriter(CopyWriter):
             context.events,
             run_id=context.run_id,
             on_fatal=context.on_fatal,
+            retry_policy=context.retry_policy,
             **cls.sizes(context.options),
         )
 
@@ -167,7 +170,7 @@ class ValidatedCopyWriter(CopyWriter):
         """
         size = sum(map(len, rows))
         try:
-            delivery = deliver(self, self._pool, verb, table, size, lambda conn, retry: action(conn, rows, retry))
+            delivery = self.deliver(self._pool, verb, table, size, lambda conn, retry: action(conn, rows, retry))
         except SetupError:
             self.tally.failed[table] += len(rows)
             raise
@@ -218,7 +221,7 @@ class ValidatedCopyWriter(CopyWriter):
             conn.cursor().executemany(_QUARANTINE, params)
 
         try:
-            delivery = deliver(self, self._pool, "INSERT", "quarantine", size, insert)
+            delivery = self.deliver(self._pool, "INSERT", "quarantine", size, insert)
         except SetupError:
             self.tally.failed[table] += len(rejected)
             raise

@@ -2,10 +2,11 @@
 
 A writing process's counters are read from its writers' tallies (writers.base.Tally), never kept apart: per
 writer and table, rows received and acknowledged, bytes acknowledged, rows buffered (received, not yet
-committed, failed or quarantined), failed, quarantined, retries, the freshness and round-trip histograms,
-plus the strategy's own gauges (a stream's length and pending entries). `process_snapshot` takes them; a
-worker sends the snapshot, histograms encoded, with each of Locust's stats reports (`report_to_master`,
-every 3 s, and once more after its drain), and the master keeps each process's latest (`worker_report`).
+committed, failed or quarantined), failed, quarantined, retries, seconds blocked retrying, the freshness and
+round-trip histograms, plus the strategy's own gauges (a stream's length and pending entries).
+`process_snapshot` takes them; a worker sends the snapshot, histograms encoded, with each of Locust's stats
+reports (`report_to_master`, every 3 s, and once more after its drain), and the master keeps each process's
+latest (`worker_report`).
 
 `LiveTelemetry`, on the master (or the only process), merges the latest snapshots of the current run into
 one view every `SAMPLE_S`, keeps the history of acknowledged rows and bytes per table (rows/s over the run),
@@ -32,7 +33,7 @@ CHART_SMOOTH_S = 5.0
 """Each point of the rows/s chart is the rate over this many seconds: per second, 5,000-row commits make spikes."""
 HISTORY_LIMIT = 7_200
 """Samples kept for the chart (two hours at one a second); older ones are thinned out, never the run's start."""
-COUNTERS = ("received", "acknowledged", "acknowledged_bytes", "failed", "quarantined", "retries")
+COUNTERS = ("received", "acknowledged", "acknowledged_bytes", "failed", "quarantined", "retries", "blocked_s")
 PERCENTILES = (50, 95, 99)
 FRESHNESS_METHOD = (
     "commit acknowledged - hand-over to the writer; per acknowledged chunk, the oldest row's delay counted for "
@@ -102,8 +103,9 @@ def merge(snapshots: list[dict], class_names: dict[str, str] | None = None) -> d
             strategy = by_class.setdefault(name, dict.fromkeys((*COUNTERS, "buffered"), 0))
             for counter in COUNTERS:
                 for table, value in entry[counter].items():
-                    by_table[table][counter] += value
                     strategy[counter] += value
+                    if table in by_table:  # not the stream's own retries (XADD), kept under its name
+                        by_table[table][counter] += value
             for table, histogram in entry["freshness"].items():
                 _add(freshness_by_table, table, histogram)
                 _add(freshness_by_class, name, histogram)
