@@ -23,7 +23,7 @@ from locust import User
 from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner
 
-from firehose import preflight, tuning
+from firehose import budget, disk_guard, preflight, reset, tuning
 from firehose.endpoints import RunServices
 from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, RUN_START, RunStart
 from firehose.process_run import WritingProcess
@@ -75,13 +75,15 @@ class Coordinator:
                 " (server levers need a superuser)" if isinstance(error, psycopg.errors.InsufficientPrivilege) else ""
             )
             raise preflight.Refused(f"--pg-setting / --jsonb-compression refused: {reason}{needs}") from None
+        embedded_dir = self.services.embedded.data_dir if self.services.embedded is not None else None
+        self.disk_guard = disk_guard.DiskGuard.from_options(self.postgres, self.options, embedded_dir, self.on_fatal)
         self.run: RunStart | None = None
         self.started_at = 0.0
         self.fatal: str | None = None
         self.reports: dict[int, dict] = {}
         self.engineer_reports: dict[str, tuple[int, int]] = {}
         self.summary: RunSummary | None = None
-        self.summary_extras: dict[str, Callable[[], object]] = {}
+        self.summary_extras: dict[str, Callable[[], object]] = {"connection_budget": lambda: self.connection_budget}
         """Sections other parts add to the summary (firehose.report: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
@@ -91,6 +93,7 @@ class Coordinator:
         """Refuse settings that cannot work (firehose.preflight) before anything starts, then start the database."""
         given = self.services.given
         preflight.check_options(self.options)
+        disk_guard.check_options(self.options)
         if "postgres" in given:
             preflight.check_database(given["postgres"])  # before the schema step: no table of another shape touched
         if "redis" in given:
@@ -99,13 +102,22 @@ class Coordinator:
         needed = {service for writer in writer_classes(named) for service in writer.services}
         preflight.check_binaries(needed - given.keys())  # only for classes named: the web UI's picker may skip them
         self.services.start_postgres()
-        if self.services.embedded is not None:
-            try:
+        self.connection_budget: dict | None = None
+        """The run's connection budget (firehose.budget): checked here when the classes are named, else at start."""
+        try:
+            if self.services.embedded is not None:
+                reset.warn_if_large(self.services.embedded.data_dir)
                 with psycopg.connect(self.services.postgres, autocommit=True) as conn:
                     preflight.check_tables(conn)
-            except preflight.Refused:
-                self.services.stop()
-                raise
+            if named:
+                self.connection_budget = self._check_budget(named)
+        except preflight.Refused:
+            self.services.stop()
+            raise
+
+    def _check_budget(self, user_classes: list[type[User]]) -> dict:
+        bouncer_here = "pgbouncer" not in self.services.given
+        return budget.check(self.postgres, user_classes, self.options, bouncer_started_here=bouncer_here)
 
     @property
     def is_master(self) -> bool:
@@ -126,6 +138,12 @@ class Coordinator:
         self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
         self.started_at, self.summary, self.fatal = time.time(), None, None
         self.reports, self.engineer_reports = {}, {}
+        if not self.options.user_classes:  # picked in the web UI: known only now, before the spawn messages
+            try:
+                self.connection_budget = self._check_budget(user_classes)
+            except preflight.Refused as refusal:
+                self.on_fatal(str(refusal))
+        self.disk_guard.start()
         if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
             self.environment.runner.send_message(RUN_START, self.run.as_message())
         elif self.local is not None:
@@ -184,6 +202,7 @@ class Coordinator:
         """After this process's own users drained (if any): collect the workers' reports, count, summarise."""
         if self.run is None:
             return
+        self.disk_guard.stop()  # what is buffered is committed whatever it costs: the rows are generated already
         if self.local is not None and (report := self.local.drain()) is not None:
             self.reports[report["writer_key"]] = report
         if self.is_master:

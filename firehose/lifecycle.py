@@ -16,7 +16,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
-from firehose import endpoints, probe, tuning
+from firehose import budget, disk_guard, endpoints, probe, tuning
 from firehose.coordinator import Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.preflight import Refused
@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary-json", default=None, help="Also write the end-of-run summary to this JSON file.")
     tuning.add_arguments(parser)
     pacing.add_arguments(parser)
+    budget.add_arguments(parser)
+    disk_guard.add_arguments(parser)
 
 
 class Firehose:

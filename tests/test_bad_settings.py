@@ -57,6 +57,14 @@ def embedded_options(tmp_path):
         (["NaiveEngineer", "--naive-pool-size", "0"], "firehose: --naive-pool-size must be at least 1, got 0"),
         (["StreamEngineer", "--stream-max-len", "0"], "firehose: --stream-max-len must be at least 1, got 0"),
         (["CopyEngineer", "--traces-per-engineer", "0"], "firehose: --traces-per-engineer must be at least 1, got 0"),
+        (
+            ["CopyEngineer", "--disk-budget", "lots"],
+            "firehose: --disk-budget: 'lots' is not a size: give bytes with a unit, e.g. 500MB or 2GB",
+        ),
+        (
+            ["CopyEngineer", "--disk-floor", "150%"],
+            "firehose: --disk-floor: '150%' is not a share of the volume: give 0% to 99%",
+        ),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):

@@ -167,6 +167,12 @@ class Writer(ABC):
         """Declare this strategy's command-line options (Locust's parser; shown in the web UI)."""
 
     @classmethod
+    def pool_option(cls) -> str | None:
+        """The option (its dest) that gives the PostgreSQL connections this strategy opens per process; None when
+        it opens none directly (through pgBouncer, whose server pool is counted instead: firehose.budget)."""
+        return None
+
+    @classmethod
     @abstractmethod
     def from_context(cls, context: WriterContext) -> Writer:
         """Build the process's writer of this strategy."""

@@ -91,6 +91,10 @@ class BufferedWriter(Writer):
         }
 
     @classmethod
+    def pool_option(cls) -> str | None:
+        return f"{cls.option_prefix.replace('-', '_')}_pool_size" if cls.address == "postgres" else None
+
+    @classmethod
     def from_context(cls, context: WriterContext) -> BufferedWriter:
         return cls(
             context.addresses[cls.address], context.events, on_fatal=context.on_fatal, **cls.sizes(context.options)
