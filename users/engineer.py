@@ -46,7 +46,14 @@ class Engineer(User):
         pacing = run.shared(Pacing.for_run)
         if pacing.active and self.schedule is None:
             self.schedule = pacing.schedule()
-        for rows in run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids):
+        traces = run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids)
+        while True:
+            # Wait before composing the next trace, never with it: a waiting engineer holds no rows.
+            if self.schedule is not None:
+                self.schedule.wait_until_due()
+            writer.wait_for_room()
+            if (rows := next(traces, None)) is None:
+                break
             if run.closing or writer.fatal is not None:  # the run is ending, or stopping on an error of the setup
                 raise StopUser()
             if self.schedule is not None:

@@ -109,7 +109,10 @@ class BufferedWriter(Writer):
                 self._batches.put((table, buffer[: self.batch_size]))
                 self._buffers[table] = buffer[self.batch_size :]
         # The rows are handed over above without yielding; only now may this engineer wait.
-        while self._batches.qsize() >= self.backlog:
+        self.wait_for_room()
+
+    def wait_for_room(self) -> None:
+        while self._batches.qsize() >= self.backlog:  # checked again on waking: another engineer may have filled it
             self._room.clear()
             self._room.wait()
 
