@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if (pid := running_pid(data_dir)) is not None:
         sys.stderr.write(
             f"firehose reset: the embedded PostgreSQL in {data_dir} is running (pid {pid}) for another run: "
-            "end that run first\n"
+            f"end that run first (a server a killed run left behind: kill {pid})\n"
         )
         return 2
     before = directory_size(data_dir)

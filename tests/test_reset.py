@@ -70,7 +70,7 @@ def test_reset_refuses_while_a_server_runs_on_the_data_dir(data_dir):
     assert result.returncode == 2
     assert result.stderr == (
         f"firehose reset: the embedded PostgreSQL in {data_dir.data_dir} is running (pid {pid}) for another run: "
-        "end that run first\n"
+        f"end that run first (a server a killed run left behind: kill {pid})\n"
     )
     assert (data_dir.data_dir / "PG_VERSION").exists() and data_dir.running()
 
