@@ -103,13 +103,14 @@ class Coordinator:
         preflight.check_binaries(needed - given.keys())  # only for classes named: the web UI's picker may skip them
         self.services.start_postgres()
         self.connection_budget: dict | None = None
-        """The run's connection budget (firehose.budget): checked here when the classes are named, else at start."""
+        """The run's connection budget (firehose.budget): checked here when headless with the classes named, else
+        at each test start."""
         try:
             if self.services.embedded is not None:
                 reset.warn_if_large(self.services.embedded.data_dir)
                 with psycopg.connect(self.services.postgres, autocommit=True) as conn:
                     preflight.check_tables(conn)
-            if named:
+            if named and self.options.headless:  # the web UI's form may change classes and sizes: checked at start
                 self.connection_budget = self._check_budget(named)
         except preflight.Refused:
             self.services.stop()
@@ -138,16 +139,17 @@ class Coordinator:
         self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
         self.started_at, self.summary, self.fatal = time.time(), None, None
         self.reports, self.engineer_reports = {}, {}
-        if not self.options.user_classes:  # picked in the web UI: known only now, before the spawn messages
-            try:
-                self.connection_budget = self._check_budget(user_classes)
-            except preflight.Refused as refusal:
-                self.on_fatal(str(refusal))
         self.disk_guard.start()
         if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
             self.environment.runner.send_message(RUN_START, self.run.as_message())
         elif self.local is not None:
             self.local.begin(self.run)
+        if self.connection_budget is None or not self.options.headless:  # before the spawn messages and writers
+            try:
+                self.connection_budget = self._check_budget(user_classes)
+            except preflight.Refused as refusal:
+                self.on_fatal(str(refusal))
+                gevent.spawn(self._end_run)  # Locust starts spawning as test start returns: this stops it then
 
     def on_spawning_complete(self) -> None:
         """Without --continuous, end the run once every engineer has emitted its telemetry."""

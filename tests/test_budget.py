@@ -6,6 +6,8 @@ import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is i
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import psycopg
 import pytest
 
 from firehose import budget
+from firehose.headless import LOCUSTFILE, run_bounded
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres, redact
 from tests.conftest import load_summary, run_locust
@@ -119,3 +122,24 @@ def test_shrink_pools_fits_two_processes_and_the_run_reconciles(small_server, tm
     assert line.endswith(f"--copy-pool-size 8 -> {after}")
     events = summary["events"]
     assert events["lost"] == 0 and events["duplicates"] == 0 and events["in_database"] == events["generated"] > 0
+
+
+@pytest.mark.slow
+def test_a_run_started_from_the_web_ui_past_the_budget_stops_before_it_writes(small_server, tmp_path):
+    """With the web UI the classes and sizes come with the form: checked at test start, the run stops at once."""
+    summary_path = tmp_path / "summary.json"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "CopyEngineer", "--autostart", "--autoquit", "0",
+        "-u", "2", "-r", "2", "-t", "5s", "--web-host", "127.0.0.1", "--web-port", str(free_port()),
+        "--pg-dsn", small_server.dsn, "--copy-pool-size", "8", "--summary-json", str(summary_path),
+    ]  # fmt: skip
+    with tempfile.TemporaryFile("w+") as output:
+        returncode, timed_out = run_bounded(command, 90, output, subprocess.STDOUT)
+        output.seek(0)
+        text = output.read()
+    assert returncode == 1 and not timed_out, text[-3000:]
+    summary = load_summary(summary_path)
+    reason = summary["run"]["stopped_by"]
+    assert reason.startswith("the run needs 11 server connections (1 x --copy-pool-size 8 + ")
+    assert f"firehose stops the run: {reason}" in text
+    assert summary["events"]["generated"] == summary["events"]["in_database"] == 0  # stopped before any write
