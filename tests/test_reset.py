@@ -27,21 +27,24 @@ def data_dir():
     root = Path(tempfile.mkdtemp(prefix="firehose-reset-"))
     os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
     server = EmbeddedPostgres(root / "data", port=free_port())
-    with psycopg.connect(server.start(), autocommit=True) as conn:
-        run_id = conn.execute("INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id").fetchone()[
-            0
-        ]
-        conn.execute(
-            "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
-            [run_id],
-        )
-        conn.execute(
-            "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')", [run_id]
-        )
-    server.stop()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        with psycopg.connect(server.start(), autocommit=True) as conn:
+            run_id = conn.execute(
+                "INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id"
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
+                [run_id],
+            )
+            conn.execute(
+                "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')",
+                [run_id],
+            )
+        server.stop()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _reset(*args: str) -> subprocess.CompletedProcess:
