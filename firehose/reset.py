@@ -3,8 +3,8 @@
 `firehose reset` empties the telemetry tables and the runs' bookkeeping (TRUNCATE: the space goes back to the
 volume at once); `--remove` deletes the data directory whole (the next run creates a fresh one). Either refuses,
 with one line and exit code 2, while the server runs (its postmaster.pid names a live process): a run is using it.
-`make clean` calls `firehose reset --remove`. A run prints the data directory's size when it passes
-`LARGE_DATA_DIR`, with this command.
+`make clean` calls `firehose reset --remove`. A run says at start how large the data directory is once it passes
+2 GB, with this command.
 """
 
 from __future__ import annotations
