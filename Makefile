@@ -77,5 +77,8 @@ services:
 	else echo "pgbouncer, redis-server, chromium or chromium-driver is missing: install them" \
 		"(e.g. sudo apt-get install pgbouncer redis-server chromium chromium-driver)"; exit 1; fi
 
+## clean: remove the embedded PostgreSQL's data (firehose reset --remove; refused while a run uses it), results/
+## and the venv
 clean:
+	if [ -x $(BIN)/firehose ]; then $(BIN)/firehose reset --remove; fi
 	rm -rf $(VENV) results .pytest_cache .ruff_cache *.egg-info

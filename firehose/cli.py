@@ -17,6 +17,7 @@ COMMANDS = {
     "optimize": "firehose.optimize",
     "chaos": "firehose.chaos",
     "roles": "firehose.roles",
+    "reset": "firehose.reset",
 }
 """Subcommand name -> the module that implements it."""
 

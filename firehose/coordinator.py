@@ -25,7 +25,7 @@ from locust import User
 from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
 
-from firehose import preflight, tuning
+from firehose import budget, disk_guard, preflight, reset, tuning
 from firehose.endpoints import RunServices
 from firehose.messages import DRAIN, DRAINED, FATAL, RUN_START, WRITER_KEY, RunStart
 from firehose.process_run import WritingProcess
@@ -81,6 +81,8 @@ class Coordinator:
                 " (server levers need a superuser)" if isinstance(error, psycopg.errors.InsufficientPrivilege) else ""
             )
             raise preflight.Refused(f"--pg-setting / --jsonb-compression refused: {reason}{needs}") from None
+        embedded_dir = self.services.embedded.data_dir if self.services.embedded is not None else None
+        self.disk_guard = disk_guard.DiskGuard.from_options(self.postgres, self.options, embedded_dir, self.on_fatal)
         self.run: RunStart | None = None
         self.started_at = 0.0
         self.fatal: str | None = None
@@ -91,7 +93,7 @@ class Coordinator:
         self.workers = WorkerLedger(environment.runner) if self.is_master else None
         self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
-        self.summary_extras: dict[str, Callable[[], object]] = {}
+        self.summary_extras: dict[str, Callable[[], object]] = {"connection_budget": lambda: self.connection_budget}
         """Sections other parts add to the summary (firehose.report: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
@@ -102,6 +104,7 @@ class Coordinator:
         """Refuse settings that cannot work (firehose.preflight) before anything starts, then start the database."""
         given = self.services.given
         preflight.check_options(self.options)
+        disk_guard.check_options(self.options)
         if "postgres" in given:
             preflight.check_database(given["postgres"])  # before the schema step: no table of another shape touched
         if "redis" in given:
@@ -110,13 +113,23 @@ class Coordinator:
         needed = {service for writer in writer_classes(named) for service in writer.services}
         preflight.check_binaries(needed - given.keys())  # only for classes named: the web UI's picker may skip them
         self.services.start_postgres()
-        if self.services.embedded is not None:
-            try:
+        self.connection_budget: dict | None = None
+        """The run's connection budget (firehose.budget): checked here when headless with the classes named, else
+        at each test start."""
+        try:
+            if self.services.embedded is not None:
+                reset.warn_if_large(self.services.embedded.data_dir)
                 with psycopg.connect(self.services.postgres, autocommit=True) as conn:
                     preflight.check_tables(conn)
-            except preflight.Refused:
-                self.services.stop()
-                raise
+            if named and self.options.headless:  # the web UI's form may change classes and sizes: checked at start
+                self.connection_budget = self._check_budget(named)
+        except preflight.Refused:
+            self.services.stop()
+            raise
+
+    def _check_budget(self, user_classes: list[type[User]]) -> dict:
+        bouncer_here = "pgbouncer" not in self.services.given
+        return budget.check(self.postgres, user_classes, self.options, bouncer_started_here=bouncer_here)
 
     @property
     def is_master(self) -> bool:
@@ -140,10 +153,16 @@ class Coordinator:
         self.reports, self.unaccounted = {}, []
         if self.workers is not None:
             self.workers.begin(run_id)
+        self.disk_guard.start()
         if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
             self.environment.runner.send_message(RUN_START, self.run.as_message())
         elif self.local is not None:
             self.local.begin(self.run)
+        if self.connection_budget is None or not self.options.headless:  # before the spawn messages and writers
+            try:
+                self.connection_budget = self._check_budget(user_classes)
+            except preflight.Refused as refusal:
+                self.on_fatal(str(refusal))  # ends the run as soon as Locust starts spawning
 
     def on_spawning_complete(self) -> None:
         """Without --continuous, end the run once every engineer has emitted its telemetry."""
@@ -205,6 +224,7 @@ class Coordinator:
         Once per run: a run stopped while Locust's master was still spawning gets test_stop again at its exit."""
         if self.run is None or self.summary is not None:
             return
+        self.disk_guard.stop()  # what is buffered is committed whatever it costs: the rows are generated already
         if self.local is not None and (report := self.local.drain()) is not None:
             self.reports[report["writer_key"]] = report
         if self.is_master:

@@ -18,7 +18,7 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
-from firehose import endpoints, probe, tuning
+from firehose import budget, disk_guard, endpoints, probe, tuning
 from firehose.coordinator import DRAIN_TIMEOUT_S, Coordinator, writer_classes
 from firehose.messages import FATAL
 from firehose.preflight import Refused
@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_arguments(parser)
     pacing.add_arguments(parser)
     delivery.add_arguments(parser)
+    budget.add_arguments(parser)
+    disk_guard.add_arguments(parser)
 
 
 class Firehose:

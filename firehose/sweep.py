@@ -36,6 +36,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 import users as user_package
+from firehose.budget import SHRINK_FLAG
 from firehose.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.endpoints import FLAGS, RunServices, given_addresses
 from firehose.headless import locust_command, run_bounded
@@ -355,6 +356,8 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         plan.locust_args += ["--migration-probe", str(args.migration_probe)]
     parse_duration(plan.duration)
     resolve_strategies(plan.strategies)
+    if SHRINK_FLAG in plan.locust_args:
+        raise ValueError(f"{SHRINK_FLAG} has no place in a sweep: a shrunk pool is another strategy")
     return plan
 
 

@@ -20,6 +20,9 @@ PAYLOAD_VARIANTS = 512
 LOG_BODIES = 1024
 TOPOLOGIES = 256
 ENGINEER_PROFILES = 512
+FAKE_DATES_END = 1_767_225_600
+"""2026-01-01 UTC: the latest date Faker draws for the pools. Faker's default is now, which made the pools (and so
+a run's events) differ from one run to the next for the same seed."""
 
 # Service catalogue: (service, operations). The gateway is every trace's root, so the
 # dependency map has edges gateway -> router -> model providers, caches and stores.
@@ -253,7 +256,7 @@ def _headers(fake: Faker) -> str:
             "http.request.header.content_length": fake.random_int(200, 90000),
             "http.response.header.content_type": "application/json",
             "http.response.header.x_ratelimit_remaining": fake.random_int(0, 10000),
-            "http.response.header.x_ratelimit_reset": fake.iso8601(),
+            "http.response.header.x_ratelimit_reset": fake.iso8601(end_datetime=FAKE_DATES_END),
             "http.response.header.cache_control": "no-store",
             "client.address": fake.ipv4_public(),
             "client.port": fake.port_number(),
@@ -261,7 +264,7 @@ def _headers(fake: Faker) -> str:
             "url.full": fake.link() + "?" + fake.uri_extension().strip(".") + "=" + fake.term(),
             "user_agent.original": fake.user_agent(),
             "http.request.header.cookie": f"session={_hex(fake, 64)}; _ga=GA1.2.{fake.random_int()}."
-            f"{fake.unix_time():.0f}; theme=dark; consent={_hex(fake, 40)}",
+            f"{fake.unix_time(end_datetime=FAKE_DATES_END):.0f}; theme=dark; consent={_hex(fake, 40)}",
             "http.request.header.baggage": f"tenant.id={fake.uuid4()},feature.flags={fake.term()}|{fake.term()}|"
             f"{fake.term()},experiment={_hex(fake, 16)}",
         }

@@ -61,6 +61,14 @@ def embedded_options(tmp_path):
         (["CopyEngineer", "--drain-timeout", "0"], "firehose: --drain-timeout must be at least 1, got 0"),
         (["CopyEngineer", "--outage-deadline", "0"], "firehose: --outage-deadline must be at least 1, got 0.0"),
         (["StreamEngineer", "--stream-claim-idle", "0"], "firehose: --stream-claim-idle must be at least 0.1, got 0.0"),
+        (
+            ["CopyEngineer", "--disk-budget", "lots"],
+            "firehose: --disk-budget: 'lots' is not a size: give bytes with a unit, e.g. 500MB or 2GB",
+        ),
+        (
+            ["CopyEngineer", "--disk-floor", "150%"],
+            "firehose: --disk-floor: '150%' is not a share of the volume: give 0% to 99%",
+        ),
     ],
 )
 def test_sizes_out_of_range(embedded_options, args, line):

@@ -190,6 +190,13 @@ def test_arguments_after_double_dash_go_to_locust():
         plan_from_args(cli.build_parser().parse_args(["sweep", "--strategies", "NoSuchEngineer"]))
 
 
+def test_a_sweep_never_shrinks_pools():
+    """A shrunk pool is another strategy: a cell past max_connections is refused, never shrunk (firehose.budget)."""
+    args = cli.build_parser().parse_args(["sweep", "--strategies", "CopyEngineer", "--", "--shrink-pools"])
+    with pytest.raises(ValueError, match="--shrink-pools has no place in a sweep: a shrunk pool is another strategy"):
+        plan_from_args(args)
+
+
 def test_passwords_stay_out_of_commands_and_logs(tmp_path):
     command = ["locust", "--pg-dsn", "host=db password=s3cret", "--redis-url", "redis://:hunter2@cache:6379/0"]
     assert "s3cret" not in " ".join(redacted_command(command))

@@ -69,7 +69,13 @@ class Engineer(User):
 
     def _hand_over(self, run, writer: Writer, traces: Iterator[TraceRows]) -> None:
         """Hand each trace to the writer, at the engineer's pace; stops early when the run is ending."""
-        for rows in traces:
+        while True:
+            # Wait before composing the next trace, never with it: a waiting engineer holds no rows.
+            if self.schedule is not None:
+                self.schedule.wait_until_due()
+            writer.wait_for_room()
+            if (rows := next(traces, None)) is None:
+                break
             if run.closing or writer.fatal is not None:  # the run is ending, or stopping on an error of the setup
                 raise StopUser()
             if self.schedule is not None:

@@ -151,6 +151,12 @@ class Schedule:
         self._offered = 0.0
         self._achieved = 0.0
 
+    def wait_until_due(self) -> None:
+        """Sleep until the next trace is due. Called before composing it, so a paced engineer holds no rows while it
+        waits; `hand_over` then records the trace (its lag includes any wait for the writer's room)."""
+        if (wait := self.due - time.time()) > 0:
+            gevent.sleep(wait)
+
     def hand_over(self, events: int) -> None:
         """Wait until a trace of `events` events is due; record its lag when it is late. Call before writing it."""
         pacing = self.pacing

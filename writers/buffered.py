@@ -92,6 +92,10 @@ class BufferedWriter(Writer):
         }
 
     @classmethod
+    def pool_option(cls) -> str | None:
+        return f"{cls.option_prefix.replace('-', '_')}_pool_size" if cls.address == "postgres" else None
+
+    @classmethod
     def from_context(cls, context: WriterContext) -> BufferedWriter:
         return cls(
             context.addresses[cls.address],
@@ -110,7 +114,10 @@ class BufferedWriter(Writer):
                 self._batches.put((table, buffer[: self.batch_size]))
                 self._buffers[table] = buffer[self.batch_size :]
         # The rows are handed over above without yielding; only now may this engineer wait.
-        while self._batches.qsize() >= self.backlog:
+        self.wait_for_room()
+
+    def wait_for_room(self) -> None:
+        while self._batches.qsize() >= self.backlog:  # checked again on waking: another engineer may have filled it
             self._room.clear()
             self._room.wait()
 

@@ -49,6 +49,10 @@ class NaiveWriter(Writer):
         group.add_argument("--naive-pool-size", type=int, default=POOL_SIZE, help="Connections per process.")
 
     @classmethod
+    def pool_option(cls) -> str | None:
+        return "naive_pool_size"
+
+    @classmethod
     def from_context(cls, context: WriterContext) -> NaiveWriter:
         return cls(
             context.postgres,

@@ -173,6 +173,10 @@ class StreamWriter(Writer):
         )
 
     @classmethod
+    def pool_option(cls) -> str | None:
+        return "stream_consumers"  # each consumer holds one PostgreSQL connection
+
+    @classmethod
     def from_context(cls, context: WriterContext) -> StreamWriter:
         options = context.options
         return cls(

@@ -21,6 +21,7 @@ from firehose.report.history import HistoryFile
 from firehose.report.live import SAMPLE_S, LiveTelemetry, process_snapshot
 from firehose.report.progress import PROGRESS_S, progress_line
 from services.postgres import redact
+from telemetry.layout import TABLES
 
 LIVE = "firehose_live"
 """Key of a worker's stats report (events.report_to_master): its live snapshot, histograms encoded."""
@@ -88,7 +89,8 @@ class Telemetry:
             "acknowledged": total.get("acknowledged", 0),
             "received": total.get("received", 0),
             "buffered": total.get("buffered", 0),
-            "by_table": {table: row["acknowledged"] for table, row in view.get("by_table", {}).items()},
+            # every table, also for a run stopped before any process reported (the schema wants the three)
+            "by_table": {table: view.get("by_table", {}).get(table, {}).get("acknowledged", 0) for table in TABLES},
         }
 
     def on_test_stop(self) -> None:

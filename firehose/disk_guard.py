@@ -1,0 +1,191 @@
+"""The disk guard: stop writing before a run spends its byte budget, or fills the server's volume.
+
+A greenlet of the coordinator checks every `CHECK_S`:
+- `--disk-budget SIZE`: the growth of `pg_database_size` since the run started (any server);
+- `--disk-floor SIZE` (default `DEFAULT_FLOOR`): the free bytes on the volume of the server's data directory, for a
+  server on this machine only (the embedded one, or one reached over loopback whose `SHOW data_directory` is a local
+  folder). SIZE may be a share of the volume (`5%`); 0 turns the floor off.
+When one is crossed, the run stops through the coordinator's path for errors of the setup ("firehose stops the run:
+..."): writers commit what they buffered, the summary says why, the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import gevent
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from firehose.preflight import Refused
+
+logger = logging.getLogger("firehose")
+
+CHECK_S = 1.0
+"""How often the guard looks: at ~40 MB/s of rows here, a budget is overshot by about this much writing."""
+DEFAULT_FLOOR = "1GB"
+"""Free bytes a local server's volume keeps by default: room for WAL (max_wal_size is 4GB, but checkpoints recycle
+it) and for the server to shut down cleanly."""
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", ""}
+"""libpq hosts that are this machine (empty: the default Unix socket)."""
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--disk-budget",
+        default=None,
+        help="Stop writing once the database has grown by this much since the run started (pg_database_size; "
+        "e.g. 500MB, 20GB; any server). Default: no budget.",
+    )
+    parser.add_argument(
+        "--disk-floor",
+        default=DEFAULT_FLOOR,
+        help="For a server on this machine (embedded, or over loopback): stop writing once its data directory's "
+        f"volume has less free space than this (e.g. 2GB, or 5%% of the volume; 0: off). Default: {DEFAULT_FLOOR}.",
+    )
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as `500MB`, `2 GB`, `1.5g`, `4096` (kB, MB, GB, TB in powers of 1024, as PostgreSQL)."""
+    match = _SIZE.match(str(text))
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: give bytes with a unit, e.g. 500MB or 2GB")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def floor_bytes(text: str, volume_bytes: int) -> int:
+    """The floor `text` gives on a volume of `volume_bytes`: a size, or a share of the volume (`5%`)."""
+    text = str(text).strip()
+    if text.endswith("%"):
+        share = float(text[:-1])
+        if not 0 <= share < 100:
+            raise ValueError(f"{text!r} is not a share of the volume: give 0% to 99%")
+        return int(volume_bytes * share / 100)
+    return parse_size(text)
+
+
+def check_options(options: argparse.Namespace) -> None:
+    """--disk-budget and --disk-floor parse (one line, exit code 2 otherwise)."""
+    for flag, dest, parse in (
+        ("--disk-budget", "disk_budget", parse_size),
+        ("--disk-floor", "disk_floor", lambda text: floor_bytes(text, 0)),
+    ):
+        value = getattr(options, dest, None)
+        if value in (None, ""):  # the web UI's form sends "" for an empty field
+            continue
+        try:
+            parse(value)
+        except ValueError as error:
+            raise Refused(f"{flag}: {error}") from None
+    if getattr(options, "disk_budget", None) not in (None, "") and parse_size(options.disk_budget) == 0:
+        raise Refused("--disk-budget must be more than 0 bytes (leave it out for no budget)")
+
+
+def local_data_dir(conninfo: str) -> Path | None:
+    """The data directory of the server at `conninfo` when it is on this machine and readable from here, else None."""
+    host = conninfo_to_dict(conninfo).get("host") or os.environ.get("PGHOST", "")
+    if not all(part in LOOPBACK_HOSTS or part.startswith("/") for part in host.split(",")):
+        return None
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            path = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    except psycopg.Error:  # reading it needs a superuser or pg_read_all_settings
+        return None
+    return path if path.exists() else None
+
+
+def pretty(size: float) -> str:
+    """`size` bytes in the largest unit that keeps it at 1 or more (MB, GB, as PostgreSQL's pg_size_pretty)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(size) < 1024:
+            return f"{size:,.1f} {unit}" if unit != "B" else f"{size:,.0f} B"
+        size /= 1024
+    return f"{size:,.1f} TB"
+
+
+class DiskGuard:
+    """Watches a run's database growth and its server volume's free space; tells `on_crossed` once, then stops."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        budget: int | None,
+        floor: str | None,
+        data_dir: Path | None,
+        on_crossed: Callable[[str], None],
+    ) -> None:
+        self.conninfo = conninfo
+        self.budget = budget
+        self.data_dir = data_dir
+        self.floor = None
+        if data_dir is not None and floor not in (None, ""):
+            volume = os.statvfs(data_dir)
+            self.floor = floor_bytes(floor, volume.f_blocks * volume.f_frsize) or None
+        self.floor_text = floor
+        self.on_crossed = on_crossed
+        self._greenlet: gevent.Greenlet | None = None
+
+    @classmethod
+    def from_options(
+        cls, conninfo: str, options: argparse.Namespace, data_dir: Path | None, on_crossed: Callable[[str], None]
+    ) -> DiskGuard:
+        """The guard the options ask for; `data_dir` is the embedded server's, else looked up (a local server's)."""
+        budget = getattr(options, "disk_budget", None)
+        return cls(
+            conninfo,
+            budget=parse_size(budget) if budget not in (None, "") else None,
+            floor=getattr(options, "disk_floor", DEFAULT_FLOOR),
+            data_dir=data_dir if data_dir is not None else local_data_dir(conninfo),
+            on_crossed=on_crossed,
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.budget is not None or self.floor is not None
+
+    def start(self) -> None:
+        """Start watching from now (the budget counts growth from the database's size at this moment)."""
+        if self.active and self._greenlet is None:
+            self._greenlet = gevent.spawn(self._watch)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+
+    def _watch(self) -> None:
+        try:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                size = "SELECT pg_database_size(current_database())"
+                baseline = conn.execute(size).fetchone()[0]
+                while True:
+                    gevent.sleep(CHECK_S)
+                    if (reason := self._crossed(conn.execute(size).fetchone()[0] - baseline)) is not None:
+                        self.on_crossed(reason)
+                        return
+        except psycopg.OperationalError as error:  # the server went away: the writers meet and report it
+            logger.warning("disk guard stopped: %s", str(error).strip().splitlines()[0] if str(error) else error)
+
+    def _crossed(self, growth: int) -> str | None:
+        if self.budget is not None and growth > self.budget:
+            return (
+                f"disk budget spent: the database grew by {pretty(growth)} since the run started, past "
+                f"--disk-budget {pretty(self.budget)}"
+            )
+        if self.floor is not None:
+            volume = os.statvfs(self.data_dir)
+            free = volume.f_bavail * volume.f_frsize
+            if free < self.floor:
+                return (
+                    f"disk floor reached: {pretty(free)} free on the volume of {self.data_dir}, under --disk-floor "
+                    f"{self.floor_text} ({pretty(self.floor)})"
+                )
+        return None

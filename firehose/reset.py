@@ -1,0 +1,126 @@
+"""Empty or remove the embedded PostgreSQL's data: its rows of every run are kept between runs, and add up.
+
+`firehose reset` empties the telemetry tables and the runs' bookkeeping (TRUNCATE: the space goes back to the
+volume at once); `--remove` deletes the data directory whole (the next run creates a fresh one). Either refuses,
+with one line and exit code 2, while the server runs (its postmaster.pid names a live process): a run is using it.
+`make clean` calls `firehose reset --remove`. A run says at start how large the data directory is once it passes
+2 GB, with this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import psycopg
+
+from firehose.disk_guard import pretty
+from services.ports import free_port
+from services.postgres import EmbeddedPostgres, default_data_dir
+
+logger = logging.getLogger("firehose")
+
+LARGE_DATA_DIR = 2 * 1024**3
+"""Size of the embedded data directory past which a run says so, with the command that empties it: a few bursts
+leave this much (a row costs ~2.6 KB on disk, ~2.5 KB of WAL)."""
+TABLES = ("spans", "metrics", "logs", "quarantine", "firehose_writer_keys", "firehose_runs")
+"""What runs leave behind: the telemetry, the quarantine, and the runs' bookkeeping."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--embedded-data-dir",
+        default=None,
+        help=f"Data directory of the embedded PostgreSQL (default: {default_data_dir()}).",
+    )
+    parser.add_argument(
+        "--remove",
+        action="store_true",
+        help="Delete the data directory (and its log) instead of emptying its tables: the next run starts afresh.",
+    )
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of the files under `path` (WAL included)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:  # a running server removes WAL and temporary files as we walk
+                continue
+    return total
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the server running on `data_dir`, if its postmaster.pid names a live process."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # left behind by a server that was killed
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
+def reset_command(data_dir: Path) -> str:
+    """The command that empties this data directory, as a user types it."""
+    default = data_dir == default_data_dir()
+    return "firehose reset" + ("" if default else f" --embedded-data-dir {data_dir}")
+
+
+def warn_if_large(data_dir: Path, threshold: int = LARGE_DATA_DIR) -> None:
+    """Log the data directory's size, with the command that empties it, when it passes `threshold` bytes."""
+    size = directory_size(data_dir)
+    if size > threshold:
+        logger.warning(
+            "the embedded PostgreSQL's data in %s takes %s: `%s` empties it (`--remove` deletes it)",
+            data_dir,
+            pretty(size),
+            reset_command(data_dir),
+        )
+
+
+def empty(data_dir: Path) -> None:
+    """Start the server on a free port of its own, TRUNCATE what runs left, stop it."""
+    server = EmbeddedPostgres(data_dir, port=free_port())
+    dsn = server.start()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+            conn.execute("CHECKPOINT")  # lets the server recycle the WAL that held the rows
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    data_dir = Path(args.embedded_data_dir) if args.embedded_data_dir else default_data_dir()
+    if not (data_dir / "PG_VERSION").exists():
+        sys.stdout.write(f"firehose reset: no embedded database in {data_dir}: nothing to do\n")
+        return 0
+    if (pid := running_pid(data_dir)) is not None:
+        sys.stderr.write(
+            f"firehose reset: the embedded PostgreSQL in {data_dir} is running (pid {pid}) for another run: "
+            f"end that run first (a server a killed run left behind: kill {pid})\n"
+        )
+        return 2
+    before = directory_size(data_dir)
+    if args.remove:
+        shutil.rmtree(data_dir)
+        server = EmbeddedPostgres(data_dir)
+        for leftover in (server.log_file, data_dir.parent / f".{data_dir.name}.lock"):
+            leftover.unlink(missing_ok=True)
+        sys.stdout.write(f"firehose reset: removed {data_dir} ({pretty(before)})\n")
+    else:
+        empty(data_dir)
+        after = directory_size(data_dir)
+        sys.stdout.write(f"firehose reset: emptied {data_dir}: {pretty(before)} -> {pretty(after)}\n")
+    return 0

@@ -1,0 +1,97 @@
+"""`firehose reset` empties or removes an embedded data directory, and refuses while a server runs on it."""
+
+import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from firehose import reset
+from services.ports import free_port
+from services.postgres import EmbeddedPostgres
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def data_dir():
+    """An embedded data directory of the test's own, holding one run's bookkeeping and a row; its server stopped."""
+    root = Path(tempfile.mkdtemp(prefix="firehose-reset-"))
+    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
+    server = EmbeddedPostgres(root / "data", port=free_port())
+    try:
+        with psycopg.connect(server.start(), autocommit=True) as conn:
+            run_id = conn.execute(
+                "INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id"
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
+                [run_id],
+            )
+            conn.execute(
+                "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')",
+                [run_id],
+            )
+        server.stop()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _reset(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "firehose.cli", "reset", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _rows(server: EmbeddedPostgres) -> int:
+    with psycopg.connect(server.start(), autocommit=True) as conn:
+        tables = reset.TABLES
+        return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables)
+
+
+def test_reset_empties_what_runs_left(data_dir):
+    result = _reset("--embedded-data-dir", str(data_dir.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"firehose reset: emptied {data_dir.data_dir}: ")
+    assert not data_dir.running()  # the server it started for the TRUNCATE is stopped again
+    assert _rows(data_dir) == 0
+
+
+def test_reset_refuses_while_a_server_runs_on_the_data_dir(data_dir):
+    data_dir.start()
+    pid = reset.running_pid(data_dir.data_dir)
+    result = _reset("--embedded-data-dir", str(data_dir.data_dir), "--remove")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"firehose reset: the embedded PostgreSQL in {data_dir.data_dir} is running (pid {pid}) for another run: "
+        f"end that run first (a server a killed run left behind: kill {pid})\n"
+    )
+    assert (data_dir.data_dir / "PG_VERSION").exists() and data_dir.running()
+
+
+def test_reset_remove_deletes_the_data_dir_and_its_log(data_dir):
+    assert data_dir.log_file.exists()
+    result = _reset("--embedded-data-dir", str(data_dir.data_dir), "--remove")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"firehose reset: removed {data_dir.data_dir} (")
+    assert not data_dir.data_dir.exists() and not data_dir.log_file.exists()
+    assert _reset("--embedded-data-dir", str(data_dir.data_dir)).stdout.endswith(": nothing to do\n")
+
+
+def test_a_large_data_dir_is_named_with_the_command_that_empties_it(data_dir, caplog):
+    size = reset.directory_size(data_dir.data_dir)
+    with caplog.at_level(logging.WARNING, logger="firehose"):
+        reset.warn_if_large(data_dir.data_dir, threshold=size + 1)
+        assert not caplog.records
+        reset.warn_if_large(data_dir.data_dir, threshold=size - 1)
+    [record] = caplog.records
+    assert f"firehose reset --embedded-data-dir {data_dir.data_dir}" in record.getMessage()
