@@ -114,14 +114,20 @@ def own_postgres():
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.parametrize("strategy", ["CopyEngineer", "NaiveEngineer", "StreamEngineer"])
-def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path, strategy):
-    """A --continuous run of ten minutes ends within deadline + margin of the database's stop, with one line."""
+@pytest.mark.parametrize(
+    ("strategy", "processes"),
+    [("CopyEngineer", 0), ("NaiveEngineer", 0), ("StreamEngineer", 0), ("CopyEngineer", 2)],
+    ids=["CopyEngineer", "NaiveEngineer", "StreamEngineer", "CopyEngineer-processes-2"],
+)
+def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path, strategy, processes):
+    """A --continuous run of ten minutes ends within deadline + margin of the database's stop, with one line; with
+    workers too (the master then knows the run's writer keys from the workers, not from the database)."""
     dsn = own_postgres.dsn
     summary_path = tmp_path / "summary.json"
     command = locust_command(
         strategy, "-u", "10", "-r", "10", "-t", "10m", "--continuous", "--exit-code-on-error", "0",
         "--outage-deadline", str(OUTAGE_DEADLINE_S), "--pg-dsn", dsn, "--summary-json", str(summary_path),
+        processes=processes,
     )  # fmt: skip
     with tempfile.TemporaryFile("w+") as output:
         process = subprocess.Popen(
