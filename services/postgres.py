@@ -173,6 +173,7 @@ class EmbeddedPostgres:
             if self.listen:
                 self._require_password_beyond_loopback()
             if not self.running():
+                self._own_log_file()
                 self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), "-o", self._options())
                 self.started_here = True
             elif self.listen:
@@ -191,6 +192,7 @@ class EmbeddedPostgres:
 
     def restart(self, mode: str = "fast") -> None:
         """Restart the server: `fast` (clients disconnected, clean shutdown) or `immediate` (crash recovery)."""
+        self._own_log_file()
         self._pg_ctl("restart", "-m", mode, "-w", "-t", "60", "-l", str(self.log_file), "-o", self._options())
 
     def running(self) -> bool:
@@ -208,7 +210,6 @@ class EmbeddedPostgres:
             shutil.rmtree(self.data_dir)  # a half-made directory from an interrupted initdb
         self.data_dir.mkdir(mode=0o700)
         self._chown(self.data_dir)
-        self._chown(self.data_dir.parent)
         self._run(
             [
                 str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
@@ -253,6 +254,12 @@ class EmbeddedPostgres:
             log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
             raise RuntimeError(f"{Path(command[0]).name} failed: {result.stderr.strip()}\n{log}")
         return result
+
+    def _own_log_file(self) -> None:
+        """The server's user writes its log beside the data directory: it gets that file, never the folder, which
+        may be anyone's (e.g. /tmp for --embedded-data-dir /tmp/pg)."""
+        self.log_file.touch(exist_ok=True)
+        self._chown(self.log_file)
 
     def _chown(self, path: Path) -> None:
         if (user := server_user()) is not None:

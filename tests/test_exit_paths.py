@@ -97,6 +97,8 @@ def test_ctrl_c_mid_run_stops_every_server_and_the_next_run_starts_clean(embedde
     assert _wait(second, tmp_path / "again.log") == 0, (tmp_path / "again.log").read_text()[-3000:]
     assert load_summary(again)["events"]["lost"] == 0
     assert not embedded.running()
+    # The server's user got its data directory and log file, never the folder they are in (it may be /tmp).
+    assert embedded.data_dir.parent.stat().st_uid == os.getuid()
 
 
 def test_a_failed_test_start_is_one_line_and_stops_the_embedded_server(embedded, tmp_path):
