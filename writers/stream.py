@@ -83,7 +83,9 @@ ERROR_BACKOFF_S = 1.0
 """A consumer's pause after an error (Redis gone), so it does not spin while the cause lasts."""
 DRAIN_POLL_S = 0.1
 DRAIN_TIMEOUT_S = 240
-"""`close` gives up after this (entries left count as lost), within the master's 300 s wait for reports."""
+"""`close` gives up after this (entries left count as lost). A master stops waiting for a process's final report
+after --drain-timeout (60 s by default) and names a process still draining then as late: a backlog that takes
+longer makes the run INCOMPLETE rather than hang it."""
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 """A stream entry as redis-py returns it: (id, {b"spans": rows, b"metrics": rows, b"logs": rows})."""
