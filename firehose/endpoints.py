@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         include_in_web_ui=False,
         help="Redis for StreamEngineer (redis://HOST:PORT/DB). Default: a redis-server started on a free "
-        "127.0.0.1 port for the run, without persistence, stopped at exit.",
+        "127.0.0.1 port for the run, its append-only file fsynced per write, stopped at exit.",
     )
     parser.add_argument(
         FLAGS["analysts"],
