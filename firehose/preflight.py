@@ -105,11 +105,16 @@ def check_database(conninfo: str) -> None:
     try:
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.OperationalError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
-        raise Refused(f"cannot connect to PostgreSQL at {redact(conninfo) or 'the PG* variables'}: {reason}") from None
+        raise Refused(cannot_connect(conninfo, error)) from None
     with conn:
         check_tables(conn)
         check_privileges(conn)
+
+
+def cannot_connect(conninfo: str, error: psycopg.Error) -> str:
+    """The line that says a PostgreSQL could not be reached: where (redacted) and libpq's first line of why."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
+    return f"cannot connect to PostgreSQL at {redact(conninfo) or 'the PG* variables'}: {reason}"
 
 
 def check_tables(conn: psycopg.Connection) -> None:

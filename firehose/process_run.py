@@ -30,9 +30,8 @@ from psycopg.conninfo import make_conninfo
 
 from firehose.endpoints import given_addresses
 from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, FIGURES, RUN_START, WRITER_KEY, RunStart
-from firehose.preflight import CONNECT_TIMEOUT_S
+from firehose.preflight import CONNECT_TIMEOUT_S, cannot_connect
 from firehose.reach import refusal
-from services.postgres import redact
 from telemetry.counts import GeneratedCounts
 from telemetry.durations import parse_duration
 from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
@@ -231,10 +230,8 @@ class WritingProcess:
                 self.begin(run)
                 return
             except psycopg.Error as error:  # registering the writer key connects first (or finds the DSN malformed)
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
                 conninfo = run.with_own(self.own_addresses).addresses["postgres"]
-                where = redact(conninfo)
-                line = f"cannot connect to PostgreSQL at {where}: {reason}: give this worker a --pg-dsn it reaches"
+                line = f"{cannot_connect(conninfo, error)}: give this worker a --pg-dsn it reaches"
         self._refuse(line)
 
     def engineers(self) -> tuple[int, int]:
