@@ -13,6 +13,7 @@ run's PostgreSQL (or takes `--pgbouncer-dsn`) and hands its address over.
 from __future__ import annotations
 
 from writers.batched import BatchedWriter
+from writers.text_arrays import TEXT_ARRAYS
 
 POOL_SIZE = 20
 """Client connections per process, the batched writer's: with one process, the two strategies differ
@@ -28,6 +29,6 @@ class PooledWriter(BatchedWriter):
     options_title = "pgBouncer strategy"
     default_pool_size = POOL_SIZE
     pool_help = "Client connections to pgBouncer per process."
-    connection_settings = {"prepare_threshold": None}
+    connection_settings = {"prepare_threshold": None, "context": TEXT_ARRAYS}
     """pgBouncer 1.18 does not track prepared statements: psycopg must not prepare any."""
     prepare = None
