@@ -1,16 +1,18 @@
 """A psycopg connection that waits for its socket the way gevent's own sockets do.
 
 Under gevent's monkey-patching psycopg waits with `wait_poll` on gevent's patched `select.poll`, which builds a
-poll object, a watcher per call and a timeout for every wait of every round trip. A naive INSERT is one round
-trip per row, so that machinery was a tenth of our client's CPU per row. This connection keeps one gevent io
-watcher per kind of wait (read, write, both) for its socket and parks the greenlet on it, as a gevent socket does.
+poll object, a watcher and a timeout for every wait of every round trip. A naive INSERT is one round trip per
+row, and that machinery was ~13 % of the naive writer's client CPU (py-spy, in-process). This connection keeps
+one gevent io watcher per kind of wait (read, write, both) for its socket and parks the greenlet on it, as a
+gevent socket does. Measured alone (one connection, 1,300 span INSERTs, shared machine): 136-240 -> 112-136 us
+of client CPU per row.
 """
 
 from __future__ import annotations
 
 import psycopg
 from gevent import get_hub
-from psycopg.abc import PQGen
+from psycopg.abc import RV, PQGen
 from psycopg.waiting import READY_R, READY_RW, READY_W, WAIT_R, WAIT_RW, WAIT_W
 
 _EVENTS = {WAIT_R: 1, WAIT_W: 2, WAIT_RW: 3}
@@ -26,7 +28,7 @@ class GeventConnection(psycopg.Connection):
     _watchers: dict
     _watched_fileno = -1
 
-    def wait(self, gen: PQGen, interval: float = 0.1, timeout: float | None = None):
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         if timeout is not None:  # psycopg's own bounded waits (cancel, notifies): rare, keep its implementation
             return super().wait(gen, interval, timeout)
         fileno = self.pgconn.socket
