@@ -17,7 +17,7 @@ from locust.event import Events
 from services.pgbouncer import PgBouncer
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.pools import Pools
-from writers.batched import INSERT, BatchedWriter
+from writers.batched import BatchedWriter, insert_statement
 from writers.copy import copy_rows
 from writers.naive import NaiveWriter
 from writers.pooled import PooledWriter
@@ -121,27 +121,7 @@ def test_a_resent_batch_is_not_duplicated(dsn, bouncer, pools):
     assert not writer.tally.failed
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(rows)
-    assert "ON CONFLICT (event_id) DO NOTHING" in INSERT["spans"]
-
-
-def test_a_batch_past_the_protocols_parameter_limit_is_one_insert(dsn, pools):
-    """A column is one array parameter: 5,100 spans (66,300 values, past the protocol's 65,535 parameters, the
-    old VALUES statement's ceiling) go as one INSERT."""
-    events = Events()
-    requests = _recording(events)
-    spans = []
-    ids = EventIds(24)
-    seed = 0
-    while len(spans) < 5_100:
-        spans += [line for trace in EngineerTelemetry(pools, seed, traces=TRACES).traces(ids) for line in trace.spans]
-        seed += 1
-    writer = BatchedWriter(dsn, events, batch_size=len(spans), pool_size=1)
-    writer.send("spans", spans)
-    writer.close()
-    assert [request["exception"] for request in requests] == [None]  # one round trip, and it succeeded
-    assert writer.tally.acknowledged["spans"] == len(spans)
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(spans)
+    assert "ON CONFLICT (event_id) DO NOTHING" in insert_statement("spans", 3)
 
 
 @pytest.mark.parametrize("strategy", ["naive", "batched"])

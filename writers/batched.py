@@ -1,32 +1,41 @@
 """Batched INSERT strategy: the COPY writer's buffering, each batch sent as one multi-row INSERT.
 
-One `INSERT INTO t (columns) SELECT ... FROM unnest($1::text[], ...) ON CONFLICT (event_id) DO NOTHING` per
-batch of `batch_size` rows, in a transaction of its own, from a pool of `pool_size` connections. The rows are
-COPY text from the generator, split back into values (`telemetry.layout.parse_row`); each column of the batch
-travels as one `text[]` parameter (`writers.text_arrays`), and the server casts each value to its column's type,
-as it did a text parameter.
+`INSERT INTO t (columns) VALUES (...), (...)` with `batch_size` rows of parameters per statement, in
+a transaction of its own, from a pool of `pool_size` connections. The rows are COPY text from the
+generator, split back into values (`telemetry.layout.parse_row`) and sent as text parameters that the
+server casts to each column's type.
 
-13 array parameters rather than a `VALUES` list of 6,500 (500 rows x 13 columns): the statement is the same for
-every batch, small to parse and plan even where nothing can be prepared (pgBouncer), and no batch size meets
-the protocol's 65,535-parameter limit. Measured here, same rows, exclusive machine: one connection sending 40
-batches of 500 spans, the server's CPU per row 101-103 -> 96-103 us prepared, 120-122 -> 92-113 us unprepared,
-our client's 17-24 -> 15-17 us; the writers in-process (50 engineers, 57k rows), server CPU per row 133 -> 118-122
-us (batched) and 133-137 -> 121-125 us (pooled), rows/s 11.3-11.9k -> 12.4k and 11.0-11.8k -> 11.7-12.0k.
+The statement is written with PostgreSQL's own `$n` placeholders and run by a `psycopg.RawCursor`:
+psycopg caches its `%s` parsing only for statements under 4 KB and 50 parameters, and parsing 6,500
+placeholders took 42 ms per batch here (a ceiling of 12k rows/s on the Locust process's one core),
+against 2.4 ms for dumping the values alone.
+
+Tried and not kept: one `INSERT ... SELECT ... FROM unnest($1::text[], ...)` per batch, each column one binary
+`text[]` parameter (13 parameters instead of 6,500). In-process A/B runs (50 engineers, 57k rows, exclusive
+machine, interleaved) disagreed from one hold to the next: the server's CPU per row 118-122 vs 133 us in one,
+122-131 vs 90-109 us in the other, and our client's CPU per row was 3-10 us higher (the arrays are built in
+Python). Without a clear win, the statement stays the VALUES list the seed chose.
 """
 
 from __future__ import annotations
 
-import psycopg
+from functools import lru_cache
 
-from telemetry.layout import LAYOUT, parse_row
+import psycopg
+from locust.event import Events
+
+from telemetry.layout import COLUMNS, parse_row
+from writers.base import OnFatal
 from writers.buffered import BufferedWriter
-from writers.text_arrays import TEXT_ARRAYS, TextArray
+from writers.delivery import RetryPolicy
 
 BATCH_SIZE = 500
-"""Rows per INSERT, the seed's value."""
+"""Rows per INSERT, the seed's value: 6,500 parameters for spans, a tenth of the protocol's limit."""
 POOL_SIZE = 20
 """Flushing connections, the seed's value. Measured here (2 cores, shared): 4, 8 and 20 gave the same
 7-8.5k rows/s, the server's cores being the wall; more connections only queue there."""
+MAX_PARAMETERS = 65_535
+"""The wire protocol counts a statement's parameters in 16 bits."""
 
 
 class BatchedWriter(BufferedWriter):
@@ -45,30 +54,59 @@ class BatchedWriter(BufferedWriter):
     batch_help = "Rows per INSERT statement."
     prepare: bool | None = True
     """Prepare each statement on its first use on a connection, as a C client's `-M prepared` does: psycopg's
-    default waits for 5 uses."""
-    connection_settings = {"options": "-c plan_cache_mode=force_generic_plan", "context": TEXT_ARRAYS}
-    """Bind `TextArray`s; plan the prepared statement once: its plan is the same for every batch, and by default
-    the server plans it afresh for its first 5 executions. (Measured with the former 6,500-parameter VALUES
-    statement, where planning was much of the work: the server's CPU per row 84 -> 75 us with `prepare`.)"""
+    default waits for 5 uses, and a connection sends each table's 500-row statement only ~10 times a run."""
+    connection_settings = {"options": "-c plan_cache_mode=force_generic_plan"}
+    """Plan the prepared statement once: by default the server plans it afresh for its first 5 executions, and
+    planning a VALUES list of 6,500 parameters is much of its work. Together with `prepare`, measured here
+    (57k rows, in-process): the server's CPU per row 84 -> 75 us, 14.7-16.8k -> 17.9-18.6k rows/s."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        events: Events,
+        *,
+        batch_size: int | None = None,
+        pool_size: int | None = None,
+        connect_kwargs: dict | None = None,
+        on_fatal: OnFatal | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        widest = max(len(columns) for columns in COLUMNS.values())
+        rows = batch_size or self.default_batch_size
+        if rows * widest > MAX_PARAMETERS:
+            raise ValueError(
+                f"a batch of {rows} rows needs {rows * widest} parameters, more than PostgreSQL's "
+                f"{MAX_PARAMETERS}: use at most {MAX_PARAMETERS // widest} rows per INSERT"
+            )
+        super().__init__(
+            conninfo,
+            events,
+            batch_size=rows,
+            pool_size=pool_size,
+            connect_kwargs=connect_kwargs,
+            on_fatal=on_fatal,
+            retry_policy=retry_policy,
+        )
 
     def send(self, table: str, lines: list[str]) -> None:
         """INSERT one batch in its own transaction; retries cannot duplicate (ON CONFLICT DO NOTHING)."""
-        columns = [TextArray(column) for column in zip(*map(parse_row, lines), strict=True)]
+        statement = insert_statement(table, len(lines))
+        values = [value for line in lines for value in parse_row(line)]
         size = len("".join(lines).encode())  # the COPY text's size, so MB/s compare across strategies
 
         def attempt(conn: psycopg.Connection, _retry: bool) -> None:
             with psycopg.RawCursor(conn) as cursor:
-                cursor.execute(INSERT[table], columns, prepare=self.prepare)
+                cursor.execute(statement, values, prepare=self.prepare)
 
         self.deliver_rows(table, len(lines), size, attempt)
 
 
-INSERT = {
-    table: f"INSERT INTO {table} ({', '.join(column.name for column in columns)}) "
-    f"SELECT {', '.join(f'{column.name}::{column.sql_type}' for column in columns)} "
-    f"FROM unnest({', '.join(f'${number}::text[]' for number in range(1, len(columns) + 1))}) "
-    f"AS batch ({', '.join(column.name for column in columns)}) "
-    "ON CONFLICT (event_id) DO NOTHING"
-    for table, columns in LAYOUT.items()
-}
-"""Per table, the one statement of every batch, whatever its size: each column one array parameter."""
+@lru_cache(maxsize=64)
+def insert_statement(table: str, rows: int) -> str:
+    """`INSERT INTO table (columns) VALUES ($1, ...), ... ON CONFLICT (event_id) DO NOTHING` for `rows` rows."""
+    columns = COLUMNS[table]
+    width = len(columns)
+    values = ", ".join(
+        "(" + ", ".join(f"${row * width + column}" for column in range(1, width + 1)) + ")" for row in range(rows)
+    )
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT (event_id) DO NOTHING"

@@ -13,7 +13,6 @@ run's PostgreSQL (or takes `--pgbouncer-dsn`) and hands its address over.
 from __future__ import annotations
 
 from writers.batched import BatchedWriter
-from writers.text_arrays import TEXT_ARRAYS
 
 POOL_SIZE = 20
 """Client connections per process, the batched writer's: with one process, the two strategies differ
@@ -29,6 +28,6 @@ class PooledWriter(BatchedWriter):
     options_title = "pgBouncer strategy"
     default_pool_size = POOL_SIZE
     pool_help = "Client connections to pgBouncer per process."
-    connection_settings = {"prepare_threshold": None, "context": TEXT_ARRAYS}
+    connection_settings = {"prepare_threshold": None}
     """pgBouncer 1.18 does not track prepared statements: psycopg must not prepare any."""
     prepare = None

@@ -5,7 +5,7 @@
 -- generated row's values as -D metrics_<column>=...
 -- pgbench binds at most 255 parameters per statement, so the 500 rows come from generate_series, and each
 -- value is cast from text once per row (CASE WHEN g >= 0 keeps the server from casting it once for all):
--- the server parses every row's timestamps, numbers and JSONB as it does the writer's text[] columns.
+-- the server parses every row's timestamps, numbers and JSONB as it does for the writer's 500-row VALUES.
 \set n :n + 1
 \set first :first_id + :client_id * 16777216 + :n * 500
 INSERT INTO metrics (event_id, name, service_name, time, value, unit, metric_type, trace_id, span_id, attributes)
