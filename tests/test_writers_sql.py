@@ -96,7 +96,7 @@ def test_rows_in_equal_rows_acknowledged(dsn, bouncer, pools, strategy):
         assert len(requests) == sum(-(-len(lines) // 100) for lines in written.values())  # batches of 100
 
 
-@pytest.mark.parametrize("strategy", ["naive", "batched"])
+@pytest.mark.parametrize("strategy", WRITERS)
 def test_stored_rows_equal_what_copy_stores(dsn, bouncer, pools, strategy):
     """Text parameters cast by the server give exactly the typed values COPY gives (jsonb, timestamps, NULLs)."""
     writer = WRITERS[strategy](dsn, bouncer, Events())

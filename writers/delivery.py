@@ -305,8 +305,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_pool(conninfo: str, size: int, name: str, **connect_kwargs: object) -> ConnectionPool:
+def open_pool(
+    conninfo: str,
+    size: int,
+    name: str,
+    connection_class: type[psycopg.Connection] = psycopg.Connection,
+    **connect_kwargs: object,
+) -> ConnectionPool:
     """A pool of exactly `size` connections, all open before it returns (or PoolTimeout)."""
-    pool = ConnectionPool(conninfo, min_size=size, max_size=size, kwargs=connect_kwargs, name=name, open=False)
+    pool = ConnectionPool(
+        conninfo,
+        min_size=size,
+        max_size=size,
+        kwargs=connect_kwargs,
+        name=name,
+        open=False,
+        connection_class=connection_class,
+    )
     pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
     return pool

@@ -1,0 +1,57 @@
+"""A psycopg connection that waits for its socket the way gevent's own sockets do.
+
+Under gevent's monkey-patching psycopg waits with `wait_poll` on gevent's patched `select.poll`, which builds a
+poll object, a watcher and a timeout for every wait of every round trip. A naive INSERT is one round trip per
+row, and that machinery was ~13 % of the naive writer's client CPU (py-spy, in-process). This connection keeps
+one gevent io watcher per kind of wait (read, write, both) for its socket and parks the greenlet on it, as a
+gevent socket does. Measured alone (one connection, 1,300 span INSERTs, shared machine): 136-240 -> 112-136 us
+of client CPU per row.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from gevent import get_hub
+from psycopg.abc import RV, PQGen
+from psycopg.waiting import READY_R, READY_RW, READY_W, WAIT_R, WAIT_RW, WAIT_W
+
+_EVENTS = {WAIT_R: 1, WAIT_W: 2, WAIT_RW: 3}
+"""libev's event mask of each psycopg wait: 1 readable, 2 writable."""
+_READY = {WAIT_R: READY_R, WAIT_W: READY_W, WAIT_RW: READY_RW}
+"""What the generator is told once the watcher fired. For a wait on both, it may be told ready for the one that is
+not: psycopg then reads or flushes without blocking and finds nothing to do, and asks again."""
+
+
+class GeventConnection(psycopg.Connection):
+    """A `psycopg.Connection` whose waits park the greenlet on a reused gevent io watcher."""
+
+    _watchers: dict
+    _watched_fileno = -1
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        if timeout is not None:  # psycopg's own bounded waits (cancel, notifies): rare, keep its implementation
+            return super().wait(gen, interval, timeout)
+        fileno = self.pgconn.socket
+        if fileno != self._watched_fileno:
+            self._close_watchers()
+            loop = get_hub().loop
+            self._watchers = {state: loop.io(fileno, events) for state, events in _EVENTS.items()}
+            self._watched_fileno = fileno
+        hub = get_hub()
+        try:
+            state = next(gen)
+            while True:
+                hub.wait(self._watchers[state])
+                state = gen.send(_READY[state])
+        except StopIteration as done:
+            return done.value
+
+    def close(self) -> None:
+        super().close()
+        self._close_watchers()
+
+    def _close_watchers(self) -> None:
+        if self._watched_fileno >= 0:
+            for watcher in self._watchers.values():
+                watcher.close()
+            self._watched_fileno = -1
