@@ -47,6 +47,11 @@ class LocalRedis:
         self._dir: Path | None = None
         self._port: int | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (its CPU time is read from /proc by `firehose bench`)."""
+        return None if self._process is None else self._process.pid
+
     def start(self) -> str:
         """Start the server and return its URL once it answers PING."""
         binary = shutil.which("redis-server")
