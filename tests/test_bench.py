@@ -39,7 +39,7 @@ def test_quick_bench_writes_results(dsn, tmp_path):
     assert strategies["server_cost"]["StreamEngineer"]["ours"]["redis_cpu_us_per_row"] > 0
     stream = results["profiles"]["StreamEngineer"]
     assert stream["rows"] > 0 and stream["redis_cpu_us_per_row"] > 0 and stream["server_cpu_us_per_row"] > 0
-    assert stream["us_per_row"]["producer: XADD, its payload, round trip and request event"] > 0
+    assert stream["us_per_row"]["producer: XADDs (pipelined), payloads, round trips, request events"] > 0
     assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
     assert results["client_profile"]["client_cpu_us_per_row"] > 0
     assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0
