@@ -31,6 +31,11 @@ traces = 37.8k rows of ~3 KB, redis-py, one core, pipelined XADD; XREADGROUP of 
 entry and XDEL): one entry per row, 13-18k rows/s produced and 14-16k consumed; per trace per table,
 38-40k and 58-64k; per trace, 31-39k and 90-95k. Redis memory is the same for all (~3.3 KB a row: the
 payload dominates), so the coarsest entry wins: the client's CPU per command is what a row pays for.
+
+Cost per row (`firehose bench` stream profile: 50 engineers, ~19k rows, the run's durable Redis, 2 cores): our
+client 33-35 us (producer 9.4, XREADGROUP 3.2-3.6 with hiredis's parser, COPY text join 4.4, COPY 2.6, XACK +
+XDEL 0.8), Redis 12-21 us, PostgreSQL ~95-100 us; one XADD round trip per trace and pure-Python replies cost
+our client 55-58 us. README, Performance, has the A/B.
 """
 
 from __future__ import annotations
@@ -80,7 +85,9 @@ BLOCK_MS = 250
 REDIS_CONNECTIONS = 64
 """Redis connections per process, a bound: the senders, the consumers and the engineer polling for room use one each."""
 SENDERS = 8
-"""Greenlets per process sending queued XADDs: while one waits for Redis's fsync, the other sends."""
+"""Greenlets per process sending queued XADDs: while some wait for Redis's fsync, others send. 2 senders of up to
+50 XADDs made each round trip long and the stream run nearly empty (StreamEngineer 0.55 of CopyEngineer; 8 x 10:
+0.68, README "Performance")."""
 PIPELINE_TRACES = 10
 """XADDs (one trace each, ~57 KB) a sender pipelines in one round trip at most. Measured here, 1,000 traces
 from one greenlet: one XADD per round trip 25.6 us of client CPU per row, 10 per round trip 13.0, 50 9.9."""
@@ -350,7 +357,7 @@ class StreamWriter(Writer):
 
     def _add(self, batch: list[tuple[dict, TraceRows, AsyncResult]]) -> None:
         """XADD a batch of traces in one round trip, and tell each engineer; a trace that did not land is failed."""
-        size = sum(len(value) for payload, _, _ in batch for value in payload.values())
+        size = sum(len(value) for payload, _, _ in batch for key, value in payload.items() if key != HANDED_AT)
         added = self._added
 
         def xadd() -> list:
