@@ -34,9 +34,8 @@ payload dominates), so the coarsest entry wins: the client's CPU per command is 
 
 Cost per row (`firehose bench` stream profile: 50 engineers, ~19k rows, the run's durable Redis, 2 cores): our
 client 33-35 us (producer 9.4, XREADGROUP 3.2-3.6 with hiredis's parser, COPY text join 4.4, COPY 2.6, XACK +
-XDEL 0.8), Redis 12-21 us, PostgreSQL ~95-100 us; one XADD round trip per trace and pure-Python replies cost
-our client 55-58 us. README, Performance, has the A/B.
-"""
+XDEL 0.8), Redis 11 us in a Locust run (19-27 with its default AOF rewrites), PostgreSQL ~95-105 us; one XADD
+round trip per trace and pure-Python replies cost our client 55-58 us. README, Performance, has the A/B."""
 
 from __future__ import annotations
 
