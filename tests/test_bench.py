@@ -38,7 +38,10 @@ def test_quick_bench_writes_results(dsn, tmp_path):
     # The stream's own server, Redis, is measured beside PostgreSQL, in the Locust run and in the profile.
     assert strategies["server_cost"]["StreamEngineer"]["ours"]["redis_cpu_us_per_row"] > 0
     stream = results["profiles"]["StreamEngineer"]
-    assert stream["rows"] > 0 and stream["redis_cpu_us_per_row"] > 0 and stream["server_cpu_us_per_row"] > 0
+    assert stream["rows"] > 0 and stream["server_cpu_us_per_row"] > 0
+    assert (
+        stream["redis_cpu_us_per_row"] >= 0
+    )  # read from /proc (None would fail): 10 ms ticks, a quick run may spend less
     assert stream["us_per_row"]["producer: XADDs (pipelined), payloads, round trips, request events"] > 0
     assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
     assert results["client_profile"]["client_cpu_us_per_row"] > 0
