@@ -10,7 +10,8 @@
 4. Levers: CopyEngineer with one option changed at a time (lz4, WAL compression, synchronous_commit,
    checkpoints, COPY batch size, flushing connections).
 5. Client profile: where the load generator's own CPU goes per row on the COPY path.
-6. Profiles: our client's CPU per row of every SQL strategy, in-process, with its breakdown.
+6. Profiles: our client's CPU per row of every strategy, in-process, with its breakdown; for the stream, Redis's
+   own CPU per row and PostgreSQL's beside it.
 Every figure is the median of `--repetitions` runs, reported with its spread (min-max).
 """
 
@@ -33,6 +34,7 @@ from pathlib import Path
 import gevent
 import orjson
 import psycopg
+import redis
 from faker import Faker
 from locust.event import Events
 from locust.stats import RequestStats
@@ -40,11 +42,11 @@ from locust.stats import RequestStats
 from firehose.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.headless import REPO, run_headless
 from firehose.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
-from firehose.server_cost import ServerCost
+from firehose.server_cost import ServerCost, process_cpu_s
 from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
 from services.postgres import EmbeddedPostgres, redact
 from services.redis_server import LocalRedis
-from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, engineer_seed
+from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, TraceRows, engineer_seed
 from telemetry.layout import TABLES, copy_statement, parse_row
 from telemetry.pools import Pools
 from writers.base import Writer
@@ -53,6 +55,8 @@ from writers.copy import BATCH_SIZE as BATCH
 from writers.copy import CopyWriter, copy_rows
 from writers.naive import NaiveWriter
 from writers.pooled import PooledWriter
+from writers.stream import BATCH_SIZE as STREAM_BATCH
+from writers.stream import ROWS_PER_ENTRY, StreamWriter
 
 BENCH_SEED = 20261125
 ANCHOR_US = 1_764_000_000_000_000
@@ -67,6 +71,9 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "StreamEngineer": ("CopyEngineer", "copy engineer"),
 }
 """Each strategy's C-client reference (firehose.references) and its kind."""
+STREAM_PROFILE_TRACES = 20
+"""Traces per engineer in the stream's profile (50 engineers: ~19,000 rows): the SQL profiles' 4 would fill
+fewer than one consumer batch of 5,000 rows, and a profile of one batch would not show the path's steady state."""
 GOALS = {"NaiveEngineer": 0.80, "BatchedEngineer": 0.85, "PooledEngineer": 0.85, "CopyEngineer": 0.85,
          "StreamEngineer": 0.80}  # fmt: skip
 """Ours / reference that each strategy must reach (issue 12)."""
@@ -123,6 +130,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PARTS,
         default=None,
         help="Measure only this part (repeatable; default: all). E.g. --only end_to_end to compare two builds.",
+    )
+    parser.add_argument(
+        "--strategy",
+        action="append",
+        choices=STRATEGIES,
+        default=None,
+        help="In the strategies part, run only this strategy and its reference (repeatable; default: all). "
+        "StreamEngineer brings CopyEngineer, its reference.",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
 
@@ -242,11 +257,12 @@ class Bench:
         """Each strategy and its C-client reference, back to back in each repetition, each into emptied
         tables, with the server's counters sampled around every run."""
         seconds = int(parse_seconds(self.args.strategy_duration))
+        names = picked_strategies(self.args.strategy)
         rows = representative_rows(pools, BENCH_SEED)
-        ours = {name: Figure() for name in STRATEGIES}
-        reference = {name: Figure() for name in STRATEGIES}
-        costs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "reference": []} for name in STRATEGIES}
-        checks: dict[str, list[dict]] = {name: [] for name in STRATEGIES}
+        ours = {name: Figure() for name in names}
+        reference = {name: Figure() for name in names}
+        costs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "reference": []} for name in names}
+        checks: dict[str, list[dict]] = {name: [] for name in names}
         cost = ServerCost(self.dsn)
         bouncer, redis_server = PgBouncer(self.dsn), LocalRedis()
         services = ["--pgbouncer-dsn", bouncer.start(), "--redis-url", redis_server.start()]
@@ -255,10 +271,10 @@ class Bench:
             files, copy_rows_total = write_copy_files(Path(scratch), pools, engineers, self.traces)
             try:
                 for _ in range(self.args.repetitions):
-                    for name in STRATEGIES:
+                    for name in names:
                         lingering = DEFAULT_POOL_SIZE if name == "PooledEngineer" else 0
                         self.fresh_tables()
-                        before = cost.sample()
+                        before, redis_before = cost.sample(), process_cpu_s(redis_server.pid)
                         result = run_headless(
                             name, self.args.strategy_users, pg_dsn=self.dsn, run_time=self.args.strategy_duration,
                             extra=["--continuous", "--seed", str(BENCH_SEED), *services],
@@ -270,6 +286,9 @@ class Bench:
                         costs[name]["ours"].append(
                             cost.per_row(before, cost.sample(before, lingering=lingering), written)
                         )
+                        if name == "StreamEngineer":  # the run's Redis is a server too: its CPU beside PostgreSQL's
+                            redis_cpu = process_cpu_s(redis_server.pid) - redis_before
+                            costs[name]["ours"][-1]["redis_cpu_us_per_row"] = redis_cpu / max(written, 1) * 1e6
                         ours[name].values.append(result.summary["writes"]["rows_per_s"])
                         kind = REFERENCES[name][1]
                         if kind == "copy engineer":
@@ -300,13 +319,15 @@ class Bench:
             "users": self.args.strategy_users,
             "duration": self.args.strategy_duration,
             "rows_per_s": {name: figure.as_dict() for name, figure in ours.items()},
-            "reference": {name: REFERENCES[name][0] for name in STRATEGIES},
-            "connections": {name: CONNECTIONS.get(name) for name in STRATEGIES},
+            "reference": {name: REFERENCES[name][0] for name in names},
+            "connections": {name: CONNECTIONS.get(name) for name in names},
             "reference_rows_per_s": {name: figure.as_dict() for name, figure in reference.items()},
             "reference_rows": checks,
-            "ratio_to_reference": {name: ours[name].median / reference[name].median for name in STRATEGIES},
+            "ratio_to_reference": {name: ours[name].median / reference[name].median for name in names},
             "goal": GOALS,
-            "ratio_to_naive": {name: ours[name].median / ours["NaiveEngineer"].median for name in STRATEGIES},
+            "ratio_to_naive": {
+                name: ours[name].median / ours["NaiveEngineer"].median for name in names if "NaiveEngineer" in names
+            },
             "server_cost": {
                 name: {side: median_costs(runs) for side, runs in sides.items()} for name, sides in costs.items()
             },
@@ -314,9 +335,9 @@ class Bench:
         }
 
     def profiles(self, pools: Pools) -> dict:
-        """Our client's CPU per row of each SQL strategy, in this process, and where it goes."""
+        """Our client's CPU per row of each strategy, in this process, and where it goes."""
         engineers, traces = (50, 4) if not self.args.quick else (4, 2)
-        bouncer = PgBouncer(self.dsn)
+        bouncer, redis_server = PgBouncer(self.dsn), LocalRedis()
         try:
             writers = {
                 "NaiveEngineer": lambda events: NaiveWriter(self.dsn, events),
@@ -324,10 +345,15 @@ class Bench:
                 "PooledEngineer": lambda events: PooledWriter(bouncer.start(), events),
                 "CopyEngineer": lambda events: CopyWriter(self.dsn, events),
             }
-            return {name: profile_writer(self.dsn, make, pools, engineers, traces, values=name != "CopyEngineer")
-                    for name, make in writers.items()}  # fmt: skip
+            profiles = {name: profile_writer(self.dsn, make, pools, engineers, traces, values=name != "CopyEngineer")
+                        for name, make in writers.items()}  # fmt: skip
+            redis_server.start()
+            stream_traces = STREAM_PROFILE_TRACES if not self.args.quick else traces
+            profiles["StreamEngineer"] = profile_stream(self.dsn, redis_server, pools, engineers, stream_traces)
+            return profiles
         finally:
             bouncer.stop()
+            redis_server.stop()
 
     def levers(self, baseline: dict) -> dict:
         lz4 = self.supports_lz4()
@@ -358,6 +384,14 @@ class Bench:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for table in TABLES:
                 conn.execute(f"ALTER TABLE {table} ALTER COLUMN attributes SET COMPRESSION default")
+
+
+def picked_strategies(picked: list[str] | None) -> list[str]:
+    """The strategies to run, in the bench's order: those picked (all by default), and the references they need."""
+    wanted = set(picked or STRATEGIES)
+    if "StreamEngineer" in wanted:
+        wanted.add("CopyEngineer")  # its reference, run in the same repetition
+    return [name for name in STRATEGIES if name in wanted]
 
 
 def profile_client(dsn: str, pools: Pools, engineers: int) -> dict:
@@ -436,13 +470,7 @@ def profile_writer(
     listening to the request events), and its steps timed on their own: composing the rows, turning them
     into values (`values`) or joining and encoding batches, and firing the request events into the stats."""
     empty_tables(dsn)
-    events = Events()
-    stats = RequestStats()
-    events.request.add_listener(
-        lambda request_type, name, response_time, response_length, **_: stats.log_request(
-            request_type, name, response_time, response_length
-        )
-    )
+    events, stats = _listened_events()
     writer = make(events)  # connecting is start-up, not the path: outside the timed part
     ids = EventIds(4)
 
@@ -490,6 +518,118 @@ def profile_writer(
         "client_cpu_share_of_a_core": cpu / wall,
         "us_per_row": {label: seconds / max(rows, 1) * 1e6 for label, seconds in steps.items()},
     }
+
+
+def profile_stream(dsn: str, redis_server: LocalRedis, pools: Pools, engineers: int, traces: int) -> dict:
+    """CPU per row of the stream path in this process (engineers XADDing and the writer's consumers COPYing, as
+    greenlets, Locust's stats listening), on the run's own durable Redis; Redis's CPU (from /proc) and
+    PostgreSQL's per row beside it. Then each step on its own, as `profile_writer` does: the same rows composed,
+    XADDed by a producer-only writer to a stream of their own, read back with XAUTOCLAIM + XREADGROUP in the
+    consumers' batches, joined per table, COPYed (into emptied tables), and acknowledged (XACK + XDEL, one MULTI)."""
+    empty_tables(dsn)
+    events, _ = _listened_events()
+    cost = ServerCost(dsn)
+    writer = StreamWriter(dsn, events, redis_url=redis_server.url, run_id=1)
+    ids = EventIds(5)
+
+    def engineer(ordinal: int) -> None:
+        for rows in EngineerTelemetry(pools, engineer_seed(BENCH_SEED, 0, ordinal), traces=traces).traces(ids):
+            writer.write(rows)
+            gevent.sleep(0)
+
+    server_before, redis_before = cost.sample(), process_cpu_s(redis_server.pid)
+    start_cpu, start_wall = time.process_time(), time.perf_counter()
+    gevent.joinall([gevent.spawn(engineer, ordinal) for ordinal in range(1, engineers + 1)])
+    writer.flush()  # every entry COPYed and acknowledged
+    cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
+    redis_cpu = process_cpu_s(redis_server.pid) - redis_before
+    writer.close()
+    rows = sum(writer.tally.acknowledged.values())
+    server = cost.per_row(server_before, cost.sample(server_before), rows)
+
+    # The steps, each on its own.
+    start = time.process_time()
+    by_engineer = [
+        list(EngineerTelemetry(pools, engineer_seed(BENCH_SEED, 0, ordinal), traces=traces).traces(ids))
+        for ordinal in range(1, engineers + 1)
+    ]
+    compose = time.process_time() - start
+    producer = StreamWriter(dsn, Events(), redis_url=redis_server.url, run_id=2, consumers=0)
+
+    def produce_traces(traces: list[TraceRows]) -> None:
+        for trace in traces:
+            producer.write(trace)
+
+    start = time.process_time()  # as many engineers at once as in the whole path: the senders pipeline their XADDs
+    gevent.joinall([gevent.spawn(produce_traces, traces) for traces in by_engineer])
+    produce = time.process_time() - start
+    client = redis.Redis.from_url(redis_server.url)
+    batches, per_read, consumer = [], max(1, STREAM_BATCH // ROWS_PER_ENTRY), "profile"
+    start = time.process_time()
+    while True:
+        client.xautoclaim(producer.stream, producer.group, consumer, producer.claim_idle_ms, count=per_read)
+        reply = client.xreadgroup(producer.group, consumer, {producer.stream: ">"}, count=per_read)
+        if not reply:
+            break
+        batches.append(reply[0][1])
+    read = time.process_time() - start
+    start = time.process_time()
+    copies = []
+    for entries in batches:
+        for table in TABLES:
+            key = table.encode()
+            data = b"".join(fields[key] for _, fields in entries if fields[key])
+            copies.append((table, data, data.count(b"\n")))
+    join = time.process_time() - start
+    empty_tables(dsn)
+    with psycopg.connect(dsn) as conn:
+        start = time.process_time()
+        for table, data, _ in copies:
+            with conn.transaction():
+                copy_rows(conn, copy_statement(table), data)
+        copy = time.process_time() - start
+    start = time.process_time()
+    for entries in batches:
+        ids_read = [entry_id for entry_id, _ in entries]
+        with client.pipeline(transaction=True) as pipe:
+            for entry_id in ids_read:
+                pipe.xack(producer.stream, producer.group, entry_id)
+            pipe.xdel(producer.stream, *ids_read)
+            pipe.execute()
+    settle = time.process_time() - start
+    producer.close()
+    client.delete(writer.stream, producer.stream)
+    client.close()
+    steps = {
+        "compose rows (telemetry.generator)": compose,
+        "producer: XADDs (pipelined), payloads, round trips, request events": produce,
+        "consumer: XAUTOCLAIM + XREADGROUP, replies parsed": read,
+        "consumer: join COPY text per table": join,
+        "consumer: COPY through psycopg and libpq": copy,
+        "consumer: XACK + XDEL (one MULTI)": settle,
+    }
+    steps["gevent, pools, delivery loop, tallies (the rest)"] = max(cpu - sum(steps.values()), 0.0)
+    return {
+        "rows": rows,
+        "rows_per_s": rows / wall,
+        "client_cpu_us_per_row": cpu / max(rows, 1) * 1e6,
+        "client_cpu_share_of_a_core": cpu / wall,
+        "us_per_row": {label: seconds / max(rows, 1) * 1e6 for label, seconds in steps.items()},
+        "redis_cpu_us_per_row": redis_cpu / max(rows, 1) * 1e6,
+        "server_cpu_us_per_row": server["server_cpu_us_per_row"],
+    }
+
+
+def _listened_events() -> tuple[Events, RequestStats]:
+    """Events whose request events Locust's stats log, as in a run."""
+    events = Events()
+    stats = RequestStats()
+    events.request.add_listener(
+        lambda request_type, name, response_time, response_length, **_: stats.log_request(
+            request_type, name, response_time, response_length
+        )
+    )
+    return events, stats
 
 
 def _progress(line: str) -> None:
@@ -659,6 +799,11 @@ def _strategy_lines(strategies: dict) -> list[str]:
                                 ("commits_per_1k_rows", 1), ("wal_syncs_per_1k_rows", 1))
         ]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if redis_cpu := strategies["server_cost"].get("StreamEngineer", {}).get("ours", {}).get("redis_cpu_us_per_row"):
+        lines += [
+            "",
+            f"StreamEngineer's Redis (append-only file, fsynced per write) spent {redis_cpu:.1f} us of CPU per row.",
+        ]
     return lines
 
 
@@ -676,4 +821,11 @@ def _profile_lines(profile: dict) -> list[str]:
         "|---|---|",
     ]
     lines += [f"| {label} | {us:.1f} |" for label, us in profile["us_per_row"].items()]
+    if "redis_cpu_us_per_row" in profile:
+        lines += [
+            "",
+            f"Beside it, the servers' own CPU per row (user + system time from /proc, same run): Redis "
+            f"{profile['redis_cpu_us_per_row']:.1f} us/row, PostgreSQL {_cost(profile['server_cpu_us_per_row'], 1)} "
+            "us/row.",
+        ]
     return lines

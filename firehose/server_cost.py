@@ -113,13 +113,22 @@ def server_cpu_s(backend_pid: int) -> float | None:
     if stat is None:
         return None  # not on this machine
     postmaster = int(stat[1])
-    parent = _stat(postmaster)
-    if parent is None or Path(f"/proc/{postmaster}/comm").read_text().strip() not in {"postgres", "postmaster"}:
+    postgres = {"postgres", "postmaster"}
+    if _stat(postmaster) is None or Path(f"/proc/{postmaster}/comm").read_text().strip() not in postgres:
         return None
-    # The postmaster's own time and its reaped children's (cutime, cstime), then its living children's.
+    return process_cpu_s(postmaster)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system seconds of a local process, its reaped children and its living children (a postmaster's
+    backends, a redis-server's append-only-file rewrite); None if there is no such process."""
+    parent = _stat(pid)
+    if parent is None:
+        return None
+    # Its own time and its reaped children's (cutime, cstime), then its living children's.
     ticks = sum(int(value) for value in parent[11:15])
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and (child := _stat(int(entry.name))) is not None and int(child[1]) == postmaster:
+        if entry.name.isdigit() and (child := _stat(int(entry.name))) is not None and int(child[1]) == pid:
             ticks += int(child[11]) + int(child[12])
     return ticks / _TICKS
 

@@ -34,8 +34,15 @@ def test_quick_bench_writes_results(dsn, tmp_path):
     for name in names:
         assert strategies["server_cost"][name]["ours"]["wal_bytes_per_row"] > 0
         assert strategies["server_cost"][name]["ours"]["disk_bytes_per_row"] > 0
-    assert set(strategies["client_cpu_us_per_row"]) == names - {"StreamEngineer"}
-    assert set(results["profiles"]) == names - {"StreamEngineer"}
+    assert set(strategies["client_cpu_us_per_row"]) == set(results["profiles"]) == names
+    # The stream's own server, Redis, is measured beside PostgreSQL, in the Locust run and in the profile.
+    assert strategies["server_cost"]["StreamEngineer"]["ours"]["redis_cpu_us_per_row"] > 0
+    stream = results["profiles"]["StreamEngineer"]
+    assert stream["rows"] > 0 and stream["server_cpu_us_per_row"] > 0
+    assert (
+        stream["redis_cpu_us_per_row"] >= 0
+    )  # read from /proc (None would fail): 10 ms ticks, a quick run may spend less
+    assert stream["us_per_row"]["producer: XADDs (pipelined), payloads, round trips, request events"] > 0
     assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
     assert results["client_profile"]["client_cpu_us_per_row"] > 0
     assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0
@@ -46,6 +53,15 @@ def test_quick_bench_writes_results(dsn, tmp_path):
         and "pgbench naive, -M prepared" in markdown
         and "server CPU us/row" in markdown
     )
+
+
+def test_strategy_picks_the_strategies_run_with_the_references_they_need(dsn, tmp_path):
+    args = ["bench", "--quick", "--only", "strategies", "--strategy", "StreamEngineer"]
+    assert main([*args, "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
+    [json_path] = tmp_path.glob("*.json")
+    strategies = json.loads(json_path.read_text())["strategies"]
+    assert set(strategies["rows_per_s"]) == {"CopyEngineer", "StreamEngineer"}  # CopyEngineer: the stream's reference
+    assert strategies["ratio_to_reference"]["StreamEngineer"] > 0
 
 
 def test_only_measures_the_parts_asked_for(dsn, tmp_path):

@@ -112,6 +112,29 @@ def test_rows_in_equal_rows_acknowledged(dsn, redis_url, client, pools):
     assert sum(r["response_length"] for r in copies) == sum(len("".join(v).encode()) for v in written.values())
 
 
+def test_engineers_writing_at_once_share_pipelined_round_trips(dsn, redis_url, client, pools):
+    """Traces written at once go to Redis several per round trip (SENDERS, PIPELINE_TRACES), one entry each."""
+    events = Events()
+    requests = _requests(events)
+    writer = StreamWriter(dsn, events, redis_url=redis_url, run_id=6, consumers=1)
+    written = {table: [] for table in TABLES}
+    ids = EventIds(22)
+    gevent.joinall(
+        [gevent.spawn(_write, writer, pools, seed, 10, ids, written) for seed in range(20)], raise_error=True
+    )
+    writer.flush()
+    assert writer.tally.acknowledged == writer.tally.received
+    writer.close()
+
+    (group,) = client.xinfo_groups(writer.stream)
+    assert group["entries-read"] == 200  # one entry per trace
+    adds = [r for r in requests if r["request_type"] == "XADD"]
+    assert len(adds) < 200 and all(r["exception"] is None for r in adds)
+    assert sum(r["response_length"] for r in adds) == sum(len("".join(v).encode()) for v in written.values())
+    counts = _counts(dsn)
+    assert all(counts[table] == len(lines) for table, lines in written.items())
+
+
 def test_a_dead_consumers_entries_are_claimed_and_land_once(dsn, redis_url, client, pools):
     producer = StreamWriter(dsn, Events(), redis_url=redis_url, run_id=2, consumers=0)
     written = {table: [] for table in TABLES}

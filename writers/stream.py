@@ -1,8 +1,10 @@
 """Redis Streams strategy: engineers XADD their traces to a stream; a consumer group COPYs them to PostgreSQL.
 
-Producing: each `write` is one XADD of the trace (pipelined with an XLEN that keeps the backlog estimate
-fresh), tallied as received. While the backlog is at `--stream-max-len` entries, `write` blocks its
-engineer (cooperatively) instead of trimming: MAXLEN would silently drop rows.
+Producing: each `write` is one XADD of the trace, tallied as received, and returns once Redis answered it. The
+process's sender greenlets send the XADDs queued by all its engineers in one pipelined round trip (with one XLEN
+that keeps the backlog estimate fresh): a round trip per trace cost the client ~2.5x the CPU per row.
+While the backlog is at `--stream-max-len` entries, `write` blocks its engineer (cooperatively) instead of
+trimming: MAXLEN would silently drop rows.
 
 Consuming: `--stream-consumers` greenlets per writing process, owned by the writer, read batches with
 XREADGROUP, COPY each table's rows in its own transaction, and only then XACK and XDEL the entries (one
@@ -29,7 +31,11 @@ traces = 37.8k rows of ~3 KB, redis-py, one core, pipelined XADD; XREADGROUP of 
 entry and XDEL): one entry per row, 13-18k rows/s produced and 14-16k consumed; per trace per table,
 38-40k and 58-64k; per trace, 31-39k and 90-95k. Redis memory is the same for all (~3.3 KB a row: the
 payload dominates), so the coarsest entry wins: the client's CPU per command is what a row pays for.
-"""
+
+Cost per row (`firehose bench` stream profile: 50 engineers, ~19k rows, the run's durable Redis, 2 cores): our
+client 33-35 us (producer 9.4, XREADGROUP 3.2-3.6 with hiredis's parser, COPY text join 4.4, COPY 2.6, XACK +
+XDEL 0.8), Redis 11 us in a Locust run (19-27 with its default AOF rewrites), PostgreSQL ~95-105 us; one XADD
+round trip per trace and pure-Python replies cost our client 55-58 us. README, Performance, has the A/B."""
 
 from __future__ import annotations
 
@@ -44,8 +50,9 @@ from typing import TypeVar
 import gevent
 import psycopg
 import redis
+from gevent.event import AsyncResult
 from gevent.lock import Semaphore
-from gevent.pool import Group
+from gevent.queue import Empty, Queue
 from locust.event import Events
 from psycopg_pool import ConnectionPool
 
@@ -75,8 +82,14 @@ one that was only slow loses nothing to a claim either: the claimer's de-duplica
 BLOCK_MS = 250
 """XREADGROUP waits this long for entries: bounds how long `close` waits for consumers to notice it."""
 REDIS_CONNECTIONS = 64
-"""Redis connections per process. Engineers beyond this wait for one instead of each opening its own:
-the client's CPU, not Redis, limits a process (one XADD per trace costs ~0.5 ms of Python)."""
+"""Redis connections per process, a bound: the senders, the consumers and the engineer polling for room use one each."""
+SENDERS = 8
+"""Greenlets per process sending queued XADDs: while some wait for Redis's fsync, others send. 2 senders of up to
+50 XADDs made each round trip long and the stream run nearly empty (StreamEngineer 0.55 of CopyEngineer; 8 x 10:
+0.68, README "Performance")."""
+PIPELINE_TRACES = 10
+"""XADDs (one trace each, ~57 KB) a sender pipelines in one round trip at most. Measured here, 1,000 traces
+from one greenlet: one XADD per round trip 25.6 us of client CPU per row, 10 per round trip 13.0, 50 9.9."""
 ROOM_POLL_S = 0.05
 """While the stream is full, one engineer polls XLEN this often: a consumer frees a batch every ~0.3 s."""
 ERROR_BACKOFF_S = 1.0
@@ -134,7 +147,9 @@ class StreamWriter(Writer):
         self._in_flight = 0
         self._added = 0
         self._last_id: tuple[int, int] | None = None
-        self._adding = Group()
+        self._outbox: Queue = Queue()
+        """Traces waiting for a sender: (payload, rows, the engineer's AsyncResult); None stops a sender."""
+        self._senders = [gevent.spawn(self._send_forever) for _ in range(SENDERS)]
         self._polling = Semaphore()
         self._stopping = False
         self._closing = False
@@ -208,14 +223,22 @@ class StreamWriter(Writer):
                 self.fail(error)
                 return
             self._in_flight += 1  # before yielding: the next engineer must see this room as taken
-            # A greenlet of its own: when Locust kills the engineer mid-XADD, the XADD and its tally still complete.
-            self._adding.spawn(self._add, rows).get()
+            payload = {
+                table: "".join(lines).encode("utf-8", "surrogatepass") for table, lines in rows.by_table()
+            }  # see CopyWriter.send
+            payload[HANDED_AT] = b"%.6f" % time.time()  # for the consumer's freshness figure
+            # Received before sending: if the reply is lost the entry may still have landed, and be counted.
+            self.tally.receive(rows)
+            # A sender XADDs it: when Locust kills the engineer while it waits, the XADD and its tally still complete.
+            added = AsyncResult()
+            self._outbox.put((payload, rows, added))
+            added.get()
         finally:
             self._writes -= 1
 
     def flush(self) -> None:
         """Return once every entry this writer added has been committed and acknowledged, by any consumer."""
-        self._adding.join()
+        self._wait_until(lambda: self._in_flight == 0, "this writer's XADDs")
         if self._last_id is not None and not self._given_up():
             last = "%d-%d" % self._last_id
             self._wait_until(lambda: not self._redis.xrange(self.stream, "-", last, count=1), "this writer's entries")
@@ -230,7 +253,9 @@ class StreamWriter(Writer):
         """
         self._closing = True
         self._wait_until(lambda: self._writes == 0, "the writes under way")
-        self._adding.join()
+        for _ in self._senders:
+            self._outbox.put(None)
+        gevent.joinall(self._senders)
         self._wait_until(lambda: self._given_up() or self._redis.xlen(self.stream) == 0, self.stream)
         self._stopping = True
         gevent.joinall(self._consumers)
@@ -314,37 +339,57 @@ class StreamWriter(Writer):
                     if self._backlog() >= self.max_len:
                         gevent.sleep(ROOM_POLL_S)
 
-    def _add(self, rows: TraceRows) -> None:
-        payload = {
-            table: "".join(lines).encode("utf-8", "surrogatepass") for table, lines in rows.by_table()
-        }  # see CopyWriter.send
-        size = sum(map(len, payload.values()))
-        payload[HANDED_AT] = b"%.6f" % time.time()  # for the consumer's freshness figure
+    def _send_forever(self) -> None:
+        """XADD the queued traces, up to PIPELINE_TRACES per round trip, until told to stop."""
+        while (first := self._outbox.get()) is not None:
+            batch = [first]
+            while len(batch) < PIPELINE_TRACES:
+                try:
+                    item = self._outbox.get_nowait()
+                except Empty:
+                    break
+                if item is None:  # stop after this batch
+                    self._outbox.put(None)
+                    break
+                batch.append(item)
+            self._add(batch)
+
+    def _add(self, batch: list[tuple[dict, TraceRows, AsyncResult]]) -> None:
+        """XADD a batch of traces in one round trip, and tell each engineer; a trace that did not land is failed."""
+        size = sum(len(value) for payload, _, _ in batch for key, value in payload.items() if key != HANDED_AT)
         added = self._added
-        # Received before sending: if the reply is lost the entry may still have landed, and be counted.
-        self.tally.receive(rows)
 
         def xadd() -> list:
             with self.timed("XADD", self.stream, size), self._redis.pipeline(transaction=False) as pipe:
-                return pipe.xadd(self.stream, payload).xlen(self.stream).execute()
+                for payload, _, _ in batch:
+                    pipe.xadd(self.stream, payload)
+                return pipe.xlen(self.stream).execute()
 
         try:
             # A re-sent XADD may duplicate an entry whose reply a restart cut: its rows are stored once (see above).
-            entry_id, length = self._with_redis(xadd, self.stream)
-        except (redis.RedisError, RedisUnreachable) as error:
-            for table in TABLES:
-                self.tally.failed[table] += len(getattr(rows, table))
+            *entry_ids, length = self._with_redis(xadd, self.stream)
+        except Exception as error:
+            for _, rows, _ in batch:
+                for table in TABLES:
+                    self.tally.failed[table] += len(getattr(rows, table))
             if isinstance(error, RedisUnreachable):
                 self.fail(error)
-                return
-            raise
+            for _, _, done in batch:
+                if isinstance(error, RedisUnreachable):  # Redis gone: the run stops (fail above)
+                    done.set(None)
+                else:  # any other error is raised to the engineer, as Locust reports it
+                    done.set_exception(error)
+            return
         finally:
-            self._in_flight -= 1
+            self._in_flight -= len(batch)
         # `length` may miss own XADDs that completed meanwhile on other connections: count them back in.
         self._length = length + self._added - added
-        self._added += 1
-        ms, seq = entry_id.split(b"-")
-        self._last_id = max(self._last_id or (0, 0), (int(ms), int(seq)))
+        self._added += len(batch)
+        for entry_id in entry_ids:
+            ms, seq = entry_id.split(b"-")
+            self._last_id = max(self._last_id or (0, 0), (int(ms), int(seq)))
+        for _, _, done in batch:
+            done.set(None)
 
     def _wait_until(self, done: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
