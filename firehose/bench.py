@@ -510,14 +510,7 @@ def profile_writer(
         "COPY text to values (parse_row)" if values else "join + encode batches": convert,
         f"Locust request events ({requests / max(rows, 1):.3f} per row)": fire,
     }
-    steps["driver, pool, delivery loop, gevent (the rest)"] = max(cpu - sum(steps.values()), 0.0)
-    return {
-        "rows": rows,
-        "rows_per_s": rows / wall,
-        "client_cpu_us_per_row": cpu / max(rows, 1) * 1e6,
-        "client_cpu_share_of_a_core": cpu / wall,
-        "us_per_row": {label: seconds / max(rows, 1) * 1e6 for label, seconds in steps.items()},
-    }
+    return per_row_profile(rows, wall, cpu, steps, "driver, pool, delivery loop, gevent (the rest)")
 
 
 def profile_stream(dsn: str, redis_server: LocalRedis, pools: Pools, engineers: int, traces: int) -> dict:
@@ -608,15 +601,21 @@ def profile_stream(dsn: str, redis_server: LocalRedis, pools: Pools, engineers: 
         "consumer: COPY through psycopg and libpq": copy,
         "consumer: XACK + XDEL (one MULTI)": settle,
     }
-    steps["gevent, pools, delivery loop, tallies (the rest)"] = max(cpu - sum(steps.values()), 0.0)
+    return per_row_profile(rows, wall, cpu, steps, "gevent, pools, delivery loop, tallies (the rest)") | {
+        "redis_cpu_us_per_row": redis_cpu / max(rows, 1) * 1e6,
+        "server_cpu_us_per_row": server["server_cpu_us_per_row"],
+    }
+
+
+def per_row_profile(rows: int, wall: float, cpu: float, steps: dict[str, float], rest: str) -> dict:
+    """Client CPU per row, and per step: each step timed on its own, `rest` what the whole path spent beyond them."""
+    steps = steps | {rest: max(cpu - sum(steps.values()), 0.0)}
     return {
         "rows": rows,
         "rows_per_s": rows / wall,
         "client_cpu_us_per_row": cpu / max(rows, 1) * 1e6,
         "client_cpu_share_of_a_core": cpu / wall,
         "us_per_row": {label: seconds / max(rows, 1) * 1e6 for label, seconds in steps.items()},
-        "redis_cpu_us_per_row": redis_cpu / max(rows, 1) * 1e6,
-        "server_cpu_us_per_row": server["server_cpu_us_per_row"],
     }
 
 
