@@ -571,13 +571,14 @@ def profile_stream(dsn: str, redis_server: LocalRedis, pools: Pools, engineers: 
     for entries in batches:
         for table in TABLES:
             key = table.encode()
-            data = b"".join(fields[key] for _, fields in entries if fields[key])
-            copies.append((table, data, data.count(b"\n")))
+            parts = [fields[key] for _, fields in entries if fields[key]]
+            sum(part.count(b"\n") for part in parts)  # the consumer counts each entry's rows too (writers.stream)
+            copies.append((table, b"".join(parts)))
     join = time.process_time() - start
     empty_tables(dsn)
     with psycopg.connect(dsn) as conn:
         start = time.process_time()
-        for table, data, _ in copies:
+        for table, data in copies:
             with conn.transaction():
                 copy_rows(conn, copy_statement(table), data)
         copy = time.process_time() - start

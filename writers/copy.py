@@ -33,9 +33,7 @@ class CopyWriter(BufferedWriter):
 
     def send(self, table: str, lines: list[str]) -> None:
         """COPY one batch in its own transaction, retrying lost connections through a deduping path."""
-        # surrogatepass: a lone surrogate reaches the server as the invalid bytes it is, and the server refuses
-        # the batch (counted as failed) instead of the encoder killing the flusher with the batch uncounted.
-        data = "".join(lines).encode("utf-8", "surrogatepass")
+        data = copy_data(lines)
 
         def attempt(conn: psycopg.Connection, retry: bool) -> None:
             if retry:
@@ -44,6 +42,13 @@ class CopyWriter(BufferedWriter):
                 copy_rows(conn, copy_statement(table), data)
 
         self.deliver_rows(table, len(lines), len(data), attempt)
+
+
+def copy_data(lines: list[str]) -> bytes:
+    """COPY text lines as the bytes COPY sends. surrogatepass: a lone surrogate reaches the server as the invalid
+    bytes it is, and the server refuses the batch (counted as failed) instead of the encoder killing the flusher
+    with the batch uncounted."""
+    return "".join(lines).encode("utf-8", "surrogatepass")
 
 
 def copy_rows(conn: psycopg.Connection, statement: str, data: bytes) -> None:

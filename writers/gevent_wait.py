@@ -31,13 +31,11 @@ class GeventConnection(psycopg.Connection):
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         if timeout is not None:  # psycopg's own bounded waits (cancel, notifies): rare, keep its implementation
             return super().wait(gen, interval, timeout)
-        fileno = self.pgconn.socket
+        fileno, hub = self.pgconn.socket, get_hub()
         if fileno != self._watched_fileno:
             self._close_watchers()
-            loop = get_hub().loop
-            self._watchers = {state: loop.io(fileno, events) for state, events in _EVENTS.items()}
+            self._watchers = {state: hub.loop.io(fileno, events) for state, events in _EVENTS.items()}
             self._watched_fileno = fileno
-        hub = get_hub()
         try:
             state = next(gen)
             while True:

@@ -59,7 +59,7 @@ from psycopg_pool import ConnectionPool
 from telemetry.generator import TraceRows
 from telemetry.layout import TABLES, copy_statement
 from writers.base import OnFatal, Writer, WriterContext
-from writers.copy import copy_deduplicated, copy_rows
+from writers.copy import copy_data, copy_deduplicated, copy_rows
 from writers.delivery import Outcome, RetryPolicy, SetupError, open_pool
 
 logger = logging.getLogger(__name__)
@@ -223,9 +223,7 @@ class StreamWriter(Writer):
                 self.fail(error)
                 return
             self._in_flight += 1  # before yielding: the next engineer must see this room as taken
-            payload = {
-                table: "".join(lines).encode("utf-8", "surrogatepass") for table, lines in rows.by_table()
-            }  # see CopyWriter.send
+            payload = {table: copy_data(lines) for table, lines in rows.by_table()}
             payload[HANDED_AT] = b"%.6f" % time.time()  # for the consumer's freshness figure
             # Received before sending: if the reply is lost the entry may still have landed, and be counted.
             self.tally.receive(rows)
@@ -465,7 +463,8 @@ class StreamWriter(Writer):
         were stored (and counted) by the transaction that inserted them.
         """
         data = b"".join(rows for rows, _ in parts)
-        rows = data.count(b"\n")
+        counts = [part.count(b"\n") for part, _ in parts]  # per entry, for freshness; the batch's rows are their sum
+        rows = sum(counts)
         stored = 0
 
         def attempt(conn: psycopg.Connection, retry: bool) -> None:
@@ -489,9 +488,9 @@ class StreamWriter(Writer):
         elif delivery.outcome is Outcome.COMMITTED and stored:
             self.tally.acknowledge(table, stored, len(data) * stored // rows)
             if stored == rows:
-                for part, handed_at in parts:
+                for (_, handed_at), count in zip(parts, counts, strict=True):
                     if handed_at:
-                        self.tally.record_freshness(table, part.count(b"\n"), float(handed_at))
+                        self.tally.record_freshness(table, count, float(handed_at))
             elif handed := [float(handed_at) for _, handed_at in parts if handed_at]:
                 self.tally.record_freshness(table, stored, min(handed))  # which rows were new is not known
         return delivery.outcome
