@@ -8,7 +8,7 @@ With no --pg-dsn (and no PG* variables) an embedded PostgreSQL is started on 127
 
 from locust import events
 
-from firehose import lifecycle
+from firehose.run import lifecycle
 from users import (
     Analyst,
     BatchedEngineer,

@@ -12,12 +12,12 @@ import logging
 import sys
 
 COMMANDS = {
-    "sweep": "firehose.sweep",
-    "bench": "firehose.bench",
-    "optimize": "firehose.optimize",
-    "chaos": "firehose.chaos",
-    "roles": "firehose.roles",
-    "reset": "firehose.reset",
+    "sweep": "firehose.tools.sweep.main",
+    "bench": "firehose.tools.bench.main",
+    "optimize": "firehose.tools.optimize.main",
+    "chaos": "firehose.tools.chaos.main",
+    "roles": "firehose.admin.roles",
+    "reset": "firehose.admin.reset",
 }
 """Subcommand name -> the module that implements it."""
 

@@ -127,6 +127,10 @@ class EngineerProfile:
     """The team in `members`, kept apart so the generator can count model calls per team without parsing."""
 
 
+CATALOGUE_SEED = 0
+"""Pools are a fixed catalogue (same in every process); the run's seed varies what is drawn from them."""
+
+
 @dataclass(frozen=True)
 class Pools:
     """Everything the generator picks from. Build once per process with `Pools.build(seed)`."""

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from services.postgres import EmbeddedPostgres
-from firehose.headless import locust_command, run_bounded
+from firehose.tools.headless import locust_command, run_bounded
 from services.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def dsn(postgres):
 
 
 def run_locust(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """A real headless Locust run of our locustfile, bounded in time (see firehose.headless)."""
+    """A real headless Locust run of our locustfile, bounded in time (see firehose.tools.headless)."""
     processes = 0
     if "--processes" in args:
         at = args.index("--processes")

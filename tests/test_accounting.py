@@ -6,7 +6,7 @@ The end-to-end cases (a worker killed -9, one past --drain-timeout) are in tests
 
 import time
 
-from firehose.summary import RunSummary
+from firehose.run.summary import RunSummary
 from telemetry.counts import GeneratedCounts
 from tests.conftest import validate_summary
 from writers.base import Tally
@@ -29,7 +29,7 @@ def _report(writer_key: int, received: int, acknowledged: int) -> dict:
 
 
 def _dead(writer_key: int, received: int | None, state: str = "missing") -> dict:
-    """What the master's ledger knows of a process with no final report (firehose.worker_ledger)."""
+    """What the master's ledger knows of a process with no final report (firehose.run.worker_ledger)."""
     return {
         "worker": f"firehose worker {writer_key}",
         "worker_index": writer_key,

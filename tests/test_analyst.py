@@ -13,9 +13,9 @@ from hdrh.histogram import HdrHistogram
 from locust.env import Environment
 from locust.event import Events
 
-from firehose.coordinator import open_run
-from firehose.messages import RunStart
-from firehose.process_run import ProcessRun
+from firehose.run.records import open_run
+from firehose.run.messages import RunStart
+from firehose.run.process_run import ProcessRun
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.pools import Pools
 from users.analyst import PERCENTILE_METHOD, Analyst, QueryRunner, merge_reports, parse_weights

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from firehose import preflight
-from firehose.headless import LOCUSTFILE
+from firehose.run import preflight
+from firehose.tools.headless import LOCUSTFILE
 from services.ports import free_port
 from services.postgres import redact
 from tests.conftest import REPO

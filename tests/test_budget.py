@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from firehose import budget
-from firehose.headless import LOCUSTFILE, run_bounded
+from firehose.run import budget
+from firehose.tools.headless import LOCUSTFILE, run_bounded
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres, redact
 from tests.conftest import load_summary, run_locust

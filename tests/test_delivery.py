@@ -21,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import TABLES
 from telemetry.pools import Pools
-from firehose.headless import locust_command, run_bounded
+from firehose.tools.headless import locust_command, run_bounded
 from writers.copy import CopyWriter
 from writers.delivery import ErrorClass, RowsRefused, classify
 from writers.validated import ValidatedCopyWriter

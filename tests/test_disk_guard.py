@@ -5,7 +5,7 @@ import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is i
 
 import pytest
 
-from firehose.disk_guard import floor_bytes, parse_size
+from firehose.run.disk_guard import floor_bytes, parse_size
 from tests.conftest import load_summary, run_locust
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from firehose.headless import locust_command
+from firehose.tools.headless import locust_command
 from services.postgres import EmbeddedPostgres
 from services.ports import free_port
 from tests.conftest import REPO, load_summary

@@ -24,8 +24,8 @@ import pytest
 
 from tests.conftest import load_summary
 
-from firehose.headless import REPO, locust_command, run_bounded
-from firehose.summary import count_in_database
+from firehose.tools.headless import REPO, locust_command, run_bounded
+from firehose.run.summary import count_in_database
 from services.pgbouncer import PgBouncer
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres

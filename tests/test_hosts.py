@@ -25,8 +25,8 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
-from firehose.headless import LOCUSTFILE, run_bounded
-from firehose.reach import loopback_identity, refusal
+from firehose.tools.headless import LOCUSTFILE, run_bounded
+from firehose.run.reach import loopback_identity, refusal
 from services.ports import free_port
 from services.redis_server import LocalRedis
 from services.pgbouncer import PgBouncer

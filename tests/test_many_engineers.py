@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from firehose.headless import locust_command, run_bounded
+from firehose.tools.headless import locust_command, run_bounded
 
 pytestmark = pytest.mark.slow
 

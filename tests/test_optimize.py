@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from firehose.cli import main
-from firehose.optimize import OUR_INDEXES
+from firehose.tools.optimize.main import OUR_INDEXES
 from users.queries import load_queries
 from telemetry.layout import TABLES
 

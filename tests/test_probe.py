@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from firehose.probe import MigrationProbe, merge_probe_reports, render_probe
+from firehose.run.probe import MigrationProbe, merge_probe_reports, render_probe
 from tests.conftest import run_locust
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is i
 
 import pytest
 
-from firehose.references import CLIENTS, run_reference
-from firehose.server_cost import ServerCost
+from firehose.tools.references import CLIENTS, run_reference
+from firehose.tools.server_cost import ServerCost
 from services.pgbouncer import PgBouncer
 from telemetry.pools import Pools
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from firehose import reset
+from firehose.admin import reset
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres
 from tests.conftest import REPO

@@ -59,7 +59,7 @@ def test_pooled_run_starts_and_stops_its_own_pgbouncer(dsn, tmp_path, monkeypatc
 
     Workers build their value pools (~1.7 s) after telling the master they are ready, so they report
     their spawned users after Locust's default 1 s wait; the longer wait below lets the master count
-    their engineers before it judges whether all have finished (firehose.lifecycle._finish_when_idle).
+    their engineers before it judges whether all have finished (firehose.run.lifecycle._finish_when_idle).
     """
     monkeypatch.setenv("LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP", "30")
     summary, requests, result = _run(

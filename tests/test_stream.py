@@ -10,7 +10,7 @@ import pytest
 import redis
 from locust.event import Events
 
-from firehose.endpoints import RunServices
+from firehose.run.endpoints import RunServices
 from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import TABLES, copy_statement

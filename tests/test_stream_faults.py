@@ -25,7 +25,7 @@ import redis
 from locust.event import Events
 
 from tests.conftest import load_summary
-from firehose.headless import REPO, locust_command, run_bounded
+from firehose.tools.headless import REPO, locust_command, run_bounded
 from services.ports import free_port
 from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds

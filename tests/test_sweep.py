@@ -10,14 +10,13 @@ import os
 import pytest
 
 from firehose import cli
-from firehose.sweep import (
-    parse_duration,
+from firehose.tools.sweep.main import (
     parse_user_counts,
     plan_from_args,
     redacted_command,
     scrub_log,
 )
-from firehose.sweep_report import (
+from firehose.tools.sweep.report import (
     Cell,
     SweepResult,
     best_rows_per_s,
@@ -27,13 +26,14 @@ from firehose.sweep_report import (
     render_markdown,
     render_table,
 )
+from telemetry.durations import parse_duration
 from tests.conftest import validate_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _summary(rows_per_s: float, lost: int = 0, duplicates: int = 0) -> dict:
-    """The parts of a run's summary (firehose.summary.RunSummary.as_dict) that a sweep reads."""
+    """The parts of a run's summary (firehose.run.summary.RunSummary.as_dict) that a sweep reads."""
     return {
         "run": {"run_id": 1, "seed": 7, "database": "host=db", "elapsed_s": 10.0},
         "events": {
@@ -191,7 +191,7 @@ def test_arguments_after_double_dash_go_to_locust():
 
 
 def test_a_sweep_never_shrinks_pools():
-    """A shrunk pool is another strategy: a cell past max_connections is refused, never shrunk (firehose.budget)."""
+    """A shrunk pool is another strategy: a cell past max_connections is refused, never shrunk (firehose.run.budget)."""
     args = cli.build_parser().parse_args(["sweep", "--strategies", "CopyEngineer", "--", "--shrink-pools"])
     with pytest.raises(ValueError, match="--shrink-pools has no place in a sweep: a shrunk pool is another strategy"):
         plan_from_args(args)

@@ -15,7 +15,7 @@ import tempfile
 import psycopg
 import pytest
 
-from firehose.headless import LOCUSTFILE, run_bounded
+from firehose.tools.headless import LOCUSTFILE, run_bounded
 from services.ports import free_port
 from tests.conftest import REPO, load_summary
 

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from firehose.headless import LOCUSTFILE, locust_command
+from firehose.tools.headless import LOCUSTFILE, locust_command
 from services.ports import free_port
 from telemetry.layout import TABLES
 from tests.conftest import REPO, load_summary

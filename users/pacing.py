@@ -35,7 +35,7 @@ PERCENTILE_METHOD = "HdrHistogram (3 significant digits) of each trace's lag, me
 
 
 class Run(Protocol):
-    """What pacing needs of the run's per-process side (firehose.process_run.ProcessRun)."""
+    """What pacing needs of the run's per-process side (firehose.run.process_run.ProcessRun)."""
 
     anchor_us: int
     options: argparse.Namespace

@@ -185,7 +185,7 @@ class Writer(ABC):
     @classmethod
     def pool_option(cls) -> str | None:
         """The option (its dest) that gives the PostgreSQL connections this strategy opens per process; None when
-        it opens none directly (through pgBouncer, whose server pool is counted instead: firehose.budget)."""
+        it opens none directly (through pgBouncer, whose server pool is counted instead: firehose.run.budget)."""
         return None
 
     @classmethod

@@ -46,7 +46,7 @@ ROUND_TRIP_METHOD = (
 
 
 def process_snapshot(run, *, encode: bool) -> dict:
-    """One writing process's counters now (`run`: a firehose.process_run.ProcessRun)."""
+    """One writing process's counters now (`run`: a firehose.run.process_run.ProcessRun)."""
     writers = {}
     for writer in run.writers():
         tally = writer.tally

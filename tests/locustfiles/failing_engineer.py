@@ -2,7 +2,7 @@
 
 from locust import events
 
-from firehose import lifecycle
+from firehose.run import lifecycle
 from telemetry.generator import TraceRows
 from users import CopyEngineer
 

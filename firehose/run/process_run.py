@@ -28,32 +28,20 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 from psycopg.conninfo import make_conninfo
 
-from firehose.endpoints import given_addresses
-from firehose.messages import DRAIN, DRAINED, ENGINEERS, FATAL, FIGURES, RUN_START, WRITER_KEY, RunStart
-from firehose.preflight import CONNECT_TIMEOUT_S, cannot_connect
-from firehose.reach import refusal
+from firehose.run.endpoints import given_addresses
+from firehose.run.messages import DRAIN, DRAINED, ENGINEERS, FATAL, FIGURES, RUN_START, WRITER_KEY, RunStart
+from firehose.run.preflight import cannot_connect
+from firehose.run.reach import refusal
+from firehose.run.records import register_writer_key
 from telemetry.counts import GeneratedCounts
 from telemetry.durations import parse_duration
 from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
-from telemetry.pools import Pools
+from telemetry.pools import CATALOGUE_SEED, Pools
 from writers.base import OnFatal, Writer, WriterContext
 
 logger = logging.getLogger("firehose")
 
-POOL_SEED = 0
-"""Pools are a fixed catalogue (same in every process); the run's seed varies what is drawn from them."""
-
 T = TypeVar("T")
-
-
-def register_writer_key(conninfo: str, run_id: int) -> int:
-    """A new writer key of `run_id`: its row records the address and name of the connection that drew it."""
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-        return conn.execute(
-            "INSERT INTO firehose_writer_keys (writer_key, run_id)"
-            " VALUES (nextval('firehose_writer_key'), %s) RETURNING writer_key",
-            [run_id],
-        ).fetchone()[0]
 
 
 class ProcessRun:
@@ -190,7 +178,7 @@ class WritingProcess:
         self.run_start: RunStart | None = None
         # ~1.5 s of CPU: in a real thread, so this process's greenlets (heartbeats to the master among
         # them) keep running; test start waits for it.
-        self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.build, POOL_SEED)
+        self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.build, CATALOGUE_SEED)
         if self.is_worker:
             environment.runner.register_message(RUN_START, self._on_run_start)
             environment.runner.register_message(DRAIN, self._on_drain_request, concurrent=True)

@@ -15,8 +15,12 @@ from typing import IO
 
 from services.ports import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "locustfile.py"
+RUN_OVERHEAD_S = 180
+"""Time a tool's run (a sweep cell, a chaos phase) may take beyond its duration: Locust's start and value pools
+(~5 s here), then the drain of buffered batches and the reconciliation count. Generous, because a run that outlives
+it is killed and marked."""
 
 
 @dataclass

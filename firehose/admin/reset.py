@@ -18,15 +18,12 @@ from pathlib import Path
 
 import psycopg
 
-from firehose.disk_guard import pretty
+from firehose.run.disk_guard import directory_size, pretty
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres, default_data_dir
 
 logger = logging.getLogger("firehose")
 
-LARGE_DATA_DIR = 2 * 1024**3
-"""Size of the embedded data directory past which a run says so, with the command that empties it: a few bursts
-leave this much (a row costs ~2.6 KB on disk, ~2.5 KB of WAL)."""
 TABLES = ("spans", "metrics", "logs", "quarantine", "firehose_writer_keys", "firehose_runs")
 """What runs leave behind: the telemetry, the quarantine, and the runs' bookkeeping."""
 
@@ -44,18 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def directory_size(path: Path) -> int:
-    """Bytes of the files under `path` (WAL included)."""
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:  # a running server removes WAL and temporary files as we walk
-                continue
-    return total
-
-
 def running_pid(data_dir: Path) -> int | None:
     """The pid of the server running on `data_dir`, if its postmaster.pid names a live process."""
     try:
@@ -69,24 +54,6 @@ def running_pid(data_dir: Path) -> int | None:
     except PermissionError:
         pass  # alive, another user's
     return pid
-
-
-def reset_command(data_dir: Path) -> str:
-    """The command that empties this data directory, as a user types it."""
-    default = data_dir == default_data_dir()
-    return "firehose reset" + ("" if default else f" --embedded-data-dir {data_dir}")
-
-
-def warn_if_large(data_dir: Path, threshold: int = LARGE_DATA_DIR) -> None:
-    """Log the data directory's size, with the command that empties it, when it passes `threshold` bytes."""
-    size = directory_size(data_dir)
-    if size > threshold:
-        logger.warning(
-            "the embedded PostgreSQL's data in %s takes %s: `%s` empties it (`--remove` deletes it)",
-            data_dir,
-            pretty(size),
-            reset_command(data_dir),
-        )
 
 
 def empty(data_dir: Path) -> None:

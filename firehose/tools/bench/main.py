@@ -3,9 +3,9 @@
 1. Generator: events/s on one core, next to a dict-plus-orjson build and Faker per event.
 2. End to end: CopyEngineer through Locust (headless) vs raw `psql \\copy` of the same rows, pre-written
    to files, with 2 parallel connections, into the same freshly truncated tables, back to back.
-3. Strategies: each engineer class against its C-client reference (firehose.references: pgbench running
+3. Strategies: each engineer class against its C-client reference (firehose.tools.references: pgbench running
    the same statements, or `psql \\copy`), in the same run, with the same connection counts: ours, the
-   C client's, the ratio and its goal, and what each costs the server per row (firehose.server_cost).
+   C client's, the ratio and its goal, and what each costs the server per row (firehose.tools.server_cost).
    StreamEngineer's reference is CopyEngineer of the same repetition.
 4. Levers: CopyEngineer with one option changed at a time (lz4, WAL compression, synchronous_commit,
    checkpoints, COPY batch size, flushing connections).
@@ -39,13 +39,14 @@ from faker import Faker
 from locust.event import Events
 from locust.stats import RequestStats
 
-from firehose.database import add_empty_arguments, empty_tables, refusal_to_empty
-from firehose.headless import REPO, run_headless
-from firehose.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
-from firehose.server_cost import ServerCost, process_cpu_s
+from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
+from firehose.tools.headless import REPO, run_headless
+from firehose.tools.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
+from firehose.tools.server_cost import ServerCost, process_cpu_s
 from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
 from services.postgres import EmbeddedPostgres, redact
 from services.redis_server import LocalRedis
+from telemetry.durations import parse_duration
 from telemetry.generator import TRACES_PER_ENGINEER, EngineerTelemetry, EventIds, TraceRows, engineer_seed
 from telemetry.layout import TABLES, copy_statement, parse_row
 from telemetry.pools import Pools
@@ -70,7 +71,7 @@ REFERENCES: dict[str, tuple[str, str]] = {
     "CopyEngineer": ("psql \\copy", "copy"),
     "StreamEngineer": ("CopyEngineer", "copy engineer"),
 }
-"""Each strategy's C-client reference (firehose.references) and its kind."""
+"""Each strategy's C-client reference (firehose.tools.references) and its kind."""
 STREAM_PROFILE_TRACES = 20
 """Traces per engineer in the stream's profile (50 engineers: ~19,000 rows): the SQL profiles' 4 would fill
 fewer than one consumer batch of 5,000 rows, and a profile of one batch would not show the path's steady state."""
@@ -256,7 +257,7 @@ class Bench:
     def strategies(self, pools: Pools) -> dict:
         """Each strategy and its C-client reference, back to back in each repetition, each into emptied
         tables, with the server's counters sampled around every run."""
-        seconds = int(parse_seconds(self.args.strategy_duration))
+        seconds = int(parse_duration(self.args.strategy_duration))
         names = picked_strategies(self.args.strategy)
         rows = representative_rows(pools, BENCH_SEED)
         ours = {name: Figure() for name in names}
@@ -651,12 +652,6 @@ def count_all(dsn: str) -> int:
     """Rows in the telemetry tables (a raw \\copy into emptied tables wrote all of them)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES)
-
-
-def parse_seconds(text: str) -> float:
-    """Seconds of a Locust run time such as `20s` or `1m`."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
 
 
 def time_generator(pools: Pools, engineers: int) -> tuple[int, float, float]:

@@ -21,7 +21,7 @@ import sys
 import psycopg
 from psycopg import sql
 
-from firehose.endpoints import given_addresses
+from firehose.run.endpoints import given_addresses
 from services.postgres import apply_schema, redact
 from telemetry.layout import TABLES
 

@@ -10,7 +10,7 @@ On one PostgreSQL, twice, from the same starting point:
    the prefill's counts plus the run's `generated_counts` (only meaningful with lost = 0 and nothing quarantined).
 Prints and writes (results/chaos-<timestamp>/chaos.md, chaos.json): rows/s alone and with analysts, the retention
 ratio, queries served per second of writing, per query count, during_writes and p50/p95/p99 ms (HDR), each
-check, table sizes before and after, who used the CPU (firehose.cpu_usage), the machine's cores, and the
+check, table sizes before and after, who used the CPU (firehose.tools.cpu_usage), the machine's cores, and the
 reference's figures beside ours. Exit 1 when a check fails, a run failed, or rows were lost.
 """
 
@@ -28,20 +28,20 @@ import psycopg
 from locust.event import Events
 from psycopg.rows import dict_row
 
-from firehose.chaos_report import render_markdown
-from firehose.cpu_usage import CpuUsage
-from firehose.database import add_target_arguments, empty_tables, refusal_to_empty
-from firehose.dataset import own_ids
-from firehose.endpoints import FLAGS, RunServices, given_addresses
-from firehose.headless import run_headless
-from firehose.process_run import POOL_SEED
-from firehose.sweep import CELL_OVERHEAD_S, machine_info, parse_duration, resolve_strategies
+from firehose.run.endpoints import FLAGS, RunServices, given_addresses
+from firehose.strategies import resolve_strategies
+from firehose.tools.chaos.report import render_markdown
+from firehose.tools.cpu_usage import CpuUsage
+from firehose.tools.database import add_target_arguments, empty_tables, refusal_to_empty
+from firehose.tools.dataset import own_ids
+from firehose.tools.headless import RUN_OVERHEAD_S, run_headless
+from firehose.tools.machine import machine_info
 from services.postgres import redact
 from telemetry.counts import GeneratedCounts, merge_counts
-from telemetry.durations import parse_duration as parse_history
+from telemetry.durations import parse_duration
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows, engineer_seed
 from telemetry.layout import TABLES
-from telemetry.pools import Pools
+from telemetry.pools import CATALOGUE_SEED, Pools
 from users.queries import from_epoch_us, latest_error_trace, load_queries, window_parameters
 from writers.copy import CopyWriter
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     """Measure, write the results, print the table; 2 when refused, 1 when a check failed or rows were lost."""
     try:
         parse_duration(args.duration)
-        history_s = parse_history(args.history)
+        history_s = parse_duration(args.history)
         resolve_strategies([args.strategy])
     except ValueError as error:
         sys.stderr.write(f"firehose chaos: {error}\n")
@@ -174,7 +174,7 @@ def run_phase(
             run_time=args.duration,
             processes=args.processes,
             extra=extra,
-            timeout=parse_duration(args.duration) + CELL_OVERHEAD_S,
+            timeout=parse_duration(args.duration) + RUN_OVERHEAD_S,
         )
     finally:
         cpu.stop()
@@ -203,7 +203,7 @@ def run_phase(
 
 def prefill_traces(rows: int, history_s: int, anchor_us: int, ids: EventIds) -> Iterator[TraceRows]:
     """Whole traces of PREFILL_SEED's engineers, one after the other, until at least `rows` rows."""
-    pools = Pools.build(POOL_SEED)
+    pools = Pools.build(CATALOGUE_SEED)
     total, ordinal = 0, 0
     while total < rows:
         ordinal += 1
@@ -219,7 +219,7 @@ def prefill_traces(rows: int, history_s: int, anchor_us: int, ids: EventIds) -> 
 
 def prefill(dsn: str, rows: int, history_s: int, anchor_us: int) -> dict:
     """COPY the prefill into the (emptied) tables; the generator's own counts of what was loaded."""
-    counts = GeneratedCounts(Pools.build(POOL_SEED).topologies)
+    counts = GeneratedCounts(Pools.build(CATALOGUE_SEED).topologies)
     writer = CopyWriter(dsn, Events())
     for trace in prefill_traces(rows, history_s, anchor_us, own_ids(dsn, PREFILL_SEED, "chaos prefill")):
         counts.add(trace.facts)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from firehose.reach import loopback_identity
+from firehose.run.reach import loopback_identity
 
 RUN_START = "firehose:run_start"
 """master -> workers: a `RunStart`."""
@@ -41,7 +41,7 @@ class RunStart:
     """Service name -> address: "postgres" always, plus the services the selected writers declared."""
     loopback: str = field(default_factory=loopback_identity)
     """Whose 127.0.0.1 the addresses mean: the machine and network namespace of the process that made the
-    message, the master (a worker elsewhere refuses such addresses: firehose.reach)."""
+    message, the master (a worker elsewhere refuses such addresses: firehose.run.reach)."""
 
     def as_message(self) -> dict:
         return asdict(self)

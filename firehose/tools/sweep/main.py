@@ -4,10 +4,10 @@ A sweep is the reference benchmark's table: strategies x engineers, rows/s in ea
 real `locust -f locustfile.py <Strategy> --headless --continuous` subprocess that writes for the same
 duration into the same emptied tables of one PostgreSQL (the embedded server, started once, when no
 DSN is given). The services a strategy's writer declares (pgBouncer, Redis) are started once too
-(firehose.endpoints) and handed to each run as options. A cell whose run failed, lost rows or stored
+(firehose.run.endpoints) and handed to each run as options. A cell whose run failed, lost rows or stored
 duplicates is marked, never dropped, and does not count toward a strategy's best or its ratios.
 
-The results (`firehose.sweep_report`) go to the output directory: `sweep.md`, `sweep.csv`, `sweep.json`
+The results (`firehose.tools.sweep.report`) go to the output directory: `sweep.md`, `sweep.csv`, `sweep.json`
 and `sweep.png`, with each cell's summary and log in `cells/`.
 """
 
@@ -17,9 +17,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
-import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,20 +28,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import gevent
-import locust
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-import users as user_package
-from firehose.budget import SHRINK_FLAG
-from firehose.database import add_empty_arguments, empty_tables, refusal_to_empty
-from firehose.endpoints import FLAGS, RunServices, given_addresses
-from firehose.headless import locust_command, run_bounded
-from firehose.references import KIND_OF, run_reference
-from firehose.server_cost import ServerCost
-from firehose.sweep_report import BASELINE, Cell, SweepResult, render_table, write_results
+from firehose.run.budget import SHRINK_FLAG
+from firehose.run.endpoints import FLAGS, RunServices, given_addresses
+from firehose.strategies import available_strategies, resolve_strategies
+from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
+from firehose.tools.headless import RUN_OVERHEAD_S, locust_command, run_bounded
+from firehose.tools.machine import machine_info
+from firehose.tools.references import KIND_OF, run_reference
+from firehose.tools.server_cost import ServerCost
+from firehose.tools.sweep.report import BASELINE, Cell, SweepResult, render_table, write_results
 from services.pgbouncer import DEFAULT_POOL_SIZE
-from services.postgres import EMBEDDED_PORT, redact, server_settings
+from services.postgres import EMBEDDED_PORT, redact
+from telemetry.durations import parse_duration
 from telemetry.pools import Pools
 from users.engineer import Engineer
 
@@ -52,10 +50,6 @@ logger = logging.getLogger("firehose")
 
 DEFAULT_USERS = "10,50,100"
 DEFAULT_DURATION = "20s"
-CELL_OVERHEAD_S = 180
-"""Time a cell may take beyond its duration: Locust's start and value pools (~5 s here), then the drain of
-buffered batches and the reconciliation count. Generous, because a cell that outlives it is killed and
-marked, and its strategy loses that column."""
 """What a cell writes; every cell starts with these empty (runs and writer keys are bookkeeping, kept)."""
 SCALE_STRATEGIES = {"BatchedEngineer": "--batched-pool-size", "PooledEngineer": "--pooled-pool-size"}
 """The connection-scale axis: the batched INSERTs directly, and through pgBouncer, with N client connections."""
@@ -63,18 +57,6 @@ SCALE_USERS = 50
 """Engineers of a connection-scale cell: enough to keep batches coming; the connections are the variable."""
 CONNECTIONS_POLL_S = 0.5
 """How often a cell samples the server's client backends (for `server_connections`)."""
-_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds of a Locust run time: `20s`, `2m`, `1h30m`, or plain seconds."""
-    if text.isdigit():
-        return float(text)
-    match = _DURATION.fullmatch(text.strip())
-    if not text.strip() or match is None:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 20s, 2m, 1h30m)")
-    hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return float(hours * 3600 + minutes * 60 + seconds)
 
 
 def parse_user_counts(text: str) -> list[int]:
@@ -83,16 +65,6 @@ def parse_user_counts(text: str) -> list[int]:
     if not counts or counts[0] < 1:
         raise ValueError(f"user counts must be positive integers: {text!r}")
     return counts
-
-
-def available_strategies() -> dict[str, type[Engineer]]:
-    """The concrete engineer classes of the `users` package, one per write strategy: the baseline first."""
-    found = {
-        name: value
-        for name, value in vars(user_package).items()
-        if isinstance(value, type) and issubclass(value, Engineer) and not value.abstract
-    }
-    return {name: found[name] for name in sorted(found, key=lambda name: (name != BASELINE, name))}
 
 
 @dataclass
@@ -118,7 +90,7 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     """Run every cell, one after the other, on one server; report each as it ends through `progress`."""
     engineers = resolve_strategies(plan.strategies)
     progress = progress or _print_flushed
-    timeout = plan.cell_timeout_s or parse_duration(plan.duration) + CELL_OVERHEAD_S
+    timeout = plan.cell_timeout_s or parse_duration(plan.duration) + RUN_OVERHEAD_S
     (plan.out / "cells").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     services = RunServices(_given(plan), embedded_port=plan.embedded_port)
@@ -179,14 +151,6 @@ def run_references(
             progress(f"reference {kind} ({run.protocol}, {run.clients} connections): {run.rows_per_s:,.0f} rows/s")
     empty_tables(dsn)
     return {strategy: runs[kind] for strategy, kind in kinds.items()}
-
-
-def resolve_strategies(names: list[str]) -> list[type[Engineer]]:
-    """The engineer classes of these names; an unknown name is an error that lists the known ones."""
-    known = available_strategies()
-    if unknown := [name for name in names if name not in known]:
-        raise ValueError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(sorted(known))}")
-    return [known[name] for name in names]
 
 
 def run_cell(
@@ -272,21 +236,6 @@ def scrub_log(log_path: Path, command: list[str]) -> None:
         log_path.write_text(text)
 
 
-def machine_info(dsn: str) -> dict:
-    """Cores, PostgreSQL's version and the server's settings of the reference benchmark, and the software."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]
-        settings = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in server_settings()}
-    return {
-        "cores": os.cpu_count(),
-        "postgres_version": version,
-        "postgres_settings": settings,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "locust": locust.__version__,
-    }
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`firehose sweep`'s options; what follows `--` goes to every Locust run as is."""
     add_empty_arguments(parser)
@@ -309,7 +258,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cell-timeout",
         type=float,
         default=None,
-        help=f"Seconds after which a cell's run is killed and marked (default: duration + {CELL_OVERHEAD_S}).",
+        help=f"Seconds after which a cell's run is killed and marked (default: duration + {RUN_OVERHEAD_S}).",
     )
     parser.add_argument(
         "--connections",

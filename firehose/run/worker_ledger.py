@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from locust.runners import STATE_MISSING, MasterRunner
 
-from firehose.messages import ENGINEERS, FIGURES
+from firehose.run.messages import ENGINEERS, FIGURES
 
 logger = logging.getLogger("firehose")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import psycopg
 from locust import User
 
-from firehose.preflight import Refused
+from firehose.run.preflight import Refused
 from services.pgbouncer import DEFAULT_POOL_SIZE as BOUNCER_SERVER_POOL
 from services.postgres import redact
 from users.analyst import Analyst

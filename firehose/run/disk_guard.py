@@ -22,7 +22,8 @@ import gevent
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from firehose.preflight import Refused
+from firehose.run.preflight import Refused
+from services.postgres import default_data_dir
 
 logger = logging.getLogger("firehose")
 
@@ -108,6 +109,41 @@ def pretty(size: float) -> str:
             return f"{size:,.1f} {unit}" if unit != "B" else f"{size:,.0f} B"
         size /= 1024
     return f"{size:,.1f} TB"
+
+
+LARGE_DATA_DIR = 2 * 1024**3
+"""Size of the embedded data directory past which a run says so, with the command that empties it: a few bursts
+leave this much (a row costs ~2.6 KB on disk, ~2.5 KB of WAL)."""
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of the files under `path` (WAL included)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:  # a running server removes WAL and temporary files as we walk
+                continue
+    return total
+
+
+def reset_command(data_dir: Path) -> str:
+    """The command that empties this data directory, as a user types it."""
+    default = data_dir == default_data_dir()
+    return "firehose reset" + ("" if default else f" --embedded-data-dir {data_dir}")
+
+
+def warn_if_large(data_dir: Path, threshold: int = LARGE_DATA_DIR) -> None:
+    """Log the data directory's size, with the command that empties it, when it passes `threshold` bytes."""
+    size = directory_size(data_dir)
+    if size > threshold:
+        logger.warning(
+            "the embedded PostgreSQL's data in %s takes %s: `%s` empties it (`--remove` deletes it)",
+            data_dir,
+            pretty(size),
+            reset_command(data_dir),
+        )
 
 
 class DiskGuard:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from firehose.headless import REPO
+from firehose.tools.headless import REPO
 from services.postgres import bundled_bin_dir
 from telemetry.generator import EngineerTelemetry, EventIds, engineer_seed
 from telemetry.layout import COLUMNS, NULL, TABLES, parse_row

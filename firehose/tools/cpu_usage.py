@@ -17,7 +17,7 @@ from pathlib import Path
 import gevent
 import psycopg
 
-from firehose.headless import LOCUSTFILE
+from firehose.tools.headless import LOCUSTFILE
 from users.analyst import APPLICATION_NAME
 
 SAMPLE_S = 0.5

@@ -6,7 +6,7 @@
 - end detection: without --continuous, end the run once every engineer has emitted its telemetry.
 - drain protocol: at test stop, ask every worker to commit what it buffered and wait, at most --drain-timeout,
   until every writer key of the run has reported, except those of workers Locust found missing or dropped
-  (firehose.worker_ledger); then count the run's rows per writer key and print the summary, naming every
+  (firehose.run.worker_ledger); then count the run's rows per writer key and print the summary, naming every
   worker that did not report (an INCOMPLETE run, exit code 1).
 - an error of the setup anywhere (`writers.delivery.SetupError`) stops the run with one clear line.
 """
@@ -25,14 +25,15 @@ from locust import User
 from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
 
-from firehose import budget, disk_guard, preflight, reset, tuning
-from firehose.endpoints import RunServices
-from firehose.messages import DRAIN, DRAINED, FATAL, RUN_START, WRITER_KEY, RunStart
-from firehose.process_run import WritingProcess
-from firehose.summary import RunSummary, count_in_database
-from firehose.worker_ledger import WorkerLedger
+from firehose.run import budget, disk_guard, preflight, tuning
+from firehose.run.endpoints import RunServices
+from firehose.run.messages import DRAIN, DRAINED, FATAL, RUN_START, WRITER_KEY, RunStart
+from firehose.run.process_run import WritingProcess
+from firehose.run.records import open_run
+from firehose.run.summary import RunSummary, count_in_database
+from firehose.run.worker_ledger import WorkerLedger
+from firehose.strategies import class_names, writer_classes
 from services.postgres import redact
-from writers.base import Writer
 
 logger = logging.getLogger("firehose")
 
@@ -43,24 +44,6 @@ DRAIN_POLL_S = 0.1
 """How often the master looks for final reports, and for workers gone, while it waits."""
 END_CHECK_S = 0.5
 """How often the end of a fixed-volume run is checked."""
-
-
-def open_run(conninfo: str, seed: int, label: str) -> int:
-    """Record a new run and return its id."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        row = conn.execute("INSERT INTO firehose_runs (seed, label) VALUES (%s, %s) RETURNING run_id", [seed, label])
-        return row.fetchone()[0]
-
-
-def writer_classes(user_classes: list[type[User]]) -> list[type[Writer]]:
-    """The write strategies of these user classes, each once."""
-    found = {user.writer_class for user in user_classes if getattr(user, "writer_class", None) is not None}
-    return sorted(found, key=lambda cls: cls.__name__)
-
-
-def class_names(user_classes: list[type[User]]) -> dict[str, str]:
-    """Writer class name -> the user class that writes through it (the name users pick and read)."""
-    return {user.writer_class.__name__: user.__name__ for user in user_classes if hasattr(user, "writer_class")}
 
 
 class Coordinator:
@@ -101,7 +84,7 @@ class Coordinator:
             environment.runner.register_message(FATAL, self._on_fatal_message)
 
     def _check_and_start_database(self) -> None:
-        """Refuse settings that cannot work (firehose.preflight) before anything starts, then start the database."""
+        """Refuse settings that cannot work (firehose.run.preflight) before anything starts, then start the database."""
         given = self.services.given
         preflight.check_options(self.options)
         disk_guard.check_options(self.options)
@@ -114,11 +97,11 @@ class Coordinator:
         preflight.check_binaries(needed - given.keys())  # only for classes named: the web UI's picker may skip them
         self.services.start_postgres()
         self.connection_budget: dict | None = None
-        """The run's connection budget (firehose.budget): checked here when headless with the classes named, else
+        """The run's connection budget (firehose.run.budget): checked here when headless with the classes named, else
         at each test start."""
         try:
             if self.services.embedded is not None:
-                reset.warn_if_large(self.services.embedded.data_dir)
+                disk_guard.warn_if_large(self.services.embedded.data_dir)
                 with psycopg.connect(self.services.postgres, autocommit=True) as conn:
                     preflight.check_tables(conn)
             if named and self.options.headless:  # the web UI's form may change classes and sizes: checked at start

@@ -1,9 +1,9 @@
 """firehose's side of a Locust run, attached through Locust's events in one place (`register`).
 
 Each process gets a `Firehose` (as `environment.firehose`) with the parts its role needs:
-- the coordinator (firehose.coordinator) on the master or the only process: database, services, the run's
+- the coordinator (firehose.run.coordinator) on the master or the only process: database, services, the run's
   record and start message, end detection, drain protocol, summary;
-- the writing process (firehose.process_run) wherever users run: pools, the process's share of the run.
+- the writing process (firehose.run.process_run) wherever users run: pools, the process's share of the run.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
-from firehose import budget, disk_guard, endpoints, probe, tuning
-from firehose.coordinator import DRAIN_TIMEOUT_S, Coordinator, writer_classes
-from firehose.messages import FATAL
-from firehose.preflight import Refused
-from firehose.process_run import ProcessRun, WritingProcess
 from firehose.report import webui
 from firehose.report.telemetry import attach as attach_telemetry
+from firehose.run import budget, disk_guard, endpoints, probe, tuning
+from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
+from firehose.run.messages import FATAL
+from firehose.run.preflight import Refused
+from firehose.run.process_run import ProcessRun, WritingProcess
+from firehose.strategies import writer_classes
 from telemetry.generator import TRACES_PER_ENGINEER
 from users import pacing
 from writers import delivery
@@ -151,7 +152,7 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())
-        if (coordinator := firehose.coordinator) is not None:
+        if (coordinator := firehose.run.coordinator) is not None:
             events.spawning_complete.add_listener(lambda **_: coordinator.on_spawning_complete())
             events.worker_report.add_listener(
                 lambda client_id, data, **_: coordinator.on_worker_report(client_id, data)

@@ -35,7 +35,7 @@ class Cell:
     command: list[str] = field(default_factory=list)
     """The Locust command line, its DSNs redacted."""
     server_cost: dict | None = None
-    """What the run cost the server per row (firehose.server_cost.ServerCost.per_row)."""
+    """What the run cost the server per row (firehose.tools.server_cost.ServerCost.per_row)."""
     connections: int | None = None
     """Client connections of the writer, for a cell of the connection-scale axis (None: a cell of the grid)."""
     server_connections: int | None = None
@@ -82,7 +82,7 @@ class SweepResult:
     machine: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     references: dict[str, dict] = field(default_factory=dict)
-    """Strategy -> its C-client reference's run (firehose.references), with `server_cost`."""
+    """Strategy -> its C-client reference's run (firehose.tools.references), with `server_cost`."""
 
     @property
     def grid(self) -> list[Cell]:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict
 
-from firehose.endpoints import FLAGS
+from firehose.run.endpoints import FLAGS
 
 SERVICE_NAMES = {
     "postgres": "PostgreSQL",

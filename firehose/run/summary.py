@@ -20,9 +20,9 @@ from pathlib import Path
 
 import psycopg
 
-from firehose.preflight import CONNECT_TIMEOUT_S
-from firehose.probe import merge_probe_reports, render_probe
 from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
+from firehose.run.preflight import CONNECT_TIMEOUT_S
+from firehose.run.probe import merge_probe_reports, render_probe
 from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.layout import TABLES
 from users import pacing
@@ -69,7 +69,7 @@ class RunSummary:
     in_database_by_key: dict[int, dict[str, int]] | None = field(default_factory=dict)
     """Rows in the database per writer key of the run and table; None when it could not be reached to count them."""
     unaccounted: list[dict] = field(default_factory=list)
-    """Writer keys with no final report, with what is known of their workers (firehose.worker_ledger)."""
+    """Writer keys with no final report, with what is known of their workers (firehose.run.worker_ledger)."""
     duplicates: int = 0
     stopped_by: str | None = None
     """The error of the setup that stopped the run, if one did."""

@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 
-from firehose.preflight import Refused
+from firehose.run.preflight import Refused
 from services.pgbouncer import PgBouncer
 from services.postgres import (
     EMBEDDED_PORT,

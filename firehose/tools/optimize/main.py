@@ -26,11 +26,11 @@ from pathlib import Path
 import psycopg
 from locust.event import Events
 
-from firehose.database import add_target_arguments, refusal_to_empty
-from firehose.dataset import Dataset, load, own_ids, recorded, sample
-from firehose.endpoints import RunServices, given_addresses
-from firehose.optimize_report import render_markdown
-from firehose.sweep import machine_info
+from firehose.run.endpoints import RunServices, given_addresses
+from firehose.tools.database import add_target_arguments, refusal_to_empty
+from firehose.tools.dataset import Dataset, load, own_ids, recorded, sample
+from firehose.tools.machine import machine_info
+from firehose.tools.optimize.report import render_markdown
 from services.postgres import REPO
 from telemetry.durations import parse_duration
 from telemetry.layout import TABLES

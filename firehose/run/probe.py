@@ -161,7 +161,7 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f} ms"
 
 
-def _start(run) -> MigrationProbe:  # run: a firehose.process_run.ProcessRun (it imports this module's layer)
+def _start(run) -> MigrationProbe:  # run: a firehose.run.process_run.ProcessRun (it imports this module's layer)
     return MigrationProbe(run.conninfo, run.options.migration_probe, run.options.migration_probe_timeout)
 
 
@@ -176,6 +176,6 @@ def register(events: Events) -> None:
     def _(environment: Environment, **_kwargs) -> None:
         @events.test_start.add_listener
         def _(**_kwargs) -> None:  # after firehose's own: the process's run is open
-            run = environment.firehose.process_run
+            run = environment.firehose.run.process_run
             if run is not None and getattr(run.options, "migration_probe", 0) > 0:
                 run.shared(_start)

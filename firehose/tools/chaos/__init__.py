@@ -1,0 +1,1 @@
+"""`firehose chaos`: writers alone, then writers with analysts, on a prefilled table."""
