@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -132,6 +133,7 @@ def test_the_installed_locust_is_the_pinned_one():
     assert admits(installed) and installed.startswith(f"{LOCUST_SERIES}.")
 
 
+@pytest.mark.slow  # collects the cited test files: their imports take seconds
 def test_every_test_the_docs_cite_exists():
     cited = set(re.findall(r"tests/(test_\w+\.py)(?:::(\w+))?", docs_text()))
     files = sorted({file for file, _ in cited})
@@ -164,7 +166,9 @@ DOCUMENTED = sorted(
 
 
 def test_the_convention_finds_the_readme_commands():
-    assert len(readme_table_commands()) >= 9
+    programs = [" ".join(argv(line)[:2]) for line in readme_table_commands()]
+    assert {"firehose sweep", "firehose bench", "firehose chaos", "firehose optimize"} <= set(programs)
+    assert programs.count("locust -f") >= 3  # a headless run, the web UI, workers
     assert {"make run", "make test"} <= set(readme_quick_start())
 
 
@@ -221,21 +225,25 @@ def tiny(words: list[str], dsn: str, out: Path) -> list[str]:
 def make_recipe(target: str) -> list[str]:
     """The locust command of a make target's recipe, as `make -n` prints it."""
     printed = subprocess.run(["make", "-n", target], cwd=REPO, check=True, capture_output=True, text=True).stdout
-    recipe = printed.replace("\\\n", " ")
-    line = next(line for line in recipe.splitlines() if "bin/locust " in line)
-    words = argv(line)
-    return ["locust", *words[1:]]
+    line = next(line for line in printed.replace("\\\n", " ").splitlines() if "bin/locust " in line)
+    return ["locust", *argv(line)[1:]]
 
 
-RUNNABLE = [line for line in readme_quick_start() if line != "make test"] + readme_table_commands()
+def test_make_run_runs_the_readmes_headless_run():  # so running that line (below) runs make run's recipe
+    parser, _ = locust_parser()
+    recipe = vars(parser.parse_args(make_recipe("run")[1:]))
+    headless = next(line for line in readme_table_commands() if "--headless" in line and "--processes" not in line)
+    documented = vars(parser.parse_args(argv(headless)[1:]))
+    outputs = {"only_summary", "summary_json"}  # where the results go, not what runs
+    assert {k: v for k, v in recipe.items() if k not in outputs} == {
+        k: v for k, v in documented.items() if k not in outputs
+    }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", RUNNABLE)
+@pytest.mark.parametrize("command", readme_table_commands())  # the quick start's make lines: see above
 def test_the_readme_commands_work_with_tiny_sizes(command, docs_dsn, tmp_path):
     words = argv(command)
-    if words == ["make", "run"]:
-        words = make_recipe("run")  # make -n shows the recipe; the recipe itself runs with tiny sizes
     line = tiny(words, docs_dsn, tmp_path)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     if "--headless" in words or words[0] != "locust":
@@ -243,19 +251,29 @@ def test_the_readme_commands_work_with_tiny_sizes(command, docs_dsn, tmp_path):
         assert result.returncode == 0, f"{' '.join(line)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         return
     port = free_port()  # the web UI: it answers, then Ctrl-C ends it cleanly
-    web = subprocess.Popen([*line, "--web-port", str(port)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "webui.log"
+    with log.open("w") as stderr:
+        web = subprocess.Popen([*line, "--web-port", str(port)], cwd=REPO, env=env, stderr=stderr)
     try:
-        for log_line in web.stderr:
-            if "Starting web interface" in log_line:
-                break
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
-            assert page.status == 200 and "locust" in page.read().decode().lower()
+        assert "locust" in page_once_served(f"http://127.0.0.1:{port}/", web).lower(), log.read_text()[-3000:]
     finally:
         web.send_signal(signal.SIGINT)
-        web.communicate(timeout=60)
-    assert web.returncode == 0
+        web.wait(timeout=60)
+    assert web.returncode == 0, log.read_text()[-3000:]
 
 
-def test_make_test_is_a_target():  # the quick start's other command: running the suite inside itself is no test
-    assert "make test" in readme_quick_start()
-    subprocess.run(["make", "-n", "test"], cwd=REPO, check=True, capture_output=True)
+def page_once_served(url: str, server: subprocess.Popen, deadline_s: float = 60) -> str:
+    """The page at `url` as soon as the server answers (it binds a moment after it logs its address)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as page:
+                return page.read().decode()
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)  # polling the observed state: the server's socket
+
+
+def test_the_quick_start_is_make_run_and_make_test():  # checked by make -n (above), make run by its recipe
+    assert readme_quick_start() == ["make run", "make test"]
