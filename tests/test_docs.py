@@ -12,7 +12,6 @@ import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is i
 import argparse
 import importlib
 import importlib.metadata
-import os
 import re
 import shlex
 import signal
@@ -29,6 +28,7 @@ from locust import argument_parser
 from packaging.requirements import Requirement
 
 from firehose import cli
+from firehose.tools.headless import run_bounded
 from services.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,15 +245,16 @@ def test_make_run_runs_the_readmes_headless_run():  # so running that line (belo
 def test_the_readme_commands_work_with_tiny_sizes(command, docs_dsn, tmp_path):
     words = argv(command)
     line = tiny(words, docs_dsn, tmp_path)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     if "--headless" in words or words[0] != "locust":
-        result = subprocess.run(line, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-        assert result.returncode == 0, f"{' '.join(line)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        log = tmp_path / "output.log"
+        with log.open("w") as output:  # its own process group, killed whole (forked workers too) past the bound
+            returncode, timed_out = run_bounded(line, 240, output, subprocess.STDOUT)
+        assert returncode == 0 and not timed_out, f"{' '.join(line)}\n{log.read_text(errors='replace')[-4000:]}"
         return
     port = free_port()  # the web UI: it answers, then Ctrl-C ends it cleanly
     log = tmp_path / "webui.log"
     with log.open("w") as stderr:
-        web = subprocess.Popen([*line, "--web-port", str(port)], cwd=REPO, env=env, stderr=stderr)
+        web = subprocess.Popen([*line, "--web-port", str(port)], cwd=REPO, stderr=stderr)
     try:
         assert "locust" in page_once_served(f"http://127.0.0.1:{port}/", web).lower(), log.read_text()[-3000:]
     finally:
