@@ -278,3 +278,10 @@ def page_once_served(url: str, server: subprocess.Popen, deadline_s: float = 60)
 
 def test_the_quick_start_is_make_run_and_make_test():  # checked by make -n (above), make run by its recipe
     assert readme_quick_start() == ["make run", "make test"]
+
+
+def test_make_clean_removes_what_the_docs_say():
+    printed = subprocess.run(["make", "-n", "clean"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    removed = next(line for line in printed.splitlines() if line.startswith("rm -rf")).split()
+    assert {".venv", "results", ".pytest_cache", ".ruff_cache", ".hypothesis", ".import_linter_cache"} <= set(removed)
+    assert "reset --remove" in printed and 'glob("postgres-*/")' in printed  # bench --pg-bin's data directories too
