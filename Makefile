@@ -77,8 +77,11 @@ services:
 	else echo "pgbouncer, redis-server, chromium or chromium-driver is missing: install them" \
 		"(e.g. sudo apt-get install pgbouncer redis-server chromium chromium-driver)"; exit 1; fi
 
-## clean: remove the embedded PostgreSQL's data (firehose reset --remove; refused while a run uses it), results/
-## and the venv
+## clean: remove the embedded PostgreSQL's data directories (firehose reset --remove, refused while a run uses one:
+## the default one and those bench --pg-bin made beside it), results/, the tools' caches and the venv
 clean:
-	if [ -x $(BIN)/firehose ]; then $(BIN)/firehose reset --remove; fi
-	rm -rf $(VENV) results .pytest_cache .ruff_cache *.egg-info
+	if [ -x $(BIN)/firehose ]; then \
+		$(BIN)/firehose reset --remove && \
+		for dir in $$($(BIN)/python -c 'from services.postgres import default_data_dir as d; print(*d().parent.glob("postgres-*/"))'); do \
+			$(BIN)/firehose reset --remove --embedded-data-dir "$$dir" || exit 1; done; fi
+	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis .import_linter_cache *.egg-info
