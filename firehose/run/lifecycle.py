@@ -86,6 +86,7 @@ class Firehose:
         self.process = None if isinstance(runner, MasterRunner) else WritingProcess(environment, self._on_fatal)
         self.coordinator = None if isinstance(runner, WorkerRunner) else Coordinator(environment, self.process)
         self.telemetry: Telemetry | None = None
+        """The live telemetry, where there is a coordinator."""
         if (coordinator := self.coordinator) is not None:
             self.telemetry = telemetry = Telemetry(environment, self._local_snapshot if self.process else None)
             coordinator.summary_extras["live"] = lambda: telemetry.final_totals(coordinator.reports.values())
@@ -112,7 +113,7 @@ class Firehose:
                 self.process.on_test_start()
         except Exception as error:  # e.g. a service that would not start: one line and the run stops, no traceback
             self._on_fatal(SetupError(f"the run could not start: {one_line(error)}"))
-        if self.telemetry is not None and (run := self.coordinator.run) is not None:
+        if self.coordinator is not None and (run := self.coordinator.run) is not None:
             self.telemetry.begin(run.run_id)
 
     def on_test_stop(self) -> None:
@@ -122,7 +123,7 @@ class Firehose:
             self.process.drain()
             return
         self.coordinator.on_test_stop()
-        if self.telemetry is not None and (summary := self.coordinator.summary) is not None:
+        if (summary := self.coordinator.summary) is not None:
             self.telemetry.show_summary(summary)
 
     def on_spawning_complete(self) -> None:
@@ -141,10 +142,13 @@ class Firehose:
             self.telemetry.absorb(snapshot)
 
     def on_quitting(self) -> None:
-        """The coordinator stops the run's users and services, then the live telemetry writes its files."""
+        """The coordinator stops the run's users and services, then the live telemetry writes its files (also
+        when the first failed, e.g. a lever not restored on a database that is gone)."""
         if self.coordinator is not None:
-            self.coordinator.on_quitting()
-            self.telemetry.on_quitting()
+            try:
+                self.coordinator.on_quitting()
+            finally:
+                self.telemetry.on_quitting()
 
 
 def _interrupt_main_greenlet() -> None:
