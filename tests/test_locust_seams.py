@@ -11,11 +11,13 @@ from locust.argument_parser import get_empty_argument_parser, setup_parser_argum
 
 from firehose.report import webui
 from firehose.run import lifecycle
+from tests.conftest import REPO
 
 SHOWN = {"traces_per_engineer", "analysts", "engineer_rate", "migration_probe", "drain_timeout"}
 """Options of firehose the form shows: top-level ones, and those of argument groups (the analysts', pacing's)."""
 HIDDEN = {"pg_dsn", "analyst_dsn", "redis_url", "pg_setting"}
 """Addresses (they may carry passwords) and a repeatable option (the form breaks it) stay out of the form."""
+PACKAGES = ("firehose", "users", "writers", "telemetry", "services")
 
 
 def test_parser_actions_lists_the_options_of_argument_groups_too():
@@ -41,3 +43,16 @@ def test_locusts_start_form_shows_firehose_options_and_hides_addresses():
         events.init_command_line_parser.remove_listener(declare)
     assert form.keys() >= SHOWN and not HIDDEN & form.keys()
     assert form["analysts"]["default_value"] == 0 and "analysts" in form["analysts"]["help_text"]
+
+
+def test_no_other_code_reads_these_private_attributes():
+    """Acceptance of issue 17: `parser._actions` only in `webui.parser_actions`, and no forced stats report
+    (`runner._send_stats()`): a worker's final figures travel in its own drain report."""
+    sources = [REPO / "locustfile.py", *(path for package in PACKAGES for path in (REPO / package).rglob("*.py"))]
+    readers = {
+        str(path.relative_to(REPO)): text.count("._actions") + text.count("_send_stats")
+        for path in sources
+        if (text := path.read_text())
+    }
+    assert {path: count for path, count in readers.items() if count} == {"firehose/report/webui.py": 1}
+    assert "return list(parser._actions)" in (REPO / "firehose/report/webui.py").read_text()

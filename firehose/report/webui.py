@@ -54,7 +54,7 @@ def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """Every option `parser` holds, those of its argument groups included.
 
     argparse has no public way to list them, and Locust reads the same private list to build its form
-    (`LocustArgumentParser.args_included_in_web_ui`): the one read of `parser._actions` in firehose, checked
+    (`LocustArgumentParser.args_included_in_web_ui`): the one read of that private list in firehose, checked
     against the installed Locust by tests/test_locust_seams.py.
     """
     return list(parser._actions)
