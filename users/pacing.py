@@ -34,28 +34,6 @@ LAG_BOUND_S = 1.0
 PERCENTILE_METHOD = "HdrHistogram (3 significant digits) of each trace's lag, merged across processes"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("open model (pacing)")
-    group.add_argument(
-        "--engineer-rate",
-        type=float,
-        default=0.0,
-        help="Events per second each engineer offers (0: as fast as its writer accepts). The summary reports the "
-        "offered and achieved rates and the p99 lag behind schedule.",
-    )
-    group.add_argument(
-        "--ramp-rate",
-        type=float,
-        default=0.0,
-        help="Add this many events/s per engineer every --ramp-step seconds (from --engineer-rate); the summary "
-        "reports the highest rate whose p99 lag stays under --lag-bound.",
-    )
-    group.add_argument(
-        "--ramp-step", type=float, default=STEP_S, help="Seconds per ramp step (or per interval of lag over time)."
-    )
-    group.add_argument("--lag-bound", type=float, default=LAG_BOUND_S, help="p99 lag (s) a step may have.")
-
-
 @dataclass
 class Step:
     """One step's figures in one process."""
@@ -90,7 +68,25 @@ class Pacing(Part):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
+        group = parser.add_argument_group("open model (pacing)")
+        group.add_argument(
+            "--engineer-rate",
+            type=float,
+            default=0.0,
+            help="Events per second each engineer offers (0: as fast as its writer accepts). The summary reports the "
+            "offered and achieved rates and the p99 lag behind schedule.",
+        )
+        group.add_argument(
+            "--ramp-rate",
+            type=float,
+            default=0.0,
+            help="Add this many events/s per engineer every --ramp-step seconds (from --engineer-rate); the summary "
+            "reports the highest rate whose p99 lag stays under --lag-bound.",
+        )
+        group.add_argument(
+            "--ramp-step", type=float, default=STEP_S, help="Seconds per ramp step (or per interval of lag over time)."
+        )
+        group.add_argument("--lag-bound", type=float, default=LAG_BOUND_S, help="p99 lag (s) a step may have.")
 
     @classmethod
     def for_run(cls, run: Run) -> Pacing:

@@ -30,24 +30,6 @@ LOCK_TIMEOUT_MS = 2_000
 CONNECT_TIMEOUT_S = 10
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--migration-probe",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="Every SECONDS, try a migration's lock (LOCK TABLE ... ACCESS EXCLUSIVE under lock_timeout) on its "
-        "own connection and report connect time, lock wait and failures in the summary. 0 (default): off.",
-    )
-    parser.add_argument(
-        "--migration-probe-timeout",
-        type=int,
-        default=LOCK_TIMEOUT_MS,
-        metavar="MS",
-        help="The probe's lock_timeout in milliseconds (default: %(default)s).",
-    )
-
-
 class MigrationProbe(Part):
     """A greenlet that tries a migration's lock every `interval_s` seconds until `close`."""
 
@@ -65,7 +47,21 @@ class MigrationProbe(Part):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
+        parser.add_argument(
+            "--migration-probe",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="Every SECONDS, try a migration's lock (LOCK TABLE ... ACCESS EXCLUSIVE under lock_timeout) on its "
+            "own connection and report connect time, lock wait and failures in the summary. 0 (default): off.",
+        )
+        parser.add_argument(
+            "--migration-probe-timeout",
+            type=int,
+            default=LOCK_TIMEOUT_MS,
+            metavar="MS",
+            help="The probe's lock_timeout in milliseconds (default: %(default)s).",
+        )
 
     @classmethod
     def for_run(cls, run: Run) -> MigrationProbe:

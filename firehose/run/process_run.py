@@ -85,7 +85,7 @@ class ProcessRun:
         self._report: dict | None = None
         self._draining = Semaphore()
         self._creating = Semaphore()
-        self._sharing = Semaphore()
+        self._building_parts = Semaphore()
         self.ids = EventIds(register_writer_key(self.conninfo, self.run_id))
         for part_class in parts.PARTS:
             if part_class.starts_with_run(options):
@@ -109,7 +109,9 @@ class ProcessRun:
     def part(self, part_class: type[P]) -> P:
         """This process's `part_class` for the run (e.g. the analysts' query runner), built once by
         `part_class.for_run(self)`; `drain` closes it and reports it under its name."""
-        with self._sharing:  # building one may connect, which yields: other greenlets must wait, not build another
+        with (
+            self._building_parts
+        ):  # building one may connect, which yields: other greenlets must wait, not build another
             if part_class not in self._parts:
                 self._parts[part_class] = part_class.for_run(self)
         return self._parts[part_class]  # type: ignore[return-value]
@@ -138,7 +140,7 @@ class ProcessRun:
         self.closing = True
         with self._draining:  # test_stop and the master's drain request may both ask
             if self._report is None:
-                with self._sharing:  # first: readers stop competing with the writers' last batches
+                with self._building_parts:  # first: readers stop competing with the writers' last batches
                     for part in self._parts.values():
                         part.close()
                 for writer in self._writers.values():
