@@ -80,8 +80,8 @@ class MigrationProbe(Part):
             gevent.sleep(self.interval_s)
 
     def try_once(self, table: str) -> None:
-        """One attempt: connect, take the lock under lock_timeout, roll back."""
-        self.attempts += 1
+        """One attempt: connect, take the lock under lock_timeout, roll back. Counted once it has an outcome (the
+        lock, or a failure): one cut short by `close` at the drain is not an attempt."""
         start = time.perf_counter()
         try:
             conn = psycopg.connect(
@@ -96,15 +96,19 @@ class MigrationProbe(Part):
                 conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                 start = time.perf_counter()
                 conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-                self.lock_wait_ms.append((time.perf_counter() - start) * 1000)
+                waited_ms = (time.perf_counter() - start) * 1000
         except psycopg.errors.LockNotAvailable:
             self._fail("lock_timeout")
         except psycopg.Error as error:
             self._fail(f"lock: {error.sqlstate or type(error).__name__}")
+        else:
+            self.attempts += 1
+            self.lock_wait_ms.append(waited_ms)
         finally:
             conn.close()
 
     def _fail(self, kind: str) -> None:
+        self.attempts += 1
         self.failures[kind] = self.failures.get(kind, 0) + 1
 
     def close(self) -> None:
