@@ -1,4 +1,4 @@
-"""Analysts: weights, the per-process QueryRunner shared through ProcessRun, Locust requests per query, and the
+"""Analysts: weights, the per-process QueryRunner (a part of the ProcessRun), Locust requests per query, and the
 HDR-histogram reports merged across processes."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
@@ -31,7 +31,7 @@ OBSERVATION_TIMEOUT_S = 60
 
 def options(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    Analyst.add_arguments(parser)
+    QueryRunner.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -120,14 +120,16 @@ def test_the_runner_is_built_once_per_process_and_closed_at_drain(telemetry):
     run = process_run(telemetry, Events())
     built = []
 
-    def factory(run: ProcessRun) -> QueryRunner:
-        built.append(run)
-        return QueryRunner.for_run(run)  # connecting yields to the other greenlets
+    class CountedRunner(QueryRunner):
+        @classmethod
+        def for_run(cls, run: ProcessRun) -> QueryRunner:
+            built.append(run)
+            return super().for_run(run)  # connecting yields to the other greenlets
 
-    greenlets = [gevent.spawn(run.shared, factory) for _ in range(10)]
+    greenlets = [gevent.spawn(run.part, CountedRunner) for _ in range(10)]
     gevent.joinall(greenlets, raise_error=True)
-    assert len(built) == 1 and {greenlet.value for greenlet in greenlets} == {run.shared(factory)}
-    runner = run.shared(factory)
+    assert len(built) == 1 and {greenlet.value for greenlet in greenlets} == {run.part(CountedRunner)}
+    runner = run.part(CountedRunner)
     assert runner.execute("error_rates") > 0
     run.drain()
     assert runner.execute("error_rates") is None  # the run is over: not run, not counted
@@ -135,13 +137,13 @@ def test_the_runner_is_built_once_per_process_and_closed_at_drain(telemetry):
 
 
 @pytest.mark.slow
-def test_analysts_fire_every_query_as_a_locust_request(telemetry):
+def test_analysts_fire_every_query_as_a_locust_request(telemetry, monkeypatch):
     events = Events()
     fired = []
     events.request.add_listener(lambda **request: fired.append(request))
     run = process_run(telemetry, events, "--analyst-pool-size", "4")
     environment = Environment(user_classes=[Analyst], events=events, parsed_options=run.options)
-    environment.firehose = SimpleNamespace(process_run=run)  # what the lifecycle provides
+    monkeypatch.setattr(Analyst, "process", SimpleNamespace(process_run=run, options=run.options))  # the lifecycle's
     runner = environment.create_local_runner()
     runner.start(8, spawn_rate=100)
     wait_until(lambda: all(environment.stats.get(name, "SQL").num_requests >= 3 for name in NAMES))
@@ -152,7 +154,7 @@ def test_analysts_fire_every_query_as_a_locust_request(telemetry):
     assert [request["exception"] for request in fired if request["exception"]] == []
     assert all(request["request_type"] == "SQL" and request["exception"] is None for request in fired)
     assert all(request["response_length"] > 0 for request in fired)  # the window holds errors, traces, metrics
-    report = run.shared(QueryRunner.for_run).report()
+    report = run.part(QueryRunner).report()
     counted = {name: sum(request["name"] == name for request in fired) for name in NAMES}
     assert {name: part["count"] for name, part in report.items()} == counted
     assert {name: part["rows"] for name, part in report.items()} == {
@@ -165,6 +167,6 @@ def test_analysts_fire_every_query_as_a_locust_request(telemetry):
 @pytest.mark.slow
 def test_weights_steer_the_mix(telemetry):
     run = process_run(telemetry, Events(), "--query-weights", ",".join(f"{name}=0" for name in NAMES[1:]))
-    runner = run.shared(QueryRunner.for_run)
+    runner = run.part(QueryRunner)
     assert {runner.pick() for _ in range(50)} == {NAMES[0]}
     run.drain()

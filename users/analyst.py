@@ -3,8 +3,8 @@
 Each query is one Locust request (`request_type` "SQL", `name` = the query file's stem), so the web UI,
 `--csv` and `--html` show count, failures and percentiles per query. The per-process state, a connection
 pool of the analysts' own (never the writers') and per-query statistics with microsecond HDR histograms
-(Locust rounds response times to ~2 significant digits), is a `QueryRunner`, built once per process through
-the run's `shared`.
+(Locust rounds response times to ~2 significant digits), is a `QueryRunner`: a part of the process's run
+(users.run.Part), built once per process by the first analyst that asks for it.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import gevent
 from hdrh.histogram import HdrHistogram
-from locust import User, task
+from locust import task
 from locust.event import Events
 from locust.exception import StopUser
 from psycopg_pool import PoolClosed
@@ -33,25 +32,8 @@ from users.queries import (
     load_queries,
     window_parameters,
 )
+from users.run import Part, Run, RunUser
 from writers.delivery import open_pool
-
-
-class Run(Protocol):
-    """What an analyst needs of the run's per-process side (firehose.run.process_run.ProcessRun)."""
-
-    conninfo: str
-    addresses: Mapping[str, str]
-    anchor_us: int
-    seed: int
-    process_index: int
-    options: argparse.Namespace
-    events: Events
-    closing: bool
-
-    def rows_acknowledged(self) -> int:
-        """Rows this process's writers have seen committed so far."""
-        ...
-
 
 POOL_SIZE = 8
 """Connections per process: one per query, so 8 analysts (the reference's "8 analytical queries") never wait."""
@@ -93,8 +75,10 @@ class QueryStats:
     )
 
 
-class QueryRunner:
+class QueryRunner(Part):
     """Runs the analysts' queries of one process through a pool of its own, and keeps their statistics."""
+
+    name = "queries"
 
     def __init__(
         self,
@@ -150,7 +134,7 @@ class QueryRunner:
 
     @classmethod
     def for_run(cls, run: Run) -> QueryRunner:
-        """The runner of this process of `run`, set up from the run's options (the factory for `run.shared`)."""
+        """The runner of this process of `run`, set up from the run's options."""
         options = run.options
         return cls(
             run.addresses.get("analysts", run.conninfo),  # --analyst-dsn, e.g. a read-only role
@@ -242,6 +226,14 @@ class QueryRunner:
         self.closed = True
         self._pool.close()
 
+    @staticmethod
+    def merge(reports: list[dict]) -> dict:
+        return merge_reports(reports)
+
+    @staticmethod
+    def render(section: dict) -> list[str]:
+        return render_queries(section)
+
 
 def merge_reports(reports: list[dict]) -> dict:
     """Processes' `QueryRunner.report()`s as one: per query count, failures, rows and p50/p95/p99 in ms."""
@@ -263,19 +255,31 @@ def merge_reports(reports: list[dict]) -> dict:
     return dict(sorted(merged.items()))
 
 
-class Analyst(User):
+def render_queries(queries: dict) -> list[str]:
+    """The merged queries as the summary's table: per query count, failures, rows and percentiles."""
+    lines = [f"{'query':<24}{'count':>8}{'failed':>8}{'rows':>12}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"]
+    for name, query in queries.items():
+        p50, p95, p99 = (query[f"p{p}_ms"] for p in (50, 95, 99))
+        lines.append(
+            f"{name:<24}{query['count']:>8,}{query['failures']:>8,}{query['rows']:>12,}"
+            f"{_ms(p50):>10}{_ms(p95):>10}{_ms(p99):>10}"
+        )
+    lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+class Analyst(RunUser):
     """An analyst firing the 8 queries of queries/ (weighted by --query-weights), each a Locust request."""
 
     abstract = False
 
     def wait_time(self) -> float:
         """No think time by default (like the reference's query loop): --analyst-think-time seconds otherwise."""
-        return self.environment.firehose.process_run.options.analyst_think_time
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """The analysts' options; the run lifecycle calls this from Locust's parser hook."""
-        QueryRunner.add_arguments(parser)
+        return self.process.options.analyst_think_time
 
     @classmethod
     def configure(cls, options: argparse.Namespace) -> None:
@@ -285,9 +289,9 @@ class Analyst(User):
 
     @task
     def query(self) -> None:
-        run = self.environment.firehose.process_run
-        if run.closing:
+        run = self.process.process_run
+        if run is None or run.closing:  # the run could not open here (reported), or it is over
             raise StopUser()
-        runner = run.shared(QueryRunner.for_run)
+        runner = run.part(QueryRunner)
         if runner.execute(runner.pick()) is None and run.closing:
             raise StopUser()

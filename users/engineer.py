@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import gevent
-from locust import User, constant, task
+from locust import constant, task
 from locust.exception import StopUser
 
 from telemetry.faults import Faults
 from telemetry.generator import TraceRows
 from users.pacing import Pacing, Schedule
+from users.run import Run, RunUser
 from writers.base import Writer
 from writers.batched import BatchedWriter
 from writers.copy import CopyWriter
@@ -25,7 +26,7 @@ from writers.stream import StreamWriter
 from writers.validated import ValidatedCopyWriter
 
 
-class Engineer(User):
+class Engineer(RunUser):
     """An engineer emitting ~1,900 OpenTelemetry events (100 traces with their metrics and logs)."""
 
     abstract = True
@@ -45,29 +46,29 @@ class Engineer(User):
 
     @task
     def emit(self) -> None:
-        firehose = self.environment.firehose
-        run = firehose.process_run
+        options = self.process.options
+        run = self.process.process_run
         if run is None or self.gave_up:  # this process's run could not start (reported), or this engineer failed
             raise StopUser()
         writer = run.writer(self.writer_class)
-        pacing = run.shared(Pacing.for_run)
+        pacing = run.part(Pacing)
         if pacing.active and self.schedule is None:
             self.schedule = pacing.schedule()
-        traces = run.engineer_telemetry(firehose.options.traces_per_engineer).traces(run.ids)
+        traces = run.engineer_telemetry(options.traces_per_engineer).traces(run.ids)
         try:
             self._hand_over(run, writer, traces)
         except StopUser:
             raise
         except Exception:
-            if not firehose.options.continuous:  # Locust reports the error; the run must still end
+            if not options.continuous:  # Locust reports the error; the run must still end
                 self.gave_up = True
                 run.engineers_finished += 1
             raise
-        if not firehose.options.continuous:
+        if not options.continuous:
             run.engineers_finished += 1
             raise StopUser()
 
-    def _hand_over(self, run, writer: Writer, traces: Iterator[TraceRows]) -> None:
+    def _hand_over(self, run: Run, writer: Writer, traces: Iterator[TraceRows]) -> None:
         """Hand each trace to the writer, at the engineer's pace; stops early when the run is ending."""
         while True:
             # Wait before composing the next trace, never with it: a waiting engineer holds no rows.
@@ -132,10 +133,10 @@ class ValidatedCopyEngineer(Engineer):
     writer_class = ValidatedCopyWriter
 
     def on_start(self) -> None:
-        firehose = self.environment.firehose
-        if firehose.process_run is None:  # the run could not start (reported): `emit` stops this user
+        run = self.process.process_run
+        if run is None:  # the run could not start (reported): `emit` stops this user
             return
-        self.faults = Faults(firehose.options.malformed_share, firehose.process_run.seed)
+        self.faults = Faults(self.process.options.malformed_share, run.seed)
 
     def outgoing(self, rows: TraceRows) -> TraceRows:
         return self.faults.corrupt(rows)

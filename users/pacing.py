@@ -10,8 +10,8 @@ When the writer's back-pressure holds an engineer past a trace's due time, the t
 the offered and achieved rates and the p99 lag, and the capacity: the highest rate per engineer whose p99 lag
 stays under `--lag-bound`. Without a ramp the steps are plain intervals of the run (lag over time).
 
-Per process, a `Pacing` (one per run, through the run's `shared`) keeps the figures: per step the events due
-and handed over, and lag as microsecond HDR histograms (merged across processes by `merge_reports`).
+Per process, a `Pacing` (a part of the process's run: users.run.Part) keeps the figures: per step the events
+due and handed over, and lag as microsecond HDR histograms (merged across processes by `merge_reports`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import gevent
 from hdrh.histogram import HdrHistogram
 
+from users.run import Part, Run
 from writers.base import new_histogram
 
 STEP_S = 5.0
@@ -32,35 +32,6 @@ reports, long enough for a step's p99 to hold ~100 traces per engineer at 400 ev
 LAG_BOUND_S = 1.0
 """A step's p99 lag under this counts as keeping up (--lag-bound)."""
 PERCENTILE_METHOD = "HdrHistogram (3 significant digits) of each trace's lag, merged across processes"
-
-
-class Run(Protocol):
-    """What pacing needs of the run's per-process side (firehose.run.process_run.ProcessRun)."""
-
-    anchor_us: int
-    options: argparse.Namespace
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("open model (pacing)")
-    group.add_argument(
-        "--engineer-rate",
-        type=float,
-        default=0.0,
-        help="Events per second each engineer offers (0: as fast as its writer accepts). The summary reports the "
-        "offered and achieved rates and the p99 lag behind schedule.",
-    )
-    group.add_argument(
-        "--ramp-rate",
-        type=float,
-        default=0.0,
-        help="Add this many events/s per engineer every --ramp-step seconds (from --engineer-rate); the summary "
-        "reports the highest rate whose p99 lag stays under --lag-bound.",
-    )
-    group.add_argument(
-        "--ramp-step", type=float, default=STEP_S, help="Seconds per ramp step (or per interval of lag over time)."
-    )
-    group.add_argument("--lag-bound", type=float, default=LAG_BOUND_S, help="p99 lag (s) a step may have.")
 
 
 @dataclass
@@ -76,8 +47,10 @@ class Step:
     """Lag of the traces handed over in this step: how far behind the engineers were then (lag over time)."""
 
 
-class Pacing:
+class Pacing(Part):
     """The process's open-model figures for one run (built once per process and run)."""
+
+    name = "open_model"
 
     def __init__(self, rate: float, ramp_rate: float, step_s: float, lag_bound_s: float, origin_s: float) -> None:
         self.rate = rate
@@ -92,6 +65,28 @@ class Pacing:
         self.offered_rate_sum = 0.0
         """Sum over engineers of their offered rate (events over scheduled span)."""
         self.achieved_rate_sum = 0.0
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("open model (pacing)")
+        group.add_argument(
+            "--engineer-rate",
+            type=float,
+            default=0.0,
+            help="Events per second each engineer offers (0: as fast as its writer accepts). The summary reports the "
+            "offered and achieved rates and the p99 lag behind schedule.",
+        )
+        group.add_argument(
+            "--ramp-rate",
+            type=float,
+            default=0.0,
+            help="Add this many events/s per engineer every --ramp-step seconds (from --engineer-rate); the summary "
+            "reports the highest rate whose p99 lag stays under --lag-bound.",
+        )
+        group.add_argument(
+            "--ramp-step", type=float, default=STEP_S, help="Seconds per ramp step (or per interval of lag over time)."
+        )
+        group.add_argument("--lag-bound", type=float, default=LAG_BOUND_S, help="p99 lag (s) a step may have.")
 
     @classmethod
     def for_run(cls, run: Run) -> Pacing:
@@ -138,6 +133,14 @@ class Pacing:
                 for index, step in sorted(self.steps.items())
             },
         }
+
+    @staticmethod
+    def merge(reports: list[dict]) -> dict | None:
+        return merge_reports(reports)
+
+    @staticmethod
+    def render(section: dict) -> list[str]:
+        return render_open_model(section)
 
 
 class Schedule:
@@ -238,3 +241,27 @@ def merge_reports(reports: list[dict]) -> dict | None:
         "percentile_method": PERCENTILE_METHOD,
         "steps": rows,
     }
+
+
+def render_open_model(model: dict) -> list[str]:
+    """The merged open model in the summary: offered vs achieved, lag over the run, and the ramp's capacity."""
+    lines = [
+        f"open model: offered {model['offered_per_s']:,.0f} events/s ({model['engineers']} engineers at "
+        f"{model['rate_per_engineer']:,.0f}/s), achieved {model['achieved_per_s']:,.0f}, lag p99 "
+        f"{model['lag_p99_s']:.3f} s, max {model['lag_max_s']:.3f} s",
+        "lag behind schedule over the run (p99 s of traces handed over per "
+        f"{model['step_s']:g} s): " + ", ".join(_s(row["lag_seen_p99_s"]) for row in model["steps"]),
+    ]
+    if model["ramp_rate"]:
+        capacity = model["capacity_rate_per_engineer"]
+        steps = ", ".join(f"{row['rate_per_engineer']:,.0f}/s p99 {_s(row['lag_p99_s'])} s" for row in model["steps"])
+        lines.append(
+            f"ramp: {steps}"
+            + f"; capacity (p99 lag < {model['lag_bound_s']} s): "
+            + (f"{capacity:,.0f} events/s per engineer" if capacity else "none")
+        )
+    return lines
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

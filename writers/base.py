@@ -141,8 +141,10 @@ class Tally:
         """Rows received and not yet settled (committed, failed or quarantined), per table."""
         return {table: self.received[table] - self.settled(table) for table in self.received}
 
-    def as_dict(self) -> dict:
-        """The counters, and the histograms encoded (HdrHistogram's compressed base64 text) to travel in messages."""
+    def as_dict(self, *, encode: bool = True) -> dict:
+        """The counters and histograms: the one serialisation of a writer's figures (live reports, drain report,
+        summary). `encode`: histograms as HdrHistogram's compressed base64 text, to travel in messages; else the
+        histograms themselves (copies not taken: for the process that reads them at once)."""
         return {
             "received": dict(self.received),
             "acknowledged": dict(self.acknowledged),
@@ -151,13 +153,13 @@ class Tally:
             "quarantined": dict(self.quarantined),
             "retries": dict(self.retries),
             "blocked_s": dict(self.blocked_s),
-            "freshness": {table: _encode(h) for table, h in self.freshness.items()},
-            "round_trips": {verb: _encode(h) for verb, h in self.round_trips.items()},
+            "freshness": {table: _encoded(h, encode) for table, h in self.freshness.items()},
+            "round_trips": {verb: _encoded(h, encode) for verb, h in self.round_trips.items()},
         }
 
 
-def _encode(histogram: HdrHistogram) -> str:
-    return histogram.encode().decode("ascii")
+def _encoded(histogram: HdrHistogram, encode: bool) -> HdrHistogram | str:
+    return histogram.encode().decode("ascii") if encode else histogram
 
 
 class Writer(ABC):

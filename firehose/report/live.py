@@ -3,10 +3,10 @@
 A writing process's counters are read from its writers' tallies (writers.base.Tally), never kept apart: per
 writer and table, rows received and acknowledged, bytes acknowledged, rows buffered (received, not yet
 committed, failed or quarantined), failed, quarantined, retries, seconds blocked retrying, the freshness and
-round-trip histograms, plus the strategy's own gauges (a stream's length and pending entries).
-`process_snapshot` takes them; a worker sends the snapshot, histograms encoded, with each of Locust's stats
-reports (`report_to_master`, every 3 s, and once more after its drain), and the master keeps each process's
-latest (`worker_report`).
+round-trip histograms, plus the strategy's own gauges (a stream's length and pending entries). The process's
+snapshot of them (firehose.run.process_run.ProcessRun.snapshot) travels from a worker, histograms encoded, with
+each of Locust's stats reports (every 3 s) and, final, in its drain report; the master keeps each process's
+latest.
 
 `LiveTelemetry`, on the master (or the only process), merges the latest snapshots of the current run into
 one view every `SAMPLE_S`, keeps the history of acknowledged rows and bytes per table (rows/s over the run),
@@ -43,29 +43,6 @@ ROUND_TRIP_METHOD = (
     "each COPY/INSERT/XADD round trip as timed for Locust's request event, in HdrHistogram (3 significant "
     "digits, microseconds) per process, merged across processes; Locust's own tables round to ~2 digits"
 )
-
-
-def process_snapshot(run, *, encode: bool) -> dict:
-    """One writing process's counters now (`run`: a firehose.run.process_run.ProcessRun)."""
-    writers = {}
-    for writer in run.writers():
-        tally = writer.tally
-        entry = {name: dict(getattr(tally, name)) for name in COUNTERS}
-        entry["freshness"] = {table: _out(h, encode) for table, h in tally.freshness.items()}
-        entry["round_trips"] = {verb: _out(h, encode) for verb, h in tally.round_trips.items()}
-        entry["gauges"] = writer.gauges()
-        writers[type(writer).__name__] = entry
-    return {
-        "run_id": run.run_id,
-        "writer_key": run.ids.writer_key,
-        "at": time.time(),
-        "engineers": [run.engineers_started, run.engineers_finished],
-        "writers": writers,
-    }
-
-
-def _out(histogram: HdrHistogram, encode: bool) -> HdrHistogram | str:
-    return histogram.encode().decode("ascii") if encode else histogram
 
 
 def _add(into: dict, key: str, histogram: HdrHistogram | str) -> None:
@@ -146,8 +123,8 @@ class LiveTelemetry:
     class_names: dict[str, str] = field(default_factory=dict)
     run_id: int | None = None
     started_at: float = 0.0
-    remote: dict[str, dict] = field(default_factory=dict)
-    """Worker id -> its latest snapshot of the current run."""
+    remote: dict[int, dict] = field(default_factory=dict)
+    """Writer key -> the latest snapshot of that process in the current run (a worker's, or a final report)."""
     view: dict | None = None
     history: list[Sample] = field(default_factory=list)
     summary: dict | None = None
@@ -157,16 +134,16 @@ class LiveTelemetry:
         self.run_id, self.class_names, self.started_at = run_id, class_names, time.time()
         self.remote, self.view, self.history, self.summary = {}, None, [], None
 
-    def absorb(self, client_id: str, snapshot: dict) -> None:
-        """A worker's snapshot (from its stats report): the latest of each worker counts."""
+    def absorb(self, snapshot: dict) -> None:
+        """A process's snapshot (a stats report's, or its final report): the latest of each process counts."""
         if self.run_id is not None and snapshot.get("run_id") == self.run_id:
-            self.remote[client_id] = snapshot
+            self.remote[snapshot["writer_key"]] = snapshot
 
     def snapshots(self) -> list[dict]:
-        found = list(self.remote.values())
+        found = dict(self.remote)
         if self.local is not None and (own := self.local()) is not None and own["run_id"] == self.run_id:
-            found.append(own)
-        return found
+            found[own["writer_key"]] = own
+        return list(found.values())
 
     def sample(self) -> dict | None:
         """Merge the latest snapshots now, append them to the history, and return the view."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 from flask import Response, jsonify, request
 from locust.env import Environment
@@ -39,6 +40,24 @@ INFO = "\u00bb "
 """Starts the tab's lines of text: Locust sorts the table by its first column, and these sort after the tables."""
 HIDDEN_FROM_FORM = ("dsn", "url")
 """Options whose name has one of these stay out of the start form: addresses may carry passwords."""
+
+
+def declare_in_form(parser: argparse.ArgumentParser, declare: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`declare(parser)` adds firehose's options; each is then shown in Locust's start form, or hidden
+    (`show_in_form`)."""
+    before = set(parser_actions(parser))
+    declare(parser)
+    show_in_form([action for action in parser_actions(parser) if action not in before])
+
+
+def parser_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option `parser` holds, those of its argument groups included.
+
+    argparse has no public way to list them, and Locust reads the same private list to build its form
+    (`LocustArgumentParser.args_included_in_web_ui`): the one read of that private list in firehose, checked
+    against the installed Locust by tests/test_locust_seams.py.
+    """
+    return list(parser._actions)
 
 
 def show_in_form(actions: list[argparse.Action]) -> None:

@@ -77,7 +77,7 @@ class Coordinator:
         self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
         self.summary_extras: dict[str, Callable[[], object]] = {"connection_budget": lambda: self.connection_budget}
-        """Sections other parts add to the summary (firehose.report: the live totals), computed when it is made."""
+        """Sections other parts add to the summary (the lifecycle: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(WRITER_KEY, self._on_writer_key)
@@ -182,8 +182,9 @@ class Coordinator:
         runner = self.environment.runner
         runner.quit() if self.options.headless else runner.stop()
 
-    def on_worker_report(self, client_id: str, data: dict) -> None:
-        self.workers.on_report(client_id, data)
+    def on_worker_snapshot(self, client_id: str, snapshot: dict) -> None:
+        """A worker's snapshot, from its stats report (firehose.run.worker_ledger)."""
+        self.workers.on_snapshot(client_id, snapshot)
 
     def on_fatal(self, reason: str) -> None:
         """An error of the setup, here or in a worker: print it once, and stop the run (exit code 1)."""

@@ -1,9 +1,13 @@
 """firehose's side of a Locust run, attached through Locust's events in one place (`register`).
 
-Each process gets a `Firehose` (as `environment.firehose`) with the parts its role needs:
+Each process gets a `Firehose` with the parts its role needs:
 - the coordinator (firehose.run.coordinator) on the master or the only process: database, services, the run's
   record and start message, end detection, drain protocol, summary;
-- the writing process (firehose.run.process_run) wherever users run: pools, the process's share of the run.
+- the writing process (firehose.run.process_run) wherever users run: pools, the process's share of the run,
+  handed to the user classes as `users.run.RunUser.process`;
+- the live telemetry (firehose.report.telemetry) on the master or the only process.
+`register` adds one listener per Locust event, and each calls these parts in the order written there: no
+listener depends on the order in which listeners were added.
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
-from firehose.report.telemetry import attach as attach_telemetry
-from firehose.run import budget, disk_guard, endpoints, probe, tuning
+from firehose.report.telemetry import Telemetry
+from firehose.run import budget, disk_guard, endpoints, parts, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
-from firehose.run.messages import FATAL
+from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused
-from firehose.run.process_run import ProcessRun, WritingProcess
+from firehose.run.process_run import WritingProcess
 from firehose.strategies import writer_classes
+from services.postgres import redact
 from telemetry.generator import TRACES_PER_ENGINEER
-from users import pacing
+from users.run import RunUser
 from writers import delivery
 from writers.delivery import SetupError
 
@@ -65,26 +70,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "is known of its rows, and the run is INCOMPLETE (exit code 1). Locust's --stop-timeout does not bound it.",
     )
     tuning.add_arguments(parser)
-    pacing.add_arguments(parser)
     delivery.add_arguments(parser)
     budget.add_arguments(parser)
     disk_guard.add_arguments(parser)
+    for part in parts.PARTS:
+        part.add_arguments(parser)
 
 
 class Firehose:
-    """One per process, attached to the Locust environment as `environment.firehose`."""
+    """One per process: the parts its role needs, called from Locust's events in the order each step needs."""
 
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
-        self.options = environment.parsed_options
         runner = environment.runner
         self.process = None if isinstance(runner, MasterRunner) else WritingProcess(environment, self._on_fatal)
         self.coordinator = None if isinstance(runner, WorkerRunner) else Coordinator(environment, self.process)
+        self.telemetry: Telemetry | None = None
+        """The live telemetry, where there is a coordinator."""
+        if (coordinator := self.coordinator) is not None:
+            self.telemetry = telemetry = Telemetry(environment, self._local_snapshot if self.process else None)
+            coordinator.summary_extras["live"] = lambda: telemetry.final_totals(coordinator.reports.values())
+            # The target is the database: Locust's Host field shows it (redacted), and its "no host" warning goes.
+            environment.host = redact(coordinator.postgres)
 
-    @property
-    def process_run(self) -> ProcessRun | None:
-        """This process's share of the current run (None on a master, or before the first test start)."""
-        return self.process.process_run if self.process is not None else None
+    def _local_snapshot(self) -> dict | None:
+        run = self.process.process_run
+        return run.snapshot(encode=False) if run is not None else None
 
     def _on_fatal(self, error: Exception) -> None:
         if self.coordinator is not None:
@@ -93,6 +104,8 @@ class Firehose:
             self.environment.runner.send_message(FATAL, {"run_id": run.run_id, "reason": str(error)})
 
     def on_test_start(self) -> None:
+        """The coordinator records the run (and hands it to this process's users), a worker opens its share, and
+        the live telemetry counts the recorded run."""
         try:
             if self.coordinator is not None:
                 self.coordinator.on_test_start()
@@ -100,12 +113,42 @@ class Firehose:
                 self.process.on_test_start()
         except Exception as error:  # e.g. a service that would not start: one line and the run stops, no traceback
             self._on_fatal(SetupError(f"the run could not start: {one_line(error)}"))
+        if self.coordinator is not None and (run := self.coordinator.run) is not None:
+            self.telemetry.begin(run.run_id)
 
     def on_test_stop(self) -> None:
-        if self.coordinator is not None:
-            self.coordinator.on_test_stop()  # drains this process's users first, when it has any
-        elif self.process is not None:
+        """Drain (the coordinator drains this process's users first, then the workers', and summarises), then
+        show the summary in the web UI."""
+        if self.coordinator is None:
             self.process.drain()
+            return
+        self.coordinator.on_test_stop()
+        if (summary := self.coordinator.summary) is not None:
+            self.telemetry.show_summary(summary)
+
+    def on_spawning_complete(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.on_spawning_complete()
+
+    def on_report_to_master(self, data: dict) -> None:
+        """A worker's stats report: its snapshot goes with it."""
+        if self.process is not None:
+            self.process.on_report_to_master(data)
+
+    def on_worker_report(self, client_id: str, data: dict) -> None:
+        """On the master, a worker's stats report: its snapshot to the ledger of workers and to the live view."""
+        if self.coordinator is not None and (snapshot := data.get(SNAPSHOT)) is not None:
+            self.coordinator.on_worker_snapshot(client_id, snapshot)
+            self.telemetry.absorb(snapshot)
+
+    def on_quitting(self) -> None:
+        """The coordinator stops the run's users and services, then the live telemetry writes its files (also
+        when the first failed, e.g. a lever not restored on a database that is gone)."""
+        if self.coordinator is not None:
+            try:
+                self.coordinator.on_quitting()
+            finally:
+                self.telemetry.on_quitting()
 
 
 def _interrupt_main_greenlet() -> None:
@@ -122,20 +165,18 @@ def one_line(error: Exception) -> str:
 
 
 def register(events: Events, user_classes: list[type[User]]) -> None:
-    """Attach firehose to Locust's events. The writers of `user_classes`, and the user classes that have
-    an `add_arguments` classmethod (the analysts), declare their options; a selected user class with a
-    `configure(options)` classmethod applies them at init, before any spawn (e.g. --analysts)."""
+    """Attach firehose to Locust's events, one listener per event. The writers of `user_classes` and the run's
+    parts declare their options; a selected user class with a `configure(options)` classmethod applies them at
+    init, before any spawn (e.g. --analysts)."""
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
-        locust_own = set(parser._actions)
-        add_arguments(parser)
-        for writer_class in writer_classes(user_classes):
-            writer_class.add_arguments(parser)
-        for user_class in user_classes:
-            if callable(declare := getattr(user_class, "add_arguments", None)):
-                declare(parser)
-        webui.show_in_form([action for action in parser._actions if action not in locust_own])
+        def declare(parser: argparse.ArgumentParser) -> None:
+            add_arguments(parser)
+            for writer_class in writer_classes(user_classes):
+                writer_class.add_arguments(parser)
+
+        webui.declare_in_form(parser, declare)
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
@@ -144,22 +185,16 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
                 if callable(configure := getattr(user_class, "configure", None)):
                     configure(environment.parsed_options)
         try:
-            environment.firehose = firehose = Firehose(environment)
+            firehose = Firehose(environment)
         except Refused as refusal:  # one line, exit code 2, before anything ran (Locust's traceback stays out)
             sys.stderr.write(f"firehose: {refusal}\n")
             sys.stderr.flush()
             raise SystemExit(2) from None
+        RunUser.process = firehose.process
         gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())
-        if (coordinator := firehose.coordinator) is not None:
-            events.spawning_complete.add_listener(lambda **_: coordinator.on_spawning_complete())
-            events.worker_report.add_listener(
-                lambda client_id, data, **_: coordinator.on_worker_report(client_id, data)
-            )
-            events.quitting.add_listener(lambda **_: coordinator.on_quitting())
-        if (process := firehose.process) is not None:
-            events.report_to_master.add_listener(lambda data, **_: process.on_report_to_master(data))
-        firehose.telemetry = attach_telemetry(environment, firehose)  # after the listeners above: it reads them
-
-    probe.register(events)  # the migration-lock probe (--migration-probe): after the listeners above
+        events.spawning_complete.add_listener(lambda **_: firehose.on_spawning_complete())
+        events.report_to_master.add_listener(lambda data, **_: firehose.on_report_to_master(data))
+        events.worker_report.add_listener(lambda client_id, data, **_: firehose.on_worker_report(client_id, data))
+        events.quitting.add_listener(lambda **_: firehose.on_quitting())

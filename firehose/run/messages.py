@@ -16,17 +16,16 @@ RUN_START = "firehose:run_start"
 DRAIN = "firehose:drain"
 """master -> workers at the end: commit what you buffered, then report ({"run_id": ...})."""
 DRAINED = "firehose:drained"
-"""worker -> master: a process's final report (writer key, tallies per writer)."""
+"""worker -> master: a process's final report (`ProcessRun.drain`: its final snapshot and its parts' reports)."""
 FATAL = "firehose:fatal"
 """worker -> master: an error of the setup stops the run ({"run_id": ..., "reason": one line})."""
 WRITER_KEY = "firehose:writer_key"
 """worker -> master, as soon as its share of the run opens, before it writes a row:
 {"run_id": ..., "writer_key": ..., "worker_index": ...}. The master then knows whose rows a key numbers."""
-ENGINEERS = "firehose_engineers"
-"""Key of a worker's stats report (events.report_to_master): its engineers (started, finished)."""
-FIGURES = "firehose_figures"
-"""Key of a worker's stats report: {"run_id", "writer_key", "received": {table: rows}, "acknowledged": {...}},
-what the master knows of a worker that dies before its final report."""
+SNAPSHOT = "firehose_snapshot"
+"""Key of a worker's stats report (events.report_to_master, every 3 s): its `ProcessRun.snapshot()`, the
+counters of its writers and engineers now. The master's live view and its worker ledger read it: what is
+known of a worker that dies before its final report."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ written table needs: `LOCK TABLE <table> IN ACCESS EXCLUSIVE MODE`, under `lock_
 lock; a lock not granted in time, or a refused connection, is a failure. Holding the lock for the length
 of a ROLLBACK, it barely disturbs the writers.
 
-One probe runs in each writing process, as one of its run's shared objects (`ProcessRun.shared`): its
-`report()` goes to the master with the process's drain report and the summary merges them
-(`merge_probe_reports`).
+One probe runs in each writing process, as a part of its run (users.run.Part) that starts with it when the
+option asks for one: its `report()` goes to the master with the process's drain report and the summary
+merges them (`merge_probe_reports`).
 """
 
 from __future__ import annotations
@@ -21,36 +21,19 @@ import time
 
 import gevent
 import psycopg
-from locust.env import Environment
-from locust.event import Events
 
 from telemetry.layout import TABLES
+from users.run import Part, Run
 
 LOCK_TIMEOUT_MS = 2_000
 """How long the probe's migration waits for its lock: a deploy tool's usual bound before it gives up."""
 CONNECT_TIMEOUT_S = 10
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--migration-probe",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="Every SECONDS, try a migration's lock (LOCK TABLE ... ACCESS EXCLUSIVE under lock_timeout) on its "
-        "own connection and report connect time, lock wait and failures in the summary. 0 (default): off.",
-    )
-    parser.add_argument(
-        "--migration-probe-timeout",
-        type=int,
-        default=LOCK_TIMEOUT_MS,
-        metavar="MS",
-        help="The probe's lock_timeout in milliseconds (default: %(default)s).",
-    )
-
-
-class MigrationProbe:
+class MigrationProbe(Part):
     """A greenlet that tries a migration's lock every `interval_s` seconds until `close`."""
+
+    name = "migration_probe"
 
     def __init__(self, conninfo: str, interval_s: float, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> None:
         self.conninfo = conninfo
@@ -62,6 +45,33 @@ class MigrationProbe:
         self.attempts = 0
         self._greenlet = gevent.spawn(self._run)
 
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--migration-probe",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="Every SECONDS, try a migration's lock (LOCK TABLE ... ACCESS EXCLUSIVE under lock_timeout) on its "
+            "own connection and report connect time, lock wait and failures in the summary. 0 (default): off.",
+        )
+        parser.add_argument(
+            "--migration-probe-timeout",
+            type=int,
+            default=LOCK_TIMEOUT_MS,
+            metavar="MS",
+            help="The probe's lock_timeout in milliseconds (default: %(default)s).",
+        )
+
+    @classmethod
+    def for_run(cls, run: Run) -> MigrationProbe:
+        return cls(run.conninfo, run.options.migration_probe, run.options.migration_probe_timeout)
+
+    @classmethod
+    def starts_with_run(cls, options: argparse.Namespace) -> bool:
+        """Asked for (--migration-probe): it runs from the opening of the run to its drain."""
+        return getattr(options, "migration_probe", 0) > 0
+
     def _run(self) -> None:
         number = 0
         while True:
@@ -70,8 +80,8 @@ class MigrationProbe:
             gevent.sleep(self.interval_s)
 
     def try_once(self, table: str) -> None:
-        """One attempt: connect, take the lock under lock_timeout, roll back."""
-        self.attempts += 1
+        """One attempt: connect, take the lock under lock_timeout, roll back. Counted once it has an outcome (the
+        lock, or a failure): one cut short by `close` at the drain is not an attempt."""
         start = time.perf_counter()
         try:
             conn = psycopg.connect(
@@ -86,15 +96,19 @@ class MigrationProbe:
                 conn.execute(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}")
                 start = time.perf_counter()
                 conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-                self.lock_wait_ms.append((time.perf_counter() - start) * 1000)
+                waited_ms = (time.perf_counter() - start) * 1000
         except psycopg.errors.LockNotAvailable:
             self._fail("lock_timeout")
         except psycopg.Error as error:
             self._fail(f"lock: {error.sqlstate or type(error).__name__}")
+        else:
+            self.attempts += 1
+            self.lock_wait_ms.append(waited_ms)
         finally:
             conn.close()
 
     def _fail(self, kind: str) -> None:
+        self.attempts += 1
         self.failures[kind] = self.failures.get(kind, 0) + 1
 
     def close(self) -> None:
@@ -109,6 +123,14 @@ class MigrationProbe:
             "connect_ms": self.connect_ms,
             "lock_wait_ms": self.lock_wait_ms,
         }
+
+    @staticmethod
+    def merge(reports: list[dict]) -> dict | None:
+        return merge_probe_reports(reports)
+
+    @staticmethod
+    def render(section: dict) -> list[str]:
+        return [render_probe(section)]
 
 
 def merge_probe_reports(reports: list[dict]) -> dict | None:
@@ -159,23 +181,3 @@ def _percentiles(values: list[float]) -> dict:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f} ms"
-
-
-def _start(run) -> MigrationProbe:  # run: a firehose.run.process_run.ProcessRun (it imports this module's layer)
-    return MigrationProbe(run.conninfo, run.options.migration_probe, run.options.migration_probe_timeout)
-
-
-def register(events: Events) -> None:
-    """Declare the options; at each test start, a probe in this writing process's run (when asked for)."""
-
-    @events.init_command_line_parser.add_listener
-    def _(parser: argparse.ArgumentParser) -> None:
-        add_arguments(parser)
-
-    @events.init.add_listener
-    def _(environment: Environment, **_kwargs) -> None:
-        @events.test_start.add_listener
-        def _(**_kwargs) -> None:  # after firehose's own: the process's run is open
-            run = environment.firehose.process_run
-            if run is not None and getattr(run.options, "migration_probe", 0) > 0:
-                run.shared(_start)

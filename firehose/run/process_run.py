@@ -17,8 +17,6 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import gevent
 import psycopg
@@ -28,8 +26,9 @@ from locust.env import Environment
 from locust.runners import WorkerRunner
 from psycopg.conninfo import make_conninfo
 
+from firehose.run import parts
 from firehose.run.endpoints import given_addresses
-from firehose.run.messages import DRAIN, DRAINED, ENGINEERS, FATAL, FIGURES, RUN_START, WRITER_KEY, RunStart
+from firehose.run.messages import DRAIN, DRAINED, FATAL, RUN_START, SNAPSHOT, WRITER_KEY, RunStart
 from firehose.run.preflight import cannot_connect
 from firehose.run.reach import refusal
 from firehose.run.records import register_writer_key
@@ -37,15 +36,14 @@ from telemetry.counts import GeneratedCounts
 from telemetry.durations import parse_duration
 from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import CATALOGUE_SEED, Pools
+from users.run import P, Part
 from writers.base import OnFatal, Writer, WriterContext
 
 logger = logging.getLogger("firehose")
 
-T = TypeVar("T")
-
 
 class ProcessRun:
-    """What the users of one process share during one run."""
+    """What the users of one process share during one run (the `users.run.Run` its users and parts see)."""
 
     def __init__(
         self,
@@ -83,12 +81,15 @@ class ProcessRun:
         """Wall-clock time the first engineer asked for a writer: where the run's write rate starts."""
         self._context = WriterContext(self.addresses, self.run_id, options, self.events, on_fatal)
         self._writers: dict[type[Writer], Writer] = {}
-        self._shared: dict[Callable, object] = {}
+        self._parts: dict[type[Part], Part] = {}
         self._report: dict | None = None
         self._draining = Semaphore()
         self._creating = Semaphore()
-        self._sharing = Semaphore()
+        self._building_parts = Semaphore()
         self.ids = EventIds(register_writer_key(self.conninfo, self.run_id))
+        for part_class in parts.PARTS:
+            if part_class.starts_with_run(options):
+                self.part(part_class)
 
     def engineer_telemetry(self, traces: int) -> EngineerTelemetry:
         """The next engineer's telemetry: its seed derives from the run's, so a seed replays a run."""
@@ -105,37 +106,33 @@ class ProcessRun:
                 self._writers[writer_class] = writer_class.from_context(self._context)
         return self._writers[writer_class]
 
-    def shared(self, factory: Callable[[ProcessRun], T]) -> T:
-        """The object `factory(self)` built once for this process and run (e.g. the analysts' query runner).
-
-        Every later call with the same factory returns that object; `drain` closes it if it has `close()`.
-        """
-        with self._sharing:  # building one may connect, which yields: other greenlets must wait, not build another
-            if factory not in self._shared:
-                self._shared[factory] = factory(self)
-        return self._shared[factory]  # type: ignore[return-value]
-
-    def writers(self) -> list[Writer]:
-        """This process's writers so far (one per strategy its engineers used): their tallies are its counters."""
-        return list(self._writers.values())
+    def part(self, part_class: type[P]) -> P:
+        """This process's `part_class` for the run (e.g. the analysts' query runner), built once by
+        `part_class.for_run(self)`; `drain` closes it and reports it under its name."""
+        with (
+            self._building_parts
+        ):  # building one may connect, which yields: other greenlets must wait, not build another
+            if part_class not in self._parts:
+                self._parts[part_class] = part_class.for_run(self)
+        return self._parts[part_class]  # type: ignore[return-value]
 
     def rows_acknowledged(self) -> int:
         """Rows this process's writers have seen committed so far."""
         return sum(sum(writer.tally.acknowledged.values()) for writer in self._writers.values())
 
-    def figures(self) -> dict:
-        """Rows received and acknowledged so far per table, all writers together: small enough for every report."""
-        received: dict[str, int] = {}
-        acknowledged: dict[str, int] = {}
-        for writer in self._writers.values():
-            for totals, counter in ((received, writer.tally.received), (acknowledged, writer.tally.acknowledged)):
-                for table, rows in counter.items():
-                    totals[table] = totals.get(table, 0) + rows
+    def snapshot(self, *, encode: bool = True) -> dict:
+        """This process's counters now: its engineers, and per writer its tally (writers.base.Tally.as_dict) and
+        gauges. Sent with every stats report from a worker, read at once by the local live view (`encode`
+        False), and the start of the final report (`drain`)."""
         return {
             "run_id": self.run_id,
             "writer_key": self.ids.writer_key,
-            "received": received,
-            "acknowledged": acknowledged,
+            "at": time.time(),
+            "engineers": [self.engineers_started, self.engineers_finished],
+            "writers": {
+                type(writer).__name__: {**writer.tally.as_dict(encode=encode), "gauges": writer.gauges()}
+                for writer in self._writers.values()
+            },
         }
 
     def drain(self) -> dict:
@@ -143,24 +140,17 @@ class ProcessRun:
         self.closing = True
         with self._draining:  # test_stop and the master's drain request may both ask
             if self._report is None:
-                with self._sharing:  # first: readers stop competing with the writers' last batches
-                    for shared in self._shared.values():
-                        if callable(close := getattr(shared, "close", None)):
-                            close()
+                with self._building_parts:  # first: readers stop competing with the writers' last batches
+                    for part in self._parts.values():
+                        part.close()
                 for writer in self._writers.values():
                     writer.close()
                 self._report = {
-                    "run_id": self.run_id,
-                    "writer_key": self.ids.writer_key,
+                    **self.snapshot(),
                     "process": self.process_name,
                     "writing_since": self.writing_since,
-                    "writers": {type(writer).__name__: writer.tally.as_dict() for writer in self._writers.values()},
                     "generated_counts": self.generated.as_dict(),
-                    "shared": {
-                        type(shared).__name__: shared.report()
-                        for shared in self._shared.values()
-                        if callable(getattr(shared, "report", None))
-                    },
+                    "parts": {part.name: part.report() for part in self._parts.values()},
                 }
         return self._report
 
@@ -228,10 +218,9 @@ class WritingProcess:
         return (run.engineers_started, run.engineers_finished) if run else (0, 0)
 
     def on_report_to_master(self, data: dict) -> None:
-        """Workers add their engineer counts and figures to every stats report (every few seconds, and at the end)."""
+        """A worker's stats report (every few seconds) carries its snapshot."""
         if self.process_run is not None:
-            data[ENGINEERS] = self.engineers()
-            data[FIGURES] = self.process_run.figures()
+            data[SNAPSHOT] = self.process_run.snapshot()
 
     def drain(self) -> dict | None:
         """Commit what this process buffered; its final report (sent to the master from a worker)."""
@@ -262,6 +251,5 @@ class WritingProcess:
             self._send_final(self.process_run.drain())
 
     def _send_final(self, report: dict) -> None:
-        """A stats report first (its live counters are then final on the master), then the drained report."""
-        self.environment.runner._send_stats()  # Locust's own report, which fires report_to_master
+        """The final report to the master: its figures are the worker's last (its live view and summary read them)."""
         self.environment.runner.send_message(DRAINED, report)

@@ -10,6 +10,9 @@ A process with no final report (its worker killed, or past --drain-timeout) cann
 the database are known, what it received only up to its last stats report. It is named apart ("unaccounted"),
 with "lost with it" = received at its last report - its rows in the database (at least that many: what it
 received afterwards is unknown), and the run's verdict is INCOMPLETE, never OK.
+
+The run's parts (firehose.run.parts) each add their merged section; firehose.run.summary_text renders the
+summary as text.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ from pathlib import Path
 import psycopg
 
 from firehose.report.live import FRESHNESS_METHOD, ROUND_TRIP_METHOD, merge, percentiles_ms
+from firehose.run import parts, summary_text
 from firehose.run.preflight import CONNECT_TIMEOUT_S
-from firehose.run.probe import merge_probe_reports, render_probe
 from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.layout import TABLES
-from users import pacing
-from users.analyst import merge_reports
 
 _COUNT_PER_KEY = """
 SELECT k.writer_key, count(t.event_id) FROM firehose_writer_keys AS k
@@ -177,23 +178,20 @@ class RunSummary:
         starts = [report["writing_since"] for report in self.reports if report.get("writing_since")]
         return self.ended_at - min(starts, default=self.started_at)
 
-    def queries(self) -> dict:
-        """The analysts' queries of every process, merged: per query count, failures, rows, p50/p95/p99 ms."""
-        return merge_reports(
-            [report["shared"]["QueryRunner"] for report in self.reports if "QueryRunner" in report.get("shared", {})]
-        )
+    def part_sections(self) -> dict[str, dict | None]:
+        """Each part's section: its reports of every process that had one, merged (users.run.Part.merge)."""
+        return {
+            part.name: part.merge(
+                [report["parts"][part.name] for report in self.reports if part.name in report.get("parts", {})]
+            )
+            for part in parts.PARTS
+        }
 
     def generated_counts(self) -> dict:
         """The generator's own counts (telemetry.counts) of every process's engineers, added up."""
         none = GeneratedCounts(()).as_dict()  # the shape, for a run where no process reported
         return merge_counts(
             [none, *(report["generated_counts"] for report in self.reports if "generated_counts" in report)]
-        )
-
-    def open_model(self) -> dict | None:
-        """Offered vs achieved rates and lag behind schedule under --engineer-rate (None without it)."""
-        return pacing.merge_reports(
-            [report["shared"]["Pacing"] for report in self.reports if "Pacing" in report.get("shared", {})]
         )
 
     def _strategies(self, elapsed: float) -> tuple[dict, dict, dict]:
@@ -266,133 +264,16 @@ class RunSummary:
             "unaccounted": self.unaccounted_processes(),
             "freshness": freshness,
             "round_trips": round_trips,
-            "open_model": self.open_model(),
-            "queries": self.queries(),
+            **self.part_sections(),
             "generated_counts": self.generated_counts(),
             **self.extras,
-            "migration_probe": merge_probe_reports(
-                [
-                    report["shared"]["MigrationProbe"]
-                    for report in self.reports
-                    if "MigrationProbe" in report.get("shared", {})
-                ]
-            ),
         }
 
     def render(self) -> str:
         """The summary as a plain-text table for the terminal."""
-        figures = self.as_dict()
-        events, writes = figures["events"], figures["writes"]
-        lines = [
-            f"firehose run {self.run_id} (seed {self.seed}) on {self.database}: {self.writing_s:.1f} s writing "
-            f"({self.ended_at - self.started_at:.1f} s since test start)",
-            f"{'table':<10}{'generated':>12}{'acknowledged':>14}{'in database':>13}{'rows/s':>10}{'MB/s':>8}",
-        ]
-        for table, row in writes["by_table"].items():
-            lines.append(
-                f"{table:<10}{row['generated']:>12,}{row['acknowledged']:>14,}{row['in_database']:>13,}"
-                f"{row['rows_per_s']:>10,.0f}{row['mb_per_s']:>8.1f}"
-            )
-        lines.append(
-            f"{'total':<10}{events['generated']:>12,}{events['acknowledged']:>14,}{events['in_database']:>13,}"
-            f"{writes['rows_per_s']:>10,.0f}{writes['mb_per_s']:>8.1f}"
-        )
-        if len(writes["by_class"]) > 1:
-            lines.append(f"{'user class':<24}{'acknowledged':>14}{'rows/s':>10}{'MB/s':>8}{'fresh p99 ms':>14}")
-            for name, row in writes["by_class"].items():
-                lines.append(
-                    f"{name:<24}{row['acknowledged']:>14,}{row['rows_per_s']:>10,.0f}{row['mb_per_s']:>8.1f}"
-                    f"{_ms(row['freshness']['p99_ms']):>14}"
-                )
-        if retried := {name: row for name, row in writes["by_class"].items() if row["retries"]}:
-            lines.append(
-                "retries after a lost connection (blocked s, summed over deliveries): "
-                + "; ".join(f"{name} {row['retries']:,} ({row['blocked_s']:,.1f} s)" for name, row in retried.items())
-            )
-        fresh = figures["freshness"]["by_class"]
-        lines.append(
-            "freshness (hand-over to commit) p50/p95/p99 ms: "
-            + "; ".join(
-                f"{name} {_ms(f['p50_ms'])} / {_ms(f['p95_ms'])} / {_ms(f['p99_ms'])}" for name, f in fresh.items()
-            )
-        )
-        if model := figures["open_model"]:
-            lines.append(
-                f"open model: offered {model['offered_per_s']:,.0f} events/s ({model['engineers']} engineers at "
-                f"{model['rate_per_engineer']:,.0f}/s), achieved {model['achieved_per_s']:,.0f}, lag p99 "
-                f"{model['lag_p99_s']:.3f} s, max {model['lag_max_s']:.3f} s"
-            )
-            lines.append(
-                "lag behind schedule over the run (p99 s of traces handed over per "
-                f"{model['step_s']:g} s): " + ", ".join(_s(row["lag_seen_p99_s"]) for row in model["steps"])
-            )
-            if model["ramp_rate"]:
-                capacity = model["capacity_rate_per_engineer"]
-                steps = ", ".join(
-                    f"{row['rate_per_engineer']:,.0f}/s p99 {_s(row['lag_p99_s'])} s" for row in model["steps"]
-                )
-                lines.append(
-                    f"ramp: {steps}"
-                    + f"; capacity (p99 lag < {model['lag_bound_s']} s): "
-                    + (f"{capacity:,.0f} events/s per engineer" if capacity else "none")
-                )
-        if queries := figures["queries"]:
-            lines.append(
-                f"{'query':<24}{'count':>8}{'failed':>8}{'rows':>12}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"
-            )
-            for name, query in queries.items():
-                p50, p95, p99 = (query[f"p{p}_ms"] for p in (50, 95, 99))
-                lines.append(
-                    f"{name:<24}{query['count']:>8,}{query['failures']:>8,}{query['rows']:>12,}"
-                    f"{_ms(p50):>10}{_ms(p95):>10}{_ms(p99):>10}"
-                )
-            lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
-        if figures["migration_probe"]:
-            lines.append(render_probe(figures["migration_probe"]))
-        if not events["in_database_counted"]:
-            lines.append("the database could not be reached to count the rows: in database = acknowledged")
-        if self.stopped_by:
-            lines.append(f"stopped by an error of the setup: {self.stopped_by}; {events['lost']:,} rows not written")
-        for worker in figures["unaccounted"]:
-            lines.append(_render_unaccounted(worker, self.ended_at))
-        reported = len(self.reports)
-        over = f" of the {reported} process{'es' if reported != 1 else ''} that reported" if self.unaccounted else ""
-        lines.append(
-            f"reconciliation{over}: lost = {events['lost']:,}, duplicates = {events['duplicates']:,}, "
-            f"quarantined = {events['quarantined']:,}, failed = {events['failed']:,}  [{self.verdict()}]"
-        )
-        return "\n".join(lines)
+        return summary_text.render(self.as_dict(), self.ended_at)
 
     def write_json(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.as_dict(), indent=2) + "\n")
-
-
-def _render_unaccounted(worker: dict, ended_at: float) -> str:
-    """One line for a process with no final report: who, why, and what is known of its rows."""
-    who = f"{worker['worker'] or 'unknown process'} (writer key {worker['writer_key']})"
-    if worker["received"] is None:
-        known = "no stats report before it stopped"
-        lost = "unknown"
-    else:
-        age = ended_at - worker["last_report_at"]
-        known = (
-            f"at its last report ({age:.0f} s before the end) {worker['received']:,} rows received, "
-            f"{worker['acknowledged']:,} acknowledged"
-        )
-        lost = f"at least {worker['lost_with_it_at_least']:,}"
-    # A live worker past --drain-timeout may still commit its rows: not lost yet, unflushed when counted.
-    what = "unflushed when counted" if worker["state"] == "live" else "lost with it"
-    return (
-        f"UNACCOUNTED {who}: {worker['reason']}; {known}; {worker['in_database']:,} rows of its key in the "
-        f"database; {what}: {lost}"
-    )
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"

@@ -2,8 +2,8 @@
 and whether it is still there.
 
 Each worker tells its writer key as soon as its share of the run opens, before it writes a row (WRITER_KEY),
-then its figures and engineer counts with every stats report (FIGURES, ENGINEERS, every 3 s): what is known
-of a worker that dies without its final report. Whether a worker is still there is Locust's own judgement:
+then its snapshot (its writers' and engineers' counters) with every stats report (SNAPSHOT, every 3 s): what
+is known of a worker that dies without its final report. Whether a worker is still there is Locust's own judgement:
 its master marks a worker `missing` in `runner.clients` after a few heartbeats fail to arrive (~4 s; Locust
 2.47 fires no event for it) and drops it about a minute later, handing its users to the survivors. The
 ledger reads that state (`runner.clients`, `WorkerNode.state`) when it needs it: at the end check and
@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 from locust.runners import STATE_MISSING, MasterRunner
 
-from firehose.run.messages import ENGINEERS, FIGURES
-
 logger = logging.getLogger("firehose")
 
 
@@ -30,16 +28,21 @@ class WorkerEntry:
     client_id: str
     worker_index: int | None = None
     writer_key: int | None = None
-    figures: dict | None = None
-    """Its last FIGURES: rows received and acknowledged per table (None before its first stats report)."""
+    snapshot: dict | None = None
+    """Its last snapshot (firehose.run.process_run.ProcessRun.snapshot; None before its first stats report)."""
     reported_at: float | None = None
-    """Wall-clock time of those figures' arrival."""
-    engineers: tuple[int, int] = (0, 0)
-    """Engineers (started, finished) in its last report."""
+    """Wall-clock time of that snapshot's arrival."""
+
+    @property
+    def engineers(self) -> tuple[int, int]:
+        """Engineers (started, finished) in its last report."""
+        return tuple(self.snapshot["engineers"]) if self.snapshot is not None else (0, 0)
 
     def rows(self, kind: str) -> int | None:
-        """Rows "received" or "acknowledged" at its last report, all tables (None before its first one)."""
-        return sum(self.figures[kind].values()) if self.figures is not None else None
+        """Rows "received" or "acknowledged" at its last report, all writers and tables (None before its first)."""
+        if self.snapshot is None:
+            return None
+        return sum(sum(tally[kind].values()) for tally in self.snapshot["writers"].values())
 
     @property
     def name(self) -> str:
@@ -65,18 +68,15 @@ class WorkerLedger:
             entry = self._entry(client_id)
             entry.writer_key, entry.worker_index = data["writer_key"], data["worker_index"]
 
-    def on_report(self, client_id: str, data: dict) -> None:
-        """A worker's stats report (events.worker_report): keep its latest figures and engineer counts."""
-        figures = data.get(FIGURES)
-        if figures is None or figures["run_id"] != self.run_id:
-            return  # a report from before this run (or from a worker that has not opened its share yet)
+    def on_snapshot(self, client_id: str, snapshot: dict) -> None:
+        """A worker's snapshot, from its stats report: keep the latest, with its figures and engineer counts."""
+        if snapshot["run_id"] != self.run_id:
+            return  # a report from before this run
         entry = self._entry(client_id)
         was_writing = bool(entry.rows("received"))
-        entry.writer_key, entry.figures, entry.reported_at = figures["writer_key"], figures, time.time()
+        entry.writer_key, entry.snapshot, entry.reported_at = snapshot["writer_key"], snapshot, time.time()
         if entry.rows("received") and not was_writing:  # once per worker and run: whose rows this key numbers
             logger.info("%s writes under writer key %d", entry.name, entry.writer_key)
-        if ENGINEERS in data:
-            entry.engineers = tuple(data[ENGINEERS])
 
     def state(self, client_id: str) -> str:
         """ "live", "missing" (heartbeats stopped arriving) or "gone" (Locust dropped it, or it quit)."""
