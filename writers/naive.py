@@ -32,6 +32,7 @@ class NaiveWriter(Writer):
     """INSERTs each row on its own, autocommit; acknowledges a row once its INSERT returned."""
 
     verb = "INSERT"
+    default_pool_size = POOL_SIZE
 
     def __init__(
         self,

@@ -90,8 +90,8 @@ class ValidatedCopyWriter(CopyWriter):
             "--malformed-share",
             type=_share,
             default=0.0,
-            help="Share of rows (0 to 1) ValidatedCopyEngineer corrupts before writing them (bad JSON, NUL bytes, "
-            "NULLs, duplicate event ids, impossible dates), to exercise validation and the quarantine.",
+            help="Share of rows (0 to 1) the validated COPY strategy's engineers corrupt before writing them (bad "
+            "JSON, NUL bytes, NULLs, duplicate event ids, impossible dates), to exercise validation and quarantine.",
         )
 
     @classmethod
