@@ -35,7 +35,7 @@ from writers.delivery import Outcome, RetryPolicy, RowsRefused, SetupError
 logger = logging.getLogger(__name__)
 
 CHECK_SLICE = 500
-"""Rows checked between two yields to other greenlets: ~15 ms of CPU at ~30 us a row."""
+"""Rows checked between two yields to other greenlets: a few milliseconds of CPU (docs/performance-notes.md)."""
 INSERT_BATCH = 500
 """Suspicious rows per INSERT: the seed's batched-INSERT size (there are few such rows)."""
 
