@@ -23,7 +23,8 @@ def code_blocks() -> list[str]:
 
 def example_locustfile() -> str:
     """firehose's locustfile, preceded by the page's three pieces (the row appended to the table)."""
-    writer, engineer, row = code_blocks()
+    writer, engineer, table = code_blocks()
+    [row] = [line.strip().rstrip(",") for line in table.splitlines() if line.strip().startswith("Strategy(")]
     return "\n".join(
         [
             "import locust  # noqa: F401  (gevent patches first)",
@@ -31,17 +32,17 @@ def example_locustfile() -> str:
             "from firehose.strategies import Strategy",
             writer,
             engineer,
-            f"strategies.STRATEGIES.append({row.strip().rstrip(',')})",
+            f"strategies.STRATEGIES.append({row})",
             LOCUSTFILE.read_text(),
         ]
     )
 
 
 def test_the_page_has_the_three_pieces():
-    writer, engineer, row = code_blocks()
+    writer, engineer, table = code_blocks()
     assert "class AsyncCommitCopyWriter(CopyWriter)" in writer
     assert "writer_class = AsyncCommitCopyWriter" in engineer
-    assert row.startswith("Strategy(AsyncCommitCopyEngineer")
+    assert "    Strategy(AsyncCommitCopyEngineer, " in table
 
 
 def test_the_example_strategy_runs_and_reconciles(dsn, tmp_path):
