@@ -4,40 +4,18 @@
     locust -f locustfile.py CopyEngineer --headless -u 100 -r 100 -t 60s
 
 With no --pg-dsn (and no PG* variables) an embedded PostgreSQL is started on 127.0.0.1.
+The user classes: one engineer per write strategy (the table in firehose/strategies.py), and the analysts.
 """
 
 from locust import events
 
+from firehose import strategies
 from firehose.run import lifecycle
-from users import (
-    Analyst,
-    BatchedEngineer,
-    CopyEngineer,
-    NaiveEngineer,
-    PooledEngineer,
-    StreamEngineer,
-    ValidatedCopyEngineer,
-)
+from users import Analyst
 
-lifecycle.register(
-    events,
-    user_classes=[
-        CopyEngineer,
-        NaiveEngineer,
-        BatchedEngineer,
-        PooledEngineer,
-        StreamEngineer,
-        ValidatedCopyEngineer,
-        Analyst,
-    ],
-)
+USER_CLASSES = [*strategies.user_classes(), Analyst]
 
-__all__ = [
-    "Analyst",
-    "BatchedEngineer",
-    "CopyEngineer",
-    "NaiveEngineer",
-    "PooledEngineer",
-    "StreamEngineer",
-    "ValidatedCopyEngineer",
-]
+lifecycle.register(events, user_classes=USER_CLASSES)
+
+globals().update({user_class.__name__: user_class for user_class in USER_CLASSES})  # Locust picks classes by name
+__all__ = [user_class.__name__ for user_class in USER_CLASSES]

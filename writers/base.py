@@ -169,6 +169,9 @@ class Writer(ABC):
     """Services besides PostgreSQL this strategy writes through ("pgbouncer", "redis"): the run starts each
     once (unless the user gave its address) and hands the address over in the WriterContext."""
 
+    default_pool_size: int = 0
+    """Connections the strategy opens per process by default (its pool option's default)."""
+
     def __init__(
         self, events: Events, on_fatal: OnFatal | None = None, retry_policy: RetryPolicy | None = None
     ) -> None:

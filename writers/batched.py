@@ -7,14 +7,8 @@ server casts to each column's type.
 
 The statement is written with PostgreSQL's own `$n` placeholders and run by a `psycopg.RawCursor`:
 psycopg caches its `%s` parsing only for statements under 4 KB and 50 parameters, and parsing 6,500
-placeholders took 42 ms per batch here (a ceiling of 12k rows/s on the Locust process's one core),
-against 2.4 ms for dumping the values alone.
-
-Tried and not kept: one `INSERT ... SELECT ... FROM unnest($1::text[], ...)` per batch, each column one binary
-`text[]` parameter (13 parameters instead of 6,500). In-process A/B runs (50 engineers, 57k rows, exclusive
-machine, interleaved) disagreed from one hold to the next: the server's CPU per row 118-122 vs 133 us in one,
-122-131 vs 90-109 us in the other, and our client's CPU per row was 3-10 us higher (the arrays are built in
-Python). Without a clear win, the statement stays the VALUES list the seed chose.
+placeholders per batch would cap the Locust process's one core. The measurements behind these choices, and
+an alternative statement that was tried and not kept, are in docs/performance-notes.md.
 """
 
 from __future__ import annotations
@@ -32,8 +26,8 @@ from writers.delivery import RetryPolicy
 BATCH_SIZE = 500
 """Rows per INSERT, the seed's value: 6,500 parameters for spans, a tenth of the protocol's limit."""
 POOL_SIZE = 20
-"""Flushing connections, the seed's value. Measured here (2 cores, shared): 4, 8 and 20 gave the same
-7-8.5k rows/s, the server's cores being the wall; more connections only queue there."""
+"""Flushing connections, the seed's value: past a few, the server's cores are the wall and more connections only
+queue there (docs/performance-notes.md)."""
 MAX_PARAMETERS = 65_535
 """The wire protocol counts a statement's parameters in 16 bits."""
 
@@ -41,9 +35,9 @@ MAX_PARAMETERS = 65_535
 class BatchedWriter(BufferedWriter):
     """Batches rows per table and sends each batch as one multi-row INSERT, committed on its own.
 
-    Every INSERT says `ON CONFLICT (event_id) DO NOTHING`, not only retries: measured here, with and
-    without it gave 6.7-8.7k and 7.4-8.6k rows/s (run-to-run noise is larger than the difference), and
-    one statement text keeps psycopg's automatic prepared statement for first tries and retries alike.
+    Every INSERT says `ON CONFLICT (event_id) DO NOTHING`, not only retries: it costs less than the run-to-run
+    noise (docs/performance-notes.md), and one statement text keeps psycopg's automatic prepared statement for
+    first tries and retries alike.
     """
 
     verb = "INSERT"
@@ -57,8 +51,7 @@ class BatchedWriter(BufferedWriter):
     default waits for 5 uses, and a connection sends each table's 500-row statement only ~10 times a run."""
     connection_settings = {"options": "-c plan_cache_mode=force_generic_plan"}
     """Plan the prepared statement once: by default the server plans it afresh for its first 5 executions, and
-    planning a VALUES list of 6,500 parameters is much of its work. Together with `prepare`, measured here
-    (57k rows, in-process): the server's CPU per row 84 -> 75 us, 14.7-16.8k -> 17.9-18.6k rows/s."""
+    planning a VALUES list of 6,500 parameters is much of its work (with `prepare`: docs/performance-notes.md)."""
 
     def __init__(
         self,

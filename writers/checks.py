@@ -10,8 +10,8 @@ The checks mirror schema/tables.sql: column count, NOT NULL, integers and floats
 shapes, timestamps with a zone on a real date, attributes a JSON object, no NUL bytes, only the COPY
 escapes our generator writes (`\\\\`, `\\t`,
 `\\n`, `\\r`). The hot path (`_passes`) costs one encode, a few single-byte searches, one compiled
-pattern over the typed columns and one orjson parse: ~30 us of CPU a row here, half of it orjson,
-against ~120 us for the server to COPY the row. Only a row that fails it is examined again, column
+pattern over the typed columns and one orjson parse: a fraction of what the server spends to COPY the row
+(docs/performance-notes.md). Only a row that fails it is examined again, column
 by column (`diagnose`), to say why. They are a filter, not a second PostgreSQL: what they
 cannot see (an event_id committed by an earlier batch, a constraint added to the schema) the server
 refuses and writers.validated isolates.

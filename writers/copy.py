@@ -16,9 +16,8 @@ from writers.buffered import BufferedWriter
 BATCH_SIZE = 5_000
 """Rows per COPY, the seed's value: ~15 MB, a third of a second of server work here."""
 POOL_SIZE = 2
-"""Flushing connections: as many as the server has cores to parse and compress rows. On the 2-core reference
-machine, 2 gave 0.92-0.93 of a raw 2-connection `psql \\copy` and 4 gave 0.79-0.81 (`make bench` levers):
-more backends than cores only take turns. Raise it (`--copy-pool-size`) for a bigger server."""
+"""Flushing connections: as many as the server has cores to parse and compress rows; more backends than cores only
+take turns (`make bench` levers, docs/performance-notes.md). Raise it (`--copy-pool-size`) for a bigger server."""
 
 
 class CopyWriter(BufferedWriter):

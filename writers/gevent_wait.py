@@ -2,10 +2,9 @@
 
 Under gevent's monkey-patching psycopg waits with `wait_poll` on gevent's patched `select.poll`, which builds a
 poll object, a watcher and a timeout for every wait of every round trip. A naive INSERT is one round trip per
-row, and that machinery was ~13 % of the naive writer's client CPU (py-spy, in-process). This connection keeps
-one gevent io watcher per kind of wait (read, write, both) for its socket and parks the greenlet on it, as a
-gevent socket does. Measured alone (one connection, 1,300 span INSERTs, shared machine): 136-240 -> 112-136 us
-of client CPU per row.
+row, and that machinery was a noticeable share of the naive writer's client CPU. This connection keeps one
+gevent io watcher per kind of wait (read, write, both) for its socket and parks the greenlet on it, as a gevent
+socket does (what it saved: docs/performance-notes.md).
 """
 
 from __future__ import annotations

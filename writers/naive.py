@@ -6,8 +6,7 @@ its rows is committed, and an engineer waits on every round trip. An engineer ho
 the length of a trace (`writers.delivery.HeldConnection`), as an application holds one for a request:
 a pool checkout per row cost more client CPU than the INSERT's own Python path. Each trace reuses one cursor
 per connection, its statement prepared on first use, and the connections wait on gevent io watchers
-(`writers.gevent_wait`): together, `make bench`'s in-process profile went from 210 to 139-192 us of client CPU
-per row, and NaiveEngineer from 0.35 to 0.37-0.43 of pgbench (2 cores, one repetition per run; README).
+(`writers.gevent_wait`): what each saved is in docs/performance-notes.md.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ class NaiveWriter(Writer):
     """INSERTs each row on its own, autocommit; acknowledges a row once its INSERT returned."""
 
     verb = "INSERT"
+    default_pool_size = POOL_SIZE
 
     def __init__(
         self,

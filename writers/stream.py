@@ -1,66 +1,42 @@
 """Redis Streams strategy: engineers XADD their traces to a stream; a consumer group COPYs them to PostgreSQL.
 
-Producing: each `write` is one XADD of the trace, tallied as received, and returns once Redis answered it. The
-process's sender greenlets send the XADDs queued by all its engineers in one pipelined round trip (with one XLEN
-that keeps the backlog estimate fresh): a round trip per trace cost the client ~2.5x the CPU per row.
-While the backlog is at `--stream-max-len` entries, `write` blocks its engineer (cooperatively) instead of
-trimming: MAXLEN would silently drop rows.
+This module is the producing side, the Writer the engineers use; the consuming side (reading batches, COPY,
+XACK) is `writers.stream_consumer`, whose greenlets the writer owns and stops once the stream is empty.
 
-Consuming: `--stream-consumers` greenlets per writing process, owned by the writer, read batches with
-XREADGROUP, COPY each table's rows in its own transaction, and only then XACK and XDEL the entries (one
-MULTI, so Redis frees them and nothing is deleted unacknowledged). A consumer that dies before its XACK
-leaves its entries pending: once they have been idle for `--stream-claim-idle`, any consumer takes them
-over with XAUTOCLAIM and COPYs them through the de-duplicating path, so they land exactly once. Rows count
-as acknowledged by the transaction that stored them: all of a plain COPY's, and only those a de-duplicating
-COPY inserted; so the run's summed tallies match the database whichever process consumed an entry, however
-often it was delivered or sent.
+Producing: each `write` is one XADD of the trace (one entry per trace, its three tables' COPY rows in three
+fields: the coarsest entry costs the client the least CPU per row), tallied as received, and returns once Redis
+answered it. The process's sender greenlets send the XADDs queued by all its engineers in pipelined round trips
+(with one XLEN that keeps the backlog estimate fresh). While the backlog is at `--stream-max-len` entries, `write`
+blocks its engineer (cooperatively) instead of trimming: MAXLEN would silently drop rows.
 
 Redis restarts: the run's Redis keeps an append-only file fsynced at every write (services.redis_server), so
 an acknowledged XADD, the consumer group and its pending entries survive a SIGTERM or a kill -9. Through the
 outage the producer retries its XADD (`--outage-deadline`); an XADD whose reply the restart cut may have
-landed and is sent again: the duplicate entry's rows are already stored and count nowhere twice. A consumer
-that finds its group gone (a Redis without persistence, restarted) creates it again.
-
-Consumers are the writer's greenlets, not a Locust user class: consumer users would count in -u and -r,
-be stopped with the engineers just when the stream must be drained, and keep the user count above 0, by
-which a fixed-volume run knows it is over. Owned by the writer they scale with --processes like every
-strategy's flushers, and `close` stops them only once the stream is empty.
-
-Granularity: one entry per trace, its three tables' COPY rows in three fields. Measured here (2,000
-traces = 37.8k rows of ~3 KB, redis-py, one core, pipelined XADD; XREADGROUP of 5,000 rows, then XACK per
-entry and XDEL): one entry per row, 13-18k rows/s produced and 14-16k consumed; per trace per table,
-38-40k and 58-64k; per trace, 31-39k and 90-95k. Redis memory is the same for all (~3.3 KB a row: the
-payload dominates), so the coarsest entry wins: the client's CPU per command is what a row pays for.
-
-Cost per row (`firehose bench` stream profile: 50 engineers, ~19k rows, the run's durable Redis, 2 cores): our
-client 33-35 us (producer 9.4, XREADGROUP 3.2-3.6 with hiredis's parser, COPY text join 4.4, COPY 2.6, XACK +
-XDEL 0.8), Redis 11 us in a Locust run (19-27 with its default AOF rewrites), PostgreSQL ~95-105 us; one XADD
-round trip per trace and pure-Python replies cost our client 55-58 us. README, Performance, has the A/B."""
+landed and is sent again: the duplicate entry's rows are already stored and count nowhere twice.
+Measured costs and the A/B runs behind these choices: docs/performance-notes.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import gevent
-import psycopg
 import redis
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Queue
 from locust.event import Events
-from psycopg_pool import ConnectionPool
 
 from telemetry.generator import TraceRows
-from telemetry.layout import TABLES, copy_statement
+from telemetry.layout import TABLES
 from writers.base import OnFatal, Writer, WriterContext
-from writers.copy import copy_data, copy_deduplicated, copy_rows
-from writers.delivery import Outcome, RetryPolicy, SetupError, open_pool
+from writers.copy import copy_data
+from writers.delivery import RetryPolicy, SetupError
+from writers.stream_consumer import HANDED_AT, StreamConsumers, StreamKeys
 
 logger = logging.getLogger(__name__)
 
@@ -69,43 +45,31 @@ BATCH_SIZE = 5_000
 ROWS_PER_ENTRY = 19
 """Rows in one trace's entry on average (8.5 spans + 5.5 metrics + 5 logs): turns rows into XREADGROUP's COUNT."""
 CONSUMERS = 4
-"""Consumer greenlets per writing process, each with its PostgreSQL connection. Two connections saturate
-the reference machine's two cores, but each consumer's connection idles while it reads and settles a
-batch: draining 56k rows here, four consumers did 5.8-8.8k rows/s, two 5.6-6.0k (CPUs shared)."""
+"""Consumer greenlets per writing process, each with its PostgreSQL connection: more than the cores, because
+each consumer's connection idles while it reads and settles a batch (docs/performance-notes.md)."""
 MAX_LEN = 5_000
-"""Entries (one trace, ~62 KB of Redis memory each) before engineers wait: ~95k rows, ~310 MB, the
-memory 100k 3-KB messages took here (302 MB); four seconds of PostgreSQL's COPY rate."""
+"""Entries (one trace, ~62 KB of Redis memory each) before engineers wait: ~95k rows, ~310 MB of Redis memory,
+a few seconds of PostgreSQL's COPY rate."""
 CLAIM_IDLE_S = 30.0
 """Pending this long, an entry's consumer is taken for dead and XAUTOCLAIM hands the entry to another
-(`--stream-claim-idle`). A live consumer holds a batch for its three COPYs (a second here), far below this;
+(`--stream-claim-idle`). A live consumer holds a batch for its three COPYs (about a second), far below this;
 one that was only slow loses nothing to a claim either: the claimer's de-duplicating COPY skips stored rows."""
-BLOCK_MS = 250
-"""XREADGROUP waits this long for entries: bounds how long `close` waits for consumers to notice it."""
 REDIS_CONNECTIONS = 64
 """Redis connections per process, a bound: the senders, the consumers and the engineer polling for room use one each."""
 SENDERS = 8
-"""Greenlets per process sending queued XADDs: while some wait for Redis's fsync, others send. 2 senders of up to
-50 XADDs made each round trip long and the stream run nearly empty (StreamEngineer 0.55 of CopyEngineer; 8 x 10:
-0.68, README "Performance")."""
+"""Greenlets per process sending queued XADDs: while some wait for Redis's fsync, others send (fewer left the
+stream nearly empty: docs/performance-notes.md)."""
 PIPELINE_TRACES = 10
-"""XADDs (one trace each, ~57 KB) a sender pipelines in one round trip at most. Measured here, 1,000 traces
-from one greenlet: one XADD per round trip 25.6 us of client CPU per row, 10 per round trip 13.0, 50 9.9."""
+"""XADDs (one trace each, ~57 KB) a sender pipelines in one round trip at most: one per round trip costs the client
+about twice the CPU per row (docs/performance-notes.md)."""
 ROOM_POLL_S = 0.05
 """While the stream is full, one engineer polls XLEN this often: a consumer frees a batch every ~0.3 s."""
-ERROR_BACKOFF_S = 1.0
-"""A consumer's pause after an error (Redis gone), so it does not spin while the cause lasts."""
 DRAIN_POLL_S = 0.1
 DRAIN_TIMEOUT_S = 240
 """`close` gives up after this (entries left count as lost). A master stops waiting for a process's final report
 after --drain-timeout (60 s by default) and names a process still draining then as late: a backlog that takes
 longer makes the run INCOMPLETE rather than hang it."""
 
-Entry = tuple[bytes, dict[bytes, bytes]]
-"""A stream entry as redis-py returns it: (id, {b"spans": rows, b"metrics": rows, b"logs": rows})."""
-_FIELDS = tuple(table.encode() for table in TABLES)
-HANDED_AT = "t"
-"""Entry field: the wall time the trace was handed to the writer, from which a consumer measures freshness."""
-_HANDED_AT_FIELD = HANDED_AT.encode()
 T = TypeVar("T")
 
 
@@ -114,6 +78,7 @@ class StreamWriter(Writer):
 
     verb = "COPY"
     services = ("redis",)
+    default_pool_size = CONSUMERS
 
     def __init__(
         self,
@@ -131,17 +96,15 @@ class StreamWriter(Writer):
     ) -> None:
         super().__init__(events, on_fatal, retry_policy)
         self.tally.track_hand_over = False  # rows are acknowledged by whichever process consumes them
-        self.stream = f"firehose:{run_id}:events"
-        self.group = f"firehose:{run_id}:copy"
-        self.refused_stream = f"firehose:{run_id}:refused"
+        self.keys = StreamKeys.of_run(run_id)
+        self.stream, self.group, self.refused_stream = self.keys.stream, self.keys.group, self.keys.refused
         self.max_len = max_len
         self.claim_idle_ms = max(1, round(claim_idle_s * 1000))
-        self._per_read = max(1, batch_size // ROWS_PER_ENTRY)
         self._redis_pool = redis.BlockingConnectionPool.from_url(
             redis_url, max_connections=REDIS_CONNECTIONS, timeout=None
         )
-        self._redis = redis.Redis(connection_pool=self._redis_pool)
-        self._create_group()
+        self.redis = redis.Redis(connection_pool=self._redis_pool)
+        self.create_group()
         # Back-pressure estimate: the last XLEN seen, plus own XADDs since; never below the truth for this process.
         self._length = 0
         self._in_flight = 0
@@ -151,15 +114,10 @@ class StreamWriter(Writer):
         """Traces waiting for a sender: (payload, rows, the engineer's AsyncResult); None stops a sender."""
         self._senders = [gevent.spawn(self._send_forever) for _ in range(SENDERS)]
         self._polling = Semaphore()
-        self._stopping = False
         self._closing = False
         self._writes = 0
         """`write` calls under way, waiting for room included: `close` waits for them before judging the stream."""
-        self._pool: ConnectionPool | None = None
-        if consumers > 0:
-            self._pool = open_pool(conninfo, consumers, "stream")
-        prefix = f"{socket.gethostname()}:{os.getpid()}"
-        self._consumers = [gevent.spawn(self._consume_forever, f"{prefix}:{n}") for n in range(consumers)]
+        self._consumers = StreamConsumers(self, conninfo, consumers, per_read=max(1, batch_size // ROWS_PER_ENTRY))
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -237,9 +195,9 @@ class StreamWriter(Writer):
     def flush(self) -> None:
         """Return once every entry this writer added has been committed and acknowledged, by any consumer."""
         self._wait_until(lambda: self._in_flight == 0, "this writer's XADDs")
-        if self._last_id is not None and not self._given_up():
+        if self._last_id is not None and not self.given_up():
             last = "%d-%d" % self._last_id
-            self._wait_until(lambda: not self._redis.xrange(self.stream, "-", last, count=1), "this writer's entries")
+            self._wait_until(lambda: not self.redis.xrange(self.stream, "-", last, count=1), "this writer's entries")
 
     def close(self) -> None:
         """Stop the consumers once the stream is empty: every entry, this writer's included, is committed and acked.
@@ -254,33 +212,30 @@ class StreamWriter(Writer):
         for _ in self._senders:
             self._outbox.put(None)
         gevent.joinall(self._senders)
-        self._wait_until(lambda: self._given_up() or self._redis.xlen(self.stream) == 0, self.stream)
-        self._stopping = True
-        gevent.joinall(self._consumers)
+        self._wait_until(lambda: self.given_up() or self.redis.xlen(self.stream) == 0, self.stream)
+        self._consumers.stop()
         if self.retry_policy.gone is not None:
             try:
-                left = self._redis.xlen(self.stream)
+                left = self.redis.xlen(self.stream)
             except redis.RedisError:
                 left = "its"
             logger.error(
                 "the database is gone: %s entries stay in Redis stream %s, not written to PostgreSQL", left, self.stream
             )
-        if self._pool is not None:
-            self._pool.close()
         self._redis_pool.disconnect()
 
     def gauges(self) -> dict[str, int]:
         """The run's stream now: entries waiting (length) and entries read but not yet acknowledged (pending)."""
-        if self._stopping:  # closed: its connections are gone
+        if self._consumers.stopping:  # closed: its connections are gone
             return {}
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
+            with self.redis.pipeline(transaction=False) as pipe:
                 length, pending = pipe.xlen(self.stream).xpending(self.stream, self.group).execute()
         except redis.RedisError:  # restarting: no figure rather than a failed report
             return {}
         return {"stream_length": length, "stream_pending": pending["pending"]}
 
-    def _given_up(self) -> bool:
+    def given_up(self) -> bool:
         """The database or Redis stayed out of reach past the deadline: nothing more can be stored."""
         return self.retry_policy.gone is not None or isinstance(self.fatal, RedisUnreachable)
 
@@ -290,10 +245,10 @@ class StreamWriter(Writer):
         for table, lines in rows.by_table():
             self.tally.failed[table] += len(lines)
 
-    def _create_group(self) -> None:
+    def create_group(self) -> None:
         """The run's consumer group (and stream), unless another process (or this one, before a restart) made it."""
         try:  # from id 0: entries another process added before the group existed are delivered too
-            self._with_redis(lambda: self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
+            self._with_redis(lambda: self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):  # BUSYGROUP: another process of the run created it first
                 raise
@@ -332,7 +287,7 @@ class StreamWriter(Writer):
             with self._polling:
                 while self._backlog() >= self.max_len:
                     added = self._added
-                    length = self._with_redis(lambda: self._redis.xlen(self.stream))
+                    length = self._with_redis(lambda: self.redis.xlen(self.stream))
                     self._length = length + self._added - added  # own XADDs that completed meanwhile
                     if self._backlog() >= self.max_len:
                         gevent.sleep(ROOM_POLL_S)
@@ -358,7 +313,7 @@ class StreamWriter(Writer):
         added = self._added
 
         def xadd() -> list:
-            with self.timed("XADD", self.stream, size), self._redis.pipeline(transaction=False) as pipe:
+            with self.timed("XADD", self.stream, size), self.redis.pipeline(transaction=False) as pipe:
                 for payload, _, _ in batch:
                     pipe.xadd(self.stream, payload)
                 return pipe.xlen(self.stream).execute()
@@ -403,119 +358,6 @@ class StreamWriter(Writer):
             return done()
         except (redis.ConnectionError, redis.TimeoutError):  # Redis restarting: ask again
             return False
-
-    # Consuming
-
-    def _consume_forever(self, consumer: str) -> None:
-        cursor = b"0-0"
-        group_lost = False
-        while not self._stopping and not self._given_up():
-            try:
-                if group_lost:
-                    self._create_group()
-                    group_lost = False
-                # Entries a dead consumer left pending first; deleted ones (third item) were already settled.
-                cursor, claimed, _ = self._redis.xautoclaim(
-                    self.stream, self.group, consumer, self.claim_idle_ms, cursor, count=self._per_read
-                )
-                if claimed:
-                    self._process(claimed, claimed=True)
-                    continue
-                reply = self._redis.xreadgroup(
-                    self.group, consumer, {self.stream: ">"}, count=self._per_read, block=BLOCK_MS
-                )
-                if reply:
-                    self._process(reply[0][1], claimed=False)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                # What it held stays pending (Redis keeps it on disk) and is claimed after --stream-claim-idle.
-                logger.warning("stream consumer %s: Redis unreachable (%s), trying again", consumer, error)
-                gevent.sleep(ERROR_BACKOFF_S)
-            except redis.ResponseError as error:
-                if "NOGROUP" in str(error):  # Redis restarted without it (no persistence): what it held is gone
-                    logger.warning("stream consumer %s: the consumer group is gone, creating it again", consumer)
-                    group_lost = True
-                else:
-                    logger.exception("stream consumer %s failed; its batch stays pending", consumer)
-                    gevent.sleep(ERROR_BACKOFF_S)
-            except Exception:
-                # A consumer outlives any one batch: what it held stays pending and is claimed after a while.
-                logger.exception("stream consumer %s failed; its batch stays pending", consumer)
-                gevent.sleep(ERROR_BACKOFF_S)
-
-    def _process(self, entries: list[Entry], *, claimed: bool) -> None:
-        """COPY a batch table by table, then settle its entries. Claimed ones may be in the database already."""
-        refused = []
-        for table, field in zip(TABLES, _FIELDS, strict=True):
-            parts = [(fields[field], fields.get(_HANDED_AT_FIELD)) for _, fields in entries if fields[field]]
-            if not parts:
-                continue
-            outcome = self._copy(table, parts, deduplicate=claimed)
-            if outcome is Outcome.UNAVAILABLE:  # the database is gone (the run stops): the entries stay pending
-                return
-            if outcome is Outcome.REFUSED:
-                refused.append(table)
-        self._settle(entries, refused)
-
-    def _copy(self, table: str, parts: list[tuple[bytes, bytes | None]], *, deduplicate: bool) -> Outcome:
-        """COPY one table's rows of a batch in its own transaction, and tally the rows it stored.
-
-        Claimed entries go through the deduplicating path, which counts only the rows it inserted: the others
-        were stored (and counted) by the transaction that inserted them.
-        """
-        data = b"".join(rows for rows, _ in parts)
-        counts = [part.count(b"\n") for part, _ in parts]  # per entry, for freshness; the batch's rows are their sum
-        rows = sum(counts)
-        stored = 0
-
-        def attempt(conn: psycopg.Connection, retry: bool) -> None:
-            nonlocal stored
-            if retry:
-                stored = copy_deduplicated(conn, table, data)
-            else:
-                copy_rows(conn, copy_statement(table), data)
-                stored = rows
-
-        try:
-            delivery = self.deliver(self._pool, self.verb, table, len(data), attempt, deduplicate=deduplicate)
-            if isinstance(delivery.error, psycopg.errors.UniqueViolation) and not deduplicate:
-                # Stored already (by a consumer that claimed these entries, or from an XADD sent twice): keep the rest.
-                delivery = self.deliver(self._pool, self.verb, table, len(data), attempt, deduplicate=True)
-        except SetupError as error:
-            self.fail(error)
-            return Outcome.UNAVAILABLE
-        if delivery.outcome is Outcome.REFUSED:
-            logger.error("%s refused a batch of %d rows: %s", table, rows, delivery.error)
-        elif delivery.outcome is Outcome.COMMITTED and stored:
-            self.tally.acknowledge(table, stored, len(data) * stored // rows)
-            if stored == rows:
-                for (_, handed_at), count in zip(parts, counts, strict=True):
-                    if handed_at:
-                        self.tally.record_freshness(table, count, float(handed_at))
-            elif handed := [float(handed_at) for _, handed_at in parts if handed_at]:
-                self.tally.record_freshness(table, stored, min(handed))  # which rows were new is not known
-        return delivery.outcome
-
-    def _settle(self, entries: list[Entry], refused: list[str]) -> None:
-        """XACK and XDEL the batch in one MULTI (refused entries copied to the refused stream first).
-
-        XACK answers per entry whether it was still pending: the rows of a refused table count as failed only
-        where it was (an entry another consumer claimed and settled first is counted there).
-        """
-        ids = [entry_id for entry_id, _ in entries]
-        with self._redis.pipeline(transaction=True) as pipe:
-            for _, fields in entries if refused else ():
-                pipe.xadd(self.refused_stream, fields)
-            for entry_id in ids:
-                pipe.xack(self.stream, self.group, entry_id)
-            pipe.xdel(self.stream, *ids)
-            acked = pipe.execute()[-1 - len(ids) : -1]
-        if refused:
-            logger.error("%d entries refused by %s kept in %s", len(ids), ", ".join(refused), self.refused_stream)
-        for (_, fields), was_pending in zip(entries, acked, strict=True):
-            if was_pending:
-                for table, field in zip(TABLES, _FIELDS, strict=True):
-                    if table in refused:
-                        self.tally.failed[table] += fields[field].count(b"\n")
 
 
 class RedisUnreachable(SetupError):

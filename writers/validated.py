@@ -35,7 +35,7 @@ from writers.delivery import Outcome, RetryPolicy, RowsRefused, SetupError
 logger = logging.getLogger(__name__)
 
 CHECK_SLICE = 500
-"""Rows checked between two yields to other greenlets: ~15 ms of CPU at ~30 us a row."""
+"""Rows checked between two yields to other greenlets: a few milliseconds of CPU (docs/performance-notes.md)."""
 INSERT_BATCH = 500
 """Suspicious rows per INSERT: the seed's batched-INSERT size (there are few such rows)."""
 
@@ -90,8 +90,8 @@ class ValidatedCopyWriter(CopyWriter):
             "--malformed-share",
             type=_share,
             default=0.0,
-            help="Share of rows (0 to 1) ValidatedCopyEngineer corrupts before writing them (bad JSON, NUL bytes, "
-            "NULLs, duplicate event ids, impossible dates), to exercise validation and the quarantine.",
+            help="Share of rows (0 to 1) the validated COPY strategy's engineers corrupt before writing them (bad "
+            "JSON, NUL bytes, NULLs, duplicate event ids, impossible dates), to exercise validation and quarantine.",
         )
 
     @classmethod

@@ -26,6 +26,7 @@ import psycopg
 from locust import User
 
 from firehose.run.preflight import Refused
+from firehose.strategies import strategy_of
 from services.pgbouncer import DEFAULT_POOL_SIZE as BOUNCER_SERVER_POOL
 from services.postgres import redact
 from users.analyst import Analyst
@@ -120,11 +121,12 @@ def demand(
 ) -> Demand:
     """What the run of these user classes will open, by these options, in `processes` writing processes."""
     run = Demand(processes)
-    writers = {user.writer_class for user in user_classes if getattr(user, "writer_class", None) is not None}
-    for writer in sorted(writers, key=lambda cls: cls.__name__):
-        if (dest := writer.pool_option()) is not None and getattr(options, dest, 0):
+    engineers = [user for user in user_classes if getattr(user, "writer_class", None) is not None]
+    rows = {strategy_of(user) for user in engineers}  # the table's row of each: a class with none is an error
+    for strategy in sorted(rows, key=lambda row: row.name):
+        if (dest := strategy.writer.pool_option()) is not None and getattr(options, dest, 0):
             run.pools[dest] = getattr(options, dest)
-        if "pgbouncer" in writer.services and bouncer_started_here:
+        if "pgbouncer" in strategy.services and bouncer_started_here:
             run.once["pgBouncer server pool"] = BOUNCER_SERVER_POOL  # opened on demand, up to this many
     if any(issubclass(user, Analyst) for user in user_classes):
         analysts = getattr(options, "analysts", 0) or 0

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable
 
 from firehose.run.preflight import Refused
+from firehose.strategies import all_strategies
 from services.pgbouncer import PgBouncer
 from services.postgres import (
     EMBEDDED_PORT,
@@ -38,6 +39,11 @@ PASSWORD_BYTES = 24
 """Random bytes of the password of services listening beyond loopback (32 URL-safe characters)."""
 
 
+def _needing(service: str) -> str:
+    """The strategies that write through this service (firehose.strategies)."""
+    return " and ".join(row.name for row in all_strategies() if service in row.services)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The addresses a user may give. DSNs stay out of the web UI's form: they may hold a password."""
     parser.add_argument(
@@ -53,13 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         include_in_web_ui=False,
         help="libpq DSN of a pgBouncer in transaction pooling mode in front of the target database, for "
-        "PooledEngineer. Default: one started on a free 127.0.0.1 port for the run (needs the pgbouncer binary).",
+        f"{_needing('pgbouncer')}. Default: one started on a free 127.0.0.1 port for the run (needs the pgbouncer "
+        "binary).",
     )
     parser.add_argument(
         FLAGS["redis"],
         default=None,
         include_in_web_ui=False,
-        help="Redis for StreamEngineer (redis://HOST:PORT/DB). Default: a redis-server started on a free "
+        help=f"Redis for {_needing('redis')} (redis://HOST:PORT/DB). Default: a redis-server started on a free "
         "127.0.0.1 port for the run, its append-only file fsynced per write, stopped at exit.",
     )
     parser.add_argument(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 
+from firehose.strategies import all_strategies
 from firehose.tools.headless import REPO
 from services.postgres import bundled_bin_dir
 from telemetry.generator import EngineerTelemetry, EventIds, engineer_seed
@@ -219,17 +220,15 @@ def _run_seconds(output: str, requested: int) -> float:
     return float(requested)
 
 
-KIND_OF = {
-    "NaiveEngineer": "naive",
-    "BatchedEngineer": "batched",
-    "PooledEngineer": "pooled",
-    "CopyEngineer": "copy",
-    "StreamEngineer": "copy",
-    "ValidatedCopyEngineer": "copy",
+LABELS = {
+    "naive": "pgbench naive, -M prepared",
+    "batched": "pgbench batched, -M prepared",
+    "pooled": "pgbench batched via pgBouncer, -M extended",
+    "copy": "psql \\copy",
 }
-"""The reference each strategy's statements reduce to: the stream and validated paths end in COPY."""
-CLIENTS = {"naive": 50, "batched": 20, "pooled": 20, "copy": RAW_CONNECTIONS}
-"""Connections of each reference: the default pool of the strategy it stands for."""
+"""How each reference kind (firehose.strategies.ReferenceKind) is named in reports."""
+CLIENTS = {row.reference: row.connections for row in all_strategies() if row.own_reference} | {"copy": RAW_CONNECTIONS}
+"""Connections of each reference: the default pool of the strategy it stands for (COPY: the raw parallel copy)."""
 COPY_ROWS_PER_S = 15_000
 """The COPY reference's rows are written to files first: enough for about its run time at this rate."""
 

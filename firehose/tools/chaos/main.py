@@ -29,7 +29,7 @@ from locust.event import Events
 from psycopg.rows import dict_row
 
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
-from firehose.strategies import resolve_strategies
+from firehose.strategies import strategy_named
 from firehose.tools.chaos.report import render_markdown
 from firehose.tools.cpu_usage import CpuUsage
 from firehose.tools.database import add_target_arguments, empty_tables, refusal_to_empty
@@ -42,10 +42,12 @@ from telemetry.durations import parse_duration
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows, engineer_seed
 from telemetry.layout import TABLES
 from telemetry.pools import CATALOGUE_SEED, Pools
+from users import CopyEngineer
 from users.queries import from_epoch_us, latest_error_trace, load_queries, window_parameters
 from writers.copy import CopyWriter
 
-DEFAULT_STRATEGY = "CopyEngineer"
+DEFAULT_STRATEGY = CopyEngineer.__name__
+"""The reference benchmark's chaos test streamed COPY."""
 DEFAULT_USERS = 50
 DEFAULT_DURATION = "30s"
 DEFAULT_PREFILL = 200_000
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         parse_duration(args.duration)
         history_s = parse_duration(args.history)
-        resolve_strategies([args.strategy])
+        strategy_named(args.strategy)
     except ValueError as error:
         sys.stderr.write(f"firehose chaos: {error}\n")
         return 2
@@ -100,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if (refusal := refusal_to_empty(dsn, "chaos", args.yes)) is not None:
             sys.stderr.write(refusal + "\n")
             return 2
-        writer = resolve_strategies([args.strategy])[0].writer_class
-        needed = [name for name in writer.services if FLAGS[name] not in locust_args]
+        needed = [name for name in strategy_named(args.strategy).services if FLAGS[name] not in locust_args]
         addresses = services.start(needed)  # once for both phases, like the sweep
         service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
         result = measure(dsn, args, history_s, [*service_args, *locust_args])

@@ -33,11 +33,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from firehose.run.budget import SHRINK_FLAG
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
-from firehose.strategies import available_strategies, resolve_strategies
+from firehose.strategies import all_strategies, available_strategies, resolve_strategies, strategy_named
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.tools.headless import RUN_OVERHEAD_S, locust_command, run_bounded
 from firehose.tools.machine import machine_info
-from firehose.tools.references import KIND_OF, run_reference
+from firehose.tools.references import run_reference
 from firehose.tools.server_cost import ServerCost
 from firehose.tools.sweep.report import BASELINE, Cell, SweepResult, render_table, write_results
 from services.pgbouncer import DEFAULT_POOL_SIZE
@@ -51,8 +51,6 @@ logger = logging.getLogger("firehose")
 DEFAULT_USERS = "10,50,100"
 DEFAULT_DURATION = "20s"
 """What a cell writes; every cell starts with these empty (runs and writer keys are bookkeeping, kept)."""
-SCALE_STRATEGIES = {"BatchedEngineer": "--batched-pool-size", "PooledEngineer": "--pooled-pool-size"}
-"""The connection-scale axis: the batched INSERTs directly, and through pgBouncer, with N client connections."""
 SCALE_USERS = 50
 """Engineers of a connection-scale cell: enough to keep batches coming; the connections are the variable."""
 CONNECTIONS_POLL_S = 0.5
@@ -97,7 +95,7 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     try:
         dsn = services.start_postgres()
         result = SweepResult(cells=[], machine=machine_info(dsn), settings=_settings(plan, dsn))
-        scale = [name for name in SCALE_STRATEGIES if plan.connections]
+        scale = [row for row in all_strategies() if row.scale_option is not None and plan.connections]
         total = len(engineers) * len(plan.user_counts) + len(scale) * len(plan.connections)
         for strategy, engineer in zip(plan.strategies, engineers, strict=True):
             service_args = _service_args(services, engineer, plan)
@@ -106,14 +104,14 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
                 cell = run_cell(strategy, users, plan, dsn, [*service_args, *plan.locust_args], timeout)
                 result.cells.append(cell)
                 progress(f"[{len(result.cells)}/{total}] {strategy} x {users} users: {cell.label()}")
-        for strategy in scale:
-            service_args = _service_args(services, resolve_strategies([strategy])[0], plan)
+        for row in scale:
+            service_args = _service_args(services, row.user_class, plan)
             for count in plan.connections:
                 empty_tables(dsn)
-                extra = [*service_args, SCALE_STRATEGIES[strategy], str(count), *plan.locust_args]
-                cell = run_cell(strategy, SCALE_USERS, plan, dsn, extra, timeout, connections=count)
+                extra = [*service_args, row.scale_option, str(count), *plan.locust_args]
+                cell = run_cell(row.name, SCALE_USERS, plan, dsn, extra, timeout, connections=count)
                 result.cells.append(cell)
-                progress(f"[{len(result.cells)}/{total}] {strategy} x {count} client connections: {cell.label()}")
+                progress(f"[{len(result.cells)}/{total}] {row.name} x {count} client connections: {cell.label()}")
         if plan.references:
             result.references = run_references(plan, services, dsn, progress)
     finally:
@@ -135,9 +133,7 @@ def run_references(
     """Each strategy's C-client reference, once per kind, into emptied tables, with its cost to the server."""
     pools = Pools.build(0)
     seconds = max(1, int(parse_duration(plan.duration)))
-    kinds = {
-        strategy: KIND_OF[strategy] for strategy in dict.fromkeys([BASELINE, *plan.strategies]) if strategy in KIND_OF
-    }
+    kinds = {strategy: strategy_named(strategy).reference for strategy in dict.fromkeys([BASELINE, *plan.strategies])}
     runs: dict[str, dict] = {}
     cost = ServerCost(dsn)
     with tempfile.TemporaryDirectory(prefix="firehose-sweep-") as scratch:
@@ -263,9 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connections",
         default="",
-        help="Client-connection counts of a connection-scale axis, e.g. 20,200,1000: BatchedEngineer directly and "
-        f"PooledEngineer through pgBouncer ({DEFAULT_POOL_SIZE} server connections), {SCALE_USERS} engineers each "
-        "(default: no axis).",
+        help=f"Client-connection counts of a connection-scale axis, e.g. 20,200,1000: {_scale_axis()}, "
+        f"{SCALE_USERS} engineers each (default: no axis).",
     )
     parser.add_argument(
         "--no-references",
@@ -283,6 +278,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "locust_args",
         nargs=argparse.REMAINDER,
         help="After `--`: options for every Locust run, e.g. `-- --traces-per-engineer 5`.",
+    )
+
+
+def _scale_axis() -> str:
+    """The strategies of the connection-scale axis, as --help names them."""
+    return " and ".join(
+        f"{row.name} through pgBouncer ({DEFAULT_POOL_SIZE} server connections)"
+        if "pgbouncer" in row.services
+        else f"{row.name} directly"
+        for row in all_strategies()
+        if row.scale_option is not None
     )
 
 

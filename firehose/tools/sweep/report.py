@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BASELINE = "NaiveEngineer"
+from firehose.strategies import baseline, strategy_named
+
+BASELINE = baseline().name
 """The strategy every ratio is taken against, as in the reference benchmark."""
 CHART_SIZE_IN = (8, 5)
 CHART_DPI = 120
@@ -152,7 +154,7 @@ def render_table(result: SweepResult) -> str:
 
 def _via(result: SweepResult, strategy: str) -> str:
     kind = result.references.get(strategy, {}).get("kind")
-    return " (COPY)" if kind == "copy" and strategy != "CopyEngineer" else ""
+    return " (COPY)" if kind == "copy" and not strategy_named(strategy).own_reference else ""
 
 
 COST_COLUMNS = (
