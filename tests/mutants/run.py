@@ -32,6 +32,7 @@ PACKAGES = ("firehose", "services", "telemetry", "users", "writers")
 """The project's top-level packages: each must be imported from the scratch copy, not the original."""
 NOT_COPIED = (".git", ".venv", "results", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
               ".hypothesis", ".import_linter_cache")  # fmt: skip
+SELF_TEST = "tests/test_mutants.py"
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
 
 
@@ -77,7 +78,8 @@ def run_one(patch: Path, source: Path, python: Path, timeout: float, log_dir: Pa
         if problem := _imported_elsewhere(python, tree, env):
             outcome.failing_test = problem
             return outcome
-        command = [str(python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+        # tests/test_mutants.py checks that each patch applies to an unpatched tree: not a test of the product
+        command = [str(python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--ignore={SELF_TEST}"]
         started = time.monotonic()
         output, returncode = _run_bounded(command, tree, env, timeout)
         outcome.seconds = time.monotonic() - started
