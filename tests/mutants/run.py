@@ -5,7 +5,9 @@ to a scratch directory, apply the patch there (`git apply`), and run `python -m 
 venv, PYTHONPATH set to the copy: the venv's editable install points at the original tree, and the copy must be
 what the tests and the Locust subprocesses they start import (checked before the suite runs). Records the time to
 the first failure and the failing test, or SURVIVED when the suite passed; a patch that no longer applies is STALE,
-never counted as killed. Prints a table; exits 1 if any mutant survived, was stale or could not be judged.
+never counted as killed. A failing test kills the mutant only if it fails again alone and passes alone without the
+patch: a timing test that fails on a loaded machine is left out and the suite run again. Prints a table; exits 1
+if any mutant survived, was stale or could not be judged.
 Scratch copies are always removed.
 
     python tests/mutants/run.py [--only 03-writer-drops-batch-overflow,06] [--source TREE] [--python VENV_PYTHON]
@@ -33,7 +35,10 @@ PACKAGES = ("firehose", "services", "telemetry", "users", "writers")
 NOT_COPIED = (".git", ".venv", "results", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
               ".hypothesis", ".import_linter_cache")  # fmt: skip
 SELF_TEST = "tests/test_mutants.py"
-_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+RECHECK_TIMEOUT_S = 900
+"""Bound on re-running one failing test alone, with and without the patch."""
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
+"""A failing test in pytest's short summary: its id (parameters may hold spaces), then " - " and the error."""
 
 
 @dataclass
@@ -64,13 +69,13 @@ def fault_of(patch: Path) -> str:
 
 
 def run_one(patch: Path, source: Path, python: Path, timeout: float, log_dir: Path | None) -> Outcome:
-    """Apply `patch` to a scratch copy of `source`, run the suite there until its first failure."""
+    """Apply `patch` to a scratch copy of `source`, run the suite there until a failure the fault causes."""
     outcome = Outcome(patch.stem, fault_of(patch), "ERROR")
     scratch = Path(tempfile.mkdtemp(prefix=f"firehose-mutant-{patch.stem[:2]}-"))
     try:
         tree = scratch / "tree"
         shutil.copytree(source, tree, ignore=shutil.ignore_patterns(*NOT_COPIED), symlinks=True)
-        applied = subprocess.run(["git", "apply", str(patch)], cwd=tree, capture_output=True, text=True)
+        applied = _git_apply(patch, tree)
         if applied.returncode != 0:
             outcome.verdict, outcome.failing_test = "STALE", applied.stderr.strip().splitlines()[0]
             return outcome
@@ -78,26 +83,71 @@ def run_one(patch: Path, source: Path, python: Path, timeout: float, log_dir: Pa
         if problem := _imported_elsewhere(python, tree, env):
             outcome.failing_test = problem
             return outcome
-        # tests/test_mutants.py checks that each patch applies to an unpatched tree: not a test of the product
-        command = [str(python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--ignore={SELF_TEST}"]
+        _suite_until_the_fault_fails_it(patch, tree, python, env, timeout, outcome, log_dir)
+        return outcome
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _suite_until_the_fault_fails_it(
+    patch: Path, tree: Path, python: Path, env: dict[str, str], timeout: float, outcome: Outcome, log_dir: Path | None
+) -> None:
+    """Run the suite (`pytest -x`) until a failure is the fault's.
+
+    A failing test is the fault's only if it fails again alone with the patch and passes alone without it: on a
+    loaded machine a timing test may fail for no fault of the patch, and must not count as a kill. Such a test is
+    named in the outcome, and the suite runs again without it. `outcome.seconds` is the last run's time.
+    """
+    # tests/test_mutants.py checks that each patch applies to an unpatched tree: not a test of the product
+    suite = [str(python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--ignore={SELF_TEST}"]
+    unreliable: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
         started = time.monotonic()
-        output, returncode = _run_bounded(command, tree, env, timeout)
+        command = [*suite, *(f"--deselect={test_id}" for test_id in unreliable)]
+        output, returncode = _run_bounded(command, tree, env, max(deadline - started, 1))
         outcome.seconds = time.monotonic() - started
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
-            (log_dir / f"{patch.stem}.log").write_text(output)
+            with (log_dir / f"{patch.stem}.log").open("a") as log:
+                log.write(output)
         failed = _FAILED.search(output)
         if returncode is None:
             outcome.verdict = "TIMEOUT"
         elif returncode == 0:
             outcome.verdict = "SURVIVED"
-        elif failed:
+        elif failed is None:
+            outcome.failing_test = f"pytest exit code {returncode}, no failing test named"
+        elif _the_faults_failure(patch, failed.group(1), tree, python, env):
             outcome.verdict, outcome.failing_test = "killed", failed.group(1)
         else:
-            outcome.failing_test = f"pytest exit code {returncode}, no failing test named"
-        return outcome
+            unreliable.append(failed.group(1))
+            continue
+        if unreliable:
+            outcome.failing_test += f" (failed without the fault, left out: {', '.join(unreliable)})"
+        return
+
+
+def _fails_alone(test_id: str, tree: Path, python: Path, env: dict[str, str]) -> bool:
+    """Whether the test fails when run alone in `tree`."""
+    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", test_id]
+    _, returncode = _run_bounded(command, tree, env, RECHECK_TIMEOUT_S)
+    return returncode != 0
+
+
+def _the_faults_failure(patch: Path, test_id: str, tree: Path, python: Path, env: dict[str, str]) -> bool:
+    """Whether the test fails alone with the patch and passes alone without it (the patch is put back after)."""
+    if not _fails_alone(test_id, tree, python, env):
+        return False
+    _git_apply(patch, tree, "--reverse").check_returncode()
+    try:
+        return not _fails_alone(test_id, tree, python, env)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        _git_apply(patch, tree).check_returncode()
+
+
+def _git_apply(patch: Path, tree: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "apply", *flags, str(patch)], cwd=tree, capture_output=True, text=True)
 
 
 def _imported_elsewhere(python: Path, tree: Path, env: dict[str, str]) -> str | None:
