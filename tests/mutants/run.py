@@ -39,6 +39,7 @@ RECHECK_TIMEOUT_S = 900
 """Bound on re-running one failing test alone, with and without the patch."""
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
 """A failing test in pytest's short summary: its id (parameters may hold spaces), then " - " and the error."""
+_PASSED = re.compile(r"^PASSED (.+)$", re.MULTILINE)
 
 
 @dataclass
@@ -96,17 +97,21 @@ def _suite_until_the_fault_fails_it(
 
     A failing test is the fault's only if it fails again alone with the patch and passes alone without it: on a
     loaded machine a timing test may fail for no fault of the patch, and must not count as a kill. Such a test is
-    named in the outcome, and the suite runs again without it. `outcome.seconds` is the last run's time.
+    named in the outcome, and the suite goes on without it and without the tests that passed already.
+    `outcome.seconds` is the suite's time to the kill, the re-runs of single tests not counted.
     """
     # tests/test_mutants.py checks that each patch applies to an unpatched tree: not a test of the product
-    suite = [str(python), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", f"--ignore={SELF_TEST}"]
+    # -rA: the short summary names every test that passed, so a run after an unreliable failure skips them
+    suite = [str(python), "-m", "pytest", "-x", "-q", "-rA", "-p", "no:cacheprovider", f"--ignore={SELF_TEST}"]
     unreliable: list[str] = []
-    deadline = time.monotonic() + timeout
+    passed: list[str] = []
+    outcome.seconds, deadline = 0.0, time.monotonic() + timeout
     while True:
         started = time.monotonic()
-        command = [*suite, *(f"--deselect={test_id}" for test_id in unreliable)]
+        command = [*suite, *(f"--deselect={test_id}" for test_id in [*passed, *unreliable])]
         output, returncode = _run_bounded(command, tree, env, max(deadline - started, 1))
-        outcome.seconds = time.monotonic() - started
+        outcome.seconds += time.monotonic() - started
+        passed += _PASSED.findall(output)
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             with (log_dir / f"{patch.stem}.log").open("a") as log:
@@ -175,8 +180,20 @@ def _run_bounded(command: list[str], cwd: Path, env: dict[str, str], timeout: fl
             with suppress(ProcessLookupError):  # the group may be gone already
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+            _kill_leftovers(env["PYTHONPATH"])
         output.seek(0)
         return output.read(), returncode
+
+
+def _kill_leftovers(tree: str) -> None:
+    """Kill what the suite started in a session of its own (pg_ctl's PostgreSQL), found by the PYTHONPATH it
+    inherited: after a suite cut short, its session fixtures never stopped them."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"\0PYTHONPATH={tree}\0".encode() in b"\0" + environ.read_bytes():
+                os.kill(int(environ.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
 
 
 def table(outcomes: list[Outcome]) -> str:
@@ -199,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds one mutant's suite may take.")
     parser.add_argument("--log-dir", type=Path, default=None, help="Keep each mutant's pytest output here.")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (scratch copies, processes) as on Ctrl-C
     source = args.source.resolve()
     python = args.python or source / ".venv" / "bin" / "python"  # not resolved: the venv's own path
     outcomes = []
