@@ -69,7 +69,9 @@ def fault_of(patch: Path) -> str:
     return patch.read_text().splitlines()[0].strip()
 
 
-def run_one(patch: Path, source: Path, python: Path, timeout: float, log_dir: Path | None) -> Outcome:
+def run_one(
+    patch: Path, source: Path, python: Path, timeout: float, log_dir: Path | None, pytest_args: tuple[str, ...] = ()
+) -> Outcome:
     """Apply `patch` to a scratch copy of `source`, run the suite there until a failure the fault causes."""
     outcome = Outcome(patch.stem, fault_of(patch), "ERROR")
     scratch = Path(tempfile.mkdtemp(prefix=f"firehose-mutant-{patch.stem[:2]}-"))
@@ -84,14 +86,21 @@ def run_one(patch: Path, source: Path, python: Path, timeout: float, log_dir: Pa
         if problem := _imported_elsewhere(python, tree, env):
             outcome.failing_test = problem
             return outcome
-        _suite_until_the_fault_fails_it(patch, tree, python, env, timeout, outcome, log_dir)
+        _suite_until_the_fault_fails_it(patch, tree, python, env, timeout, outcome, log_dir, pytest_args)
         return outcome
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _suite_until_the_fault_fails_it(
-    patch: Path, tree: Path, python: Path, env: dict[str, str], timeout: float, outcome: Outcome, log_dir: Path | None
+    patch: Path,
+    tree: Path,
+    python: Path,
+    env: dict[str, str],
+    timeout: float,
+    outcome: Outcome,
+    log_dir: Path | None,
+    pytest_args: tuple[str, ...] | list[str],
 ) -> None:
     """Run the suite (`pytest -x`) until a failure is the fault's.
 
@@ -102,7 +111,18 @@ def _suite_until_the_fault_fails_it(
     """
     # tests/test_mutants.py checks that each patch applies to an unpatched tree: not a test of the product
     # -rA: the short summary names every test that passed, so a run after an unreliable failure skips them
-    suite = [str(python), "-m", "pytest", "-x", "-q", "-rA", "-p", "no:cacheprovider", f"--ignore={SELF_TEST}"]
+    suite = [
+        str(python),
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-rA",
+        "-p",
+        "no:cacheprovider",
+        f"--ignore={SELF_TEST}",
+        *pytest_args,
+    ]
     unreliable: list[str] = []
     passed: list[str] = []
     outcome.seconds, deadline = 0.0, time.monotonic() + timeout
@@ -216,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds one mutant's suite may take.")
     parser.add_argument("--log-dir", type=Path, default=None, help="Keep each mutant's pytest output here.")
+    parser.add_argument(
+        "--pytest-arg", action="append", default=[], help="An argument added to the suite's pytest (repeatable)."
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (scratch copies, processes) as on Ctrl-C
     source = args.source.resolve()
@@ -223,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = []
     for patch in mutants(args.patches, [name for name in args.only.split(",") if name]):
         print(f"{patch.stem}: {fault_of(patch)}", flush=True)
-        outcome = run_one(patch, source, python, args.timeout, args.log_dir)
+        outcome = run_one(patch, source, python, args.timeout, args.log_dir, args.pytest_arg)
         seconds = "" if outcome.seconds is None else f" after {outcome.seconds:.0f} s"
         print(f"  {outcome.verdict}{seconds} {outcome.failing_test}", flush=True)
         outcomes.append(outcome)
