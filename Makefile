@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 USERS ?= 100
 DURATION ?= 120s
 
-.PHONY: run test test-fast lint services clean sweep bench optimize chaos
+.PHONY: run test test-fast lint services clean sweep bench optimize chaos mutants
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ test: $(BIN)/.installed services
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow"
+
+## mutants: each named fault of tests/mutants/ (MUTANTS=03,06 or full names: some) applied to a scratch copy of the
+## tree, the suite run there until its first failure; a table of the failing tests, fails if a fault survived
+## (MUTANTS_ARGS="--pytest-arg=--deselect=tests/test_x.py" passes arguments to the suite's pytest)
+MUTANTS ?=
+MUTANTS_ARGS ?=
+mutants: $(BIN)/.installed services
+	$(BIN)/python tests/mutants/run.py $(if $(MUTANTS),--only $(MUTANTS)) $(MUTANTS_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports && $(BIN)/deptry .
