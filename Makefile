@@ -53,13 +53,18 @@ CHAOS_ARGS ?=
 chaos: $(BIN)/.installed
 	$(BIN)/firehose chaos $(CHAOS_ARGS)
 
-## test: lint, layer rules (import-linter), dependencies (deptry), then every test (fast first, then the slow ones)
+## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
+## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores
+## (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
+TEST_WORKERS ?= 4
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -m serial
 
+## test-fast: the tests that start no server and run no Locust (~30 s)
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow"
 

@@ -11,12 +11,10 @@ the runs pass `--exit-code-on-error 0` and the reconciliation is what is judged.
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import gevent
 import psycopg
@@ -27,8 +25,6 @@ from tests.conftest import load_summary
 from firehose.tools.headless import REPO, locust_command, run_bounded
 from firehose.run.summary import count_in_database
 from services.pgbouncer import PgBouncer
-from services.ports import free_port
-from services.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.slow
 
@@ -102,18 +98,6 @@ def test_a_pgbouncer_restart_mid_run_loses_nothing(postgres, dsn, tmp_path):
     _reconciles(summary)
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL of the test's own, which it may stop and keep down (the session's server stays up)."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-outage-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
-    server = EmbeddedPostgres(root / "data", port=free_port())
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.parametrize(
     ("strategy", "processes"),
     [("CopyEngineer", 0), ("NaiveEngineer", 0), ("StreamEngineer", 0), ("CopyEngineer", 2)],
@@ -122,7 +106,8 @@ def own_postgres():
 def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path, strategy, processes):
     """A --continuous run of ten minutes ends within deadline + margin of the database's stop, with one line; with
     workers too (the master then knows the run's writer keys from the workers, not from the database)."""
-    dsn = own_postgres.dsn
+    server = own_postgres()
+    dsn = server.dsn
     summary_path = tmp_path / "summary.json"
     command = locust_command(
         strategy, "-u", "10", "-r", "10", "-t", "10m", "--continuous", "--exit-code-on-error", "0",
@@ -138,7 +123,7 @@ def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path,
             while not _spans(dsn):
                 assert time.monotonic() < deadline and process.poll() is None, "no row arrived before the outage"
                 gevent.sleep(0.1)
-            own_postgres.stop()  # and it stays down until the run has ended
+            server.stop()  # and it stays down until the run has ended
             try:
                 returncode = process.wait(OUTAGE_DEADLINE_S + OUTAGE_MARGIN_S)
             except subprocess.TimeoutExpired:
@@ -163,7 +148,7 @@ def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path,
         assert events["failed"] == not_written, events
     assert written["retries"] > 0 and written["blocked_s"] >= OUTAGE_DEADLINE_S, written
     # What the writers saw committed is in the database, and nothing more: counted once it is back.
-    own_postgres.start()
+    server.start()
     by_key, duplicates = count_in_database(dsn, summary["run"]["run_id"])
     in_database = sum(sum(tables.values()) for tables in by_key.values())
     assert in_database == events["acknowledged"] and duplicates == 0, (by_key, events)

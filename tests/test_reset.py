@@ -3,18 +3,13 @@
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from firehose.admin import reset
-from services.ports import free_port
 from services.postgres import EmbeddedPostgres
 from tests.conftest import REPO
 
@@ -22,29 +17,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def data_dir():
+def data_dir(own_postgres):
     """An embedded data directory of the test's own, holding one run's bookkeeping and a row; its server stopped."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-reset-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
-    server = EmbeddedPostgres(root / "data", port=free_port())
-    try:
-        with psycopg.connect(server.start(), autocommit=True) as conn:
-            run_id = conn.execute(
-                "INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id"
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
-                [run_id],
-            )
-            conn.execute(
-                "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')",
-                [run_id],
-            )
-        server.stop()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    server = own_postgres()
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        run_id = conn.execute("INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id").fetchone()[
+            0
+        ]
+        conn.execute(
+            "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
+            [run_id],
+        )
+        conn.execute(
+            "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')", [run_id]
+        )
+    server.stop()
+    return server
 
 
 def _reset(*args: str) -> subprocess.CompletedProcess:

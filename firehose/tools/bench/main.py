@@ -39,6 +39,7 @@ from faker import Faker
 from locust.event import Events
 from locust.stats import RequestStats
 
+from firehose.tools.bench import crash_cost
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.tools.headless import REPO, run_headless
 from firehose.tools.references import RAW_CONNECTIONS, raw_copy, representative_rows, run_pgbench, write_copy_files
@@ -141,6 +142,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "StreamEngineer brings CopyEngineer, its reference.",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
+    parser.add_argument(
+        "--crash-cost",
+        action="store_true",
+        help="Also kill -9 a writing worker of each strategy "
+        "and tabulate what died with it (firehose.tools.bench.crash_cost; ~1 min per strategy).",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,6 +203,8 @@ class Bench:
                     results["strategies"]["client_cpu_us_per_row"][name] = profile["client_cpu_us_per_row"]
         if "levers" in parts:
             results["levers"] = self.levers(results["end_to_end"]["copy_engineer_rows_per_s"])
+        if self.args.crash_cost:
+            results["crash_cost"] = crash_cost.measure(self.dsn, progress=_progress)
         return results
 
     def machine(self) -> dict:
@@ -753,6 +762,8 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {label} | skipped: {data['skipped']} | |")
             else:
                 lines.append(f"| {label} | {_fig(data)} | {data['effect']:+.0%} |")
+    if costs := results.get("crash_cost"):
+        lines += ["", *crash_cost.markdown_lines(costs)]
     return "\n".join(lines) + "\n"
 
 
