@@ -124,3 +124,17 @@ def run_locust(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fast tests first, then the slow end-to-end ones: a quick failure is reported quickly."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker: keep gevent's hub awake. The worker waits for its next test on an event that
+    execnet's reader thread (started before `import locust` patched threading) sets; with no timer of its own,
+    the hub would take that wait for a deadlock (LoopExit)."""
+    if hasattr(config, "workerinput"):
+        import gevent
+
+        def keep_awake() -> None:
+            while True:
+                gevent.sleep(0.05)
+
+        gevent.spawn(keep_awake)
