@@ -270,7 +270,7 @@ class Analyst(User):
 
     def wait_time(self) -> float:
         """No think time by default (like the reference's query loop): --analyst-think-time seconds otherwise."""
-        return self.environment.firehose.run.process_run.options.analyst_think_time
+        return self.environment.firehose.process_run.options.analyst_think_time
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -285,7 +285,7 @@ class Analyst(User):
 
     @task
     def query(self) -> None:
-        run = self.environment.firehose.run.process_run
+        run = self.environment.firehose.process_run
         if run.closing:
             raise StopUser()
         runner = run.shared(QueryRunner.for_run)

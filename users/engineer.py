@@ -46,7 +46,7 @@ class Engineer(User):
     @task
     def emit(self) -> None:
         firehose = self.environment.firehose
-        run = firehose.run.process_run
+        run = firehose.process_run
         if run is None or self.gave_up:  # this process's run could not start (reported), or this engineer failed
             raise StopUser()
         writer = run.writer(self.writer_class)
@@ -133,9 +133,9 @@ class ValidatedCopyEngineer(Engineer):
 
     def on_start(self) -> None:
         firehose = self.environment.firehose
-        if firehose.run.process_run is None:  # the run could not start (reported): `emit` stops this user
+        if firehose.process_run is None:  # the run could not start (reported): `emit` stops this user
             return
-        self.faults = Faults(firehose.options.malformed_share, firehose.run.process_run.seed)
+        self.faults = Faults(firehose.options.malformed_share, firehose.process_run.seed)
 
     def outgoing(self, rows: TraceRows) -> TraceRows:
         return self.faults.corrupt(rows)

@@ -44,12 +44,12 @@ class Telemetry:
         )
 
     def _local_snapshot(self) -> dict | None:
-        run = self.firehose.run.process_run
+        run = self.firehose.process_run
         return process_snapshot(run, encode=False) if run is not None else None
 
     @property
     def coordinator(self):
-        return self.firehose.run.coordinator
+        return self.firehose.coordinator
 
     def on_test_start(self) -> None:
         """After the coordinator recorded the run."""
@@ -114,22 +114,22 @@ class Telemetry:
 def attach(environment: Environment, firehose) -> Telemetry | None:
     """Attach the live telemetry to this process (`firehose`: its lifecycle.Firehose). None in a worker."""
     events = environment.events
-    if firehose.run.coordinator is None:  # a worker: its counters travel with its stats reports
+    if firehose.coordinator is None:  # a worker: its counters travel with its stats reports
 
         @events.report_to_master.add_listener
         def _(data: dict, **_kwargs) -> None:
-            if (run := firehose.run.process_run) is not None:
+            if (run := firehose.process_run) is not None:
                 data[LIVE] = process_snapshot(run, encode=True)
 
         return None
     telemetry = Telemetry(environment, firehose)
-    firehose.run.coordinator.summary_extras["live"] = telemetry.final_totals
+    firehose.coordinator.summary_extras["live"] = telemetry.final_totals
     events.test_start.add_listener(lambda **_: telemetry.on_test_start())
     events.test_stop.add_listener(lambda **_: telemetry.on_test_stop())
     events.worker_report.add_listener(lambda client_id, data, **_: telemetry.on_worker_report(client_id, data))
     events.quitting.add_listener(lambda **_: telemetry.on_quitting())
     # The target is the database: Locust's Host field shows it (redacted), and its "no host" warning goes.
-    environment.host = redact(firehose.run.coordinator.postgres)
+    environment.host = redact(firehose.coordinator.postgres)
     if environment.web_ui is not None:
         webui.install(environment, telemetry.live)
     return telemetry

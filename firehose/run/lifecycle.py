@@ -152,7 +152,7 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
         events.test_stop.add_listener(lambda **_: firehose.on_test_stop())
-        if (coordinator := firehose.run.coordinator) is not None:
+        if (coordinator := firehose.coordinator) is not None:
             events.spawning_complete.add_listener(lambda **_: coordinator.on_spawning_complete())
             events.worker_report.add_listener(
                 lambda client_id, data, **_: coordinator.on_worker_report(client_id, data)

@@ -176,6 +176,6 @@ def register(events: Events) -> None:
     def _(environment: Environment, **_kwargs) -> None:
         @events.test_start.add_listener
         def _(**_kwargs) -> None:  # after firehose's own: the process's run is open
-            run = environment.firehose.run.process_run
+            run = environment.firehose.process_run
             if run is not None and getattr(run.options, "migration_probe", 0) > 0:
                 run.shared(_start)
