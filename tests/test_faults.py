@@ -3,7 +3,8 @@ recovery) and a pgBouncer restart mid-run; in-flight batches are retried through
 every run reconciles: acknowledged == in database, lost = 0, duplicates = 0. A database that stays down past
 --outage-deadline stops the run with one line, rows not written counted, within the deadline and a margin.
 
-Each run is `--continuous` for a fixed time; the fault strikes once rows are arriving (observed, not timed).
+Each restart strikes a fixed-volume run, paced so that it writes for a few seconds in small batches, once rows are
+arriving (observed, not timed); the run ends when every engineer has emitted its events.
 Locust's own rule makes a run with failed requests exit 1 (the round trips the restart broke are failures), so
 the runs pass `--exit-code-on-error 0` and the reconciliation is what is judged.
 """
@@ -28,8 +29,15 @@ from services.pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.slow
 
-RUN_S = 10
-"""Each run's length: the fault strikes within its first seconds, the rest shows the writers resumed."""
+VOLUME = ("--traces-per-engineer", "20", "--engineer-rate", "100", "-t", "120s")
+"""10 engineers x ~380 events offered at 100 events/s each: ~4 s of writing, the fault strikes within its first
+second, the rest shows the writers resumed. The time limit is a safety net only."""
+SMALL_BATCHES = {
+    "CopyEngineer": ("--copy-batch-size", "200"),
+    "NaiveEngineer": (),
+    "PooledEngineer": ("--pooled-batch-size", "100"),
+}
+"""Batches small enough that rows reach the database while the engineers write (one INSERT per event: naive)."""
 RUN_TIMEOUT_S = 240
 DEADLINE_S = 60
 """Bound on waiting for an observed state."""
@@ -40,17 +48,19 @@ OUTAGE_MARGIN_S = 30
 
 
 def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path) -> dict:
-    """Run `strategy` for RUN_S seconds; once spans are arriving, call `fault()`; return the summary."""
+    """Run VOLUME of `strategy`; once spans are arriving, call `fault()`; return the summary."""
     summary = tmp_path / "summary.json"
     command = locust_command(
-        strategy, "-u", "10", "-r", "10", "-t", f"{RUN_S}s", "--continuous", "--exit-code-on-error", "0",
+        strategy, "-u", "10", "-r", "10", *VOLUME, *SMALL_BATCHES[strategy], "--exit-code-on-error", "0",
         "--pg-dsn", dsn, "--summary-json", str(summary), *extra,
     )  # fmt: skip
     with tempfile.TemporaryFile("w+") as output:
         run = gevent.spawn(run_bounded, command, RUN_TIMEOUT_S, output, output)
         deadline = time.monotonic() + DEADLINE_S
         while not _spans(dsn):
-            assert time.monotonic() < deadline and not run.dead, "no row arrived before the fault"
+            if run.dead or time.monotonic() > deadline:
+                output.seek(0)
+                pytest.fail(f"no row arrived before the fault:\n{output.read()[-4000:]}")
             gevent.sleep(0.1)
         before = _spans(dsn)
         fault()
@@ -58,6 +68,7 @@ def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path) -> di
         output.seek(0)
         log = output.read()
     assert not timed_out and returncode == 0, log[-4000:]
+    assert "engineers have emitted their telemetry: ending the run" in log, log[-4000:]  # not the time limit
     result = load_summary(summary)
     assert result["events"]["in_database"] > before, "the writers did not resume after the fault"
     return result

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from firehose.admin import reset
+from firehose.run import disk_guard
 from services.postgres import EmbeddedPostgres
 from tests.conftest import REPO
 
@@ -76,10 +77,10 @@ def test_reset_remove_deletes_the_data_dir_and_its_log(data_dir):
 
 
 def test_a_large_data_dir_is_named_with_the_command_that_empties_it(data_dir, caplog):
-    size = reset.directory_size(data_dir.data_dir)
+    size = disk_guard.directory_size(data_dir.data_dir)
     with caplog.at_level(logging.WARNING, logger="firehose"):
-        reset.warn_if_large(data_dir.data_dir, threshold=size + 1)
+        disk_guard.warn_if_large(data_dir.data_dir, threshold=size + 1)
         assert not caplog.records
-        reset.warn_if_large(data_dir.data_dir, threshold=size - 1)
+        disk_guard.warn_if_large(data_dir.data_dir, threshold=size - 1)
     [record] = caplog.records
     assert f"firehose reset --embedded-data-dir {data_dir.data_dir}" in record.getMessage()
