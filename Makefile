@@ -35,7 +35,8 @@ sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 
 ## bench: generator events/s, CopyEngineer vs raw psql \copy, each strategy vs its C-client reference (pgbench
 ## scripts in bench/pgbench/) with server cost per row, client CPU profiles, levers -> bench/results/
-## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4)
+## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4;
+## "--crash-cost" adds what a worker killed -9 loses, per strategy)
 BENCH_ARGS ?=
 bench: $(BIN)/.installed services
 	$(BIN)/firehose bench $(BENCH_ARGS)
