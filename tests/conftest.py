@@ -23,6 +23,11 @@ from services.ports import free_port
 from telemetry.pools import Pools
 
 REPO = Path(__file__).resolve().parent.parent
+# Every Locust master the tests start waits up to 30 s (not Locust's 1 s) for its workers to report the users they
+# spawned: a worker reports only once its value pools are built (~1.5 s of CPU), later on a busy machine (tests on
+# several xdist workers), and a master that judged the end of a fixed-volume run before the reports came would
+# count 0 engineers and end it at once. The wait ends as soon as the reports are in.
+os.environ.setdefault("LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP", "30")
 SUMMARY_SCHEMA = json.loads((REPO / "schema" / "summary.schema.json").read_text())
 
 

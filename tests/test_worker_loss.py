@@ -22,7 +22,10 @@ from tests.conftest import REPO, load_summary, validate_summary
 
 pytestmark = pytest.mark.slow
 
-FIXED_VOLUME = ("-t", "240s", "--traces-per-engineer", "100", "--engineer-rate", "200", "--copy-batch-size", "200")
+PACED = ("--engineer-rate", "200", "--copy-batch-size", "200")
+"""A timed COPY run's engineers offer 200 events/s each in batches of 200 rows: its rows reach the database while
+they write, and the accounting is checked without the run spending its 20 s writing as fast as it can."""
+FIXED_VOLUME = ("-t", "240s", "--traces-per-engineer", "100", *PACED)
 """A fixed-volume run whose engineers take ~10 s each (1,900 events at 200/s), so the victim dies with
 unfinished engineers; small batches, so its rows reach the database while they write. The time limit is a
 safety net only: the test checks the run ended by its end check."""
@@ -69,7 +72,7 @@ def _named_and_the_survivor_reconciles(run: KilledWorkerRun) -> None:
 
 
 def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile(dsn, tmp_path):
-    run = _killed(dsn, "CopyEngineer", tmp_path, *CONTINUOUS, "--drain-timeout", "120")
+    run = _killed(dsn, "CopyEngineer", tmp_path, *CONTINUOUS, *PACED, "--drain-timeout", "120")
     _named_and_the_survivor_reconciles(run)
 
 
