@@ -57,7 +57,7 @@ chaos: $(BIN)/.installed
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
 ## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores
 ## (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
