@@ -22,7 +22,7 @@ BACKLOG = 2 * POOL
 
 def test_rows_buffered_stay_within_the_backlog_whatever_the_engineers(dsn):
     command = locust_command(
-        "CopyEngineer", "-u", str(ENGINEERS), "-r", str(ENGINEERS), "-t", "13s", "--continuous", "--pg-dsn", dsn,
+        "CopyEngineer", "-u", str(ENGINEERS), "-r", str(ENGINEERS), "-t", "20s", "--continuous", "--pg-dsn", dsn,
         "--copy-batch-size", str(BATCH), "--copy-pool-size", str(POOL),
     )  # fmt: skip
     command.remove("--only-summary")  # the progress line says what is buffered every 5 s
