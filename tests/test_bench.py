@@ -27,6 +27,7 @@ def quick_bench(postgres, tmp_path_factory) -> Path:
     return json_path
 
 
+@pytest.mark.serial  # --quick times 3 s runs that include Locust's start: other tests on the cores leave them empty
 def test_quick_bench_writes_results(quick_bench):
     json_path = quick_bench
     results = json.loads(json_path.read_text())
@@ -68,6 +69,7 @@ def test_quick_bench_writes_results(quick_bench):
     )
 
 
+@pytest.mark.serial  # the quick bench's results (see above)
 def test_strategy_picks_the_strategies_run_with_the_references_they_need(quick_bench):
     assert picked_strategies(["StreamEngineer"]) == ["CopyEngineer", "StreamEngineer"]  # CopyEngineer: its reference
     assert picked_strategies(["NaiveEngineer"]) == ["NaiveEngineer"]
