@@ -35,7 +35,8 @@ sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 
 ## bench: generator events/s, CopyEngineer vs raw psql \copy, each strategy vs its C-client reference (pgbench
 ## scripts in bench/pgbench/) with server cost per row, client CPU profiles, levers -> bench/results/
-## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4)
+## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4;
+## "--only crash_cost" measures what a worker killed -9 loses, per strategy)
 BENCH_ARGS ?=
 bench: $(BIN)/.installed services
 	$(BIN)/firehose bench $(BENCH_ARGS)
@@ -53,13 +54,18 @@ CHAOS_ARGS ?=
 chaos: $(BIN)/.installed
 	$(BIN)/firehose chaos $(CHAOS_ARGS)
 
-## test: lint, layer rules (import-linter), dependencies (deptry), then every test (fast first, then the slow ones)
+## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
+## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores
+## (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
+TEST_WORKERS ?= 3
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -m serial
 
+## test-fast: the tests that start no server and run no Locust (~30 s)
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow"
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: a real PostgreSQL of the tests' own (embedded, on a free loopback port)."""
+"""Shared fixtures: a real PostgreSQL of the session's own (embedded, on a free loopback port; one per xdist
+worker), servers of a test's own copied from a template data directory made once per session, and the value
+pools built once per session."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
@@ -13,11 +15,19 @@ import jsonschema
 import psycopg
 import pytest
 
+from collections.abc import Callable, Iterator
+
 from services.postgres import EmbeddedPostgres
 from firehose.tools.headless import locust_command, run_bounded
 from services.ports import free_port
+from telemetry.pools import Pools
 
 REPO = Path(__file__).resolve().parent.parent
+# Every Locust master the tests start waits up to 30 s (not Locust's 1 s) for its workers to report the users they
+# spawned: a worker reports only once its value pools are built (~1.5 s of CPU), later on a busy machine (tests on
+# several xdist workers), and a master that judged the end of a fixed-volume run before the reports came would
+# count 0 engineers and end it at once. The wait ends as soon as the reports are in.
+os.environ.setdefault("LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP", "30")
 SUMMARY_SCHEMA = json.loads((REPO / "schema" / "summary.schema.json").read_text())
 
 
@@ -35,14 +45,61 @@ def load_summary(path: Path) -> dict:
 @pytest.fixture(scope="session")
 def postgres():
     """An embedded PostgreSQL started for this test session, stopped (and its data removed) after it."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-test-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
+    root = _scratch_root("firehose-test-")
     # A Unix socket too, so a test can reach the same database by another address.
     server = EmbeddedPostgres(root / "data", port=free_port(), socket_dir=root / "socket")
     server.start()
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pools() -> Pools:
+    """The value pools of seed 0, built once per session (Faker's work, ~1 s of CPU each time)."""
+    return Pools.build(0)
+
+
+def _scratch_root(prefix: str) -> Path:
+    """A temporary directory the server's user may enter (it runs as another user when the tests run as root)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)
+    return root
+
+
+@pytest.fixture(scope="session")
+def template_data_dir() -> Iterator[Path]:
+    """A data directory initialised once per session (initdb, the database, the schema), its server stopped:
+    `own_postgres` copies it for each test that needs a server of its own."""
+    root = _scratch_root("firehose-template-")
+    server = EmbeddedPostgres(root / "data", port=free_port())
+    server.start()
+    server.stop()
+    yield server.data_dir
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres(template_data_dir) -> Iterator[Callable[..., EmbeddedPostgres]]:
+    """A factory of PostgreSQL servers of the test's own, which it may stop, restart, reconfigure or reset (the
+    session's server stays as it is): `own_postgres(settings=None, start=True)` copies the template data
+    directory (ownership kept) to a new one on a free port. Whatever the test left running is stopped after it."""
+    made: list[tuple[EmbeddedPostgres, Path]] = []
+
+    def make(settings: dict | None = None, start: bool = True) -> EmbeddedPostgres:
+        root = _scratch_root("firehose-own-")
+        subprocess.run(["cp", "-a", str(template_data_dir), str(root / "data")], check=True, timeout=60)
+        server = EmbeddedPostgres(root / "data", port=free_port(), settings=settings)
+        made.append((server, root))
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server, root in made:
+        server.started_here = True  # whatever a test or a run left running there goes with the test
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -72,3 +129,17 @@ def run_locust(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fast tests first, then the slow end-to-end ones: a quick failure is reported quickly."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker: keep gevent's hub awake. The worker waits for its next test on an event that
+    execnet's reader thread (started before `import locust` patched threading) sets; with no timer of its own,
+    the hub would take that wait for a deadlock (LoopExit)."""
+    if hasattr(config, "workerinput"):
+        import gevent
+
+        def keep_awake() -> None:
+            while True:
+                gevent.sleep(0.05)
+
+        gevent.spawn(keep_awake)

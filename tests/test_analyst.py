@@ -97,10 +97,10 @@ def test_reports_merge_counts_and_histograms_across_processes():
 
 
 @pytest.fixture(scope="module")
-def telemetry(postgres) -> str:
+def telemetry(postgres, pools) -> str:
     """Three engineers' telemetry in the hour before ANCHOR_US."""
     writer = CopyWriter(postgres.dsn, Events(), batch_size=2000, pool_size=2)
-    pools, ids = Pools.build(0), EventIds(31)
+    ids = EventIds(31)
     for seed in range(3):
         for rows in EngineerTelemetry(pools, seed, anchor_us=ANCHOR_US).traces(ids):
             writer.write(rows)
@@ -108,16 +108,16 @@ def telemetry(postgres) -> str:
     return postgres.dsn
 
 
-def process_run(dsn: str, events: Events, *argv: str) -> ProcessRun:
+def process_run(dsn: str, pools: Pools, events: Events, *argv: str) -> ProcessRun:
     """A real ProcessRun (it records a writer key in the database), anchored at ANCHOR_US."""
     run = RunStart(open_run(dsn, seed=7, label="Analyst"), 7, ANCHOR_US, {"postgres": dsn})
     environment = Environment(events=events)
-    return ProcessRun(run, "firehose test", 0, Pools.build(0), options(*argv), environment, on_fatal=print)
+    return ProcessRun(run, "firehose test", 0, pools, options(*argv), environment, on_fatal=print)
 
 
 @pytest.mark.slow
-def test_the_runner_is_built_once_per_process_and_closed_at_drain(telemetry):
-    run = process_run(telemetry, Events())
+def test_the_runner_is_built_once_per_process_and_closed_at_drain(telemetry, pools):
+    run = process_run(telemetry, pools, Events())
     built = []
 
     class CountedRunner(QueryRunner):
@@ -137,11 +137,11 @@ def test_the_runner_is_built_once_per_process_and_closed_at_drain(telemetry):
 
 
 @pytest.mark.slow
-def test_analysts_fire_every_query_as_a_locust_request(telemetry, monkeypatch):
+def test_analysts_fire_every_query_as_a_locust_request(telemetry, pools, monkeypatch):
     events = Events()
     fired = []
     events.request.add_listener(lambda **request: fired.append(request))
-    run = process_run(telemetry, events, "--analyst-pool-size", "4")
+    run = process_run(telemetry, pools, events, "--analyst-pool-size", "4")
     environment = Environment(user_classes=[Analyst], events=events, parsed_options=run.options)
     monkeypatch.setattr(Analyst, "process", SimpleNamespace(process_run=run, options=run.options))  # the lifecycle's
     runner = environment.create_local_runner()
@@ -165,8 +165,8 @@ def test_analysts_fire_every_query_as_a_locust_request(telemetry, monkeypatch):
 
 
 @pytest.mark.slow
-def test_weights_steer_the_mix(telemetry):
-    run = process_run(telemetry, Events(), "--query-weights", ",".join(f"{name}=0" for name in NAMES[1:]))
+def test_weights_steer_the_mix(telemetry, pools):
+    run = process_run(telemetry, pools, Events(), "--query-weights", ",".join(f"{name}=0" for name in NAMES[1:]))
     runner = run.part(QueryRunner)
     assert {runner.pick() for _ in range(50)} == {NAMES[0]}
     run.drain()

@@ -1,5 +1,10 @@
 """Settings that cannot work are refused before anything starts: one line, exit code 2, well under 10 s,
-no server left running, no Locust traceback."""
+no server left running, no Locust traceback.
+
+Each setting is checked in process, through the same path Locust's start takes (its parser with firehose's
+options, then the coordinator that runs the checks at init); one real `locust` run shows the whole exit: exit code
+2, the one line, no traceback, nothing left running.
+"""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
@@ -11,23 +16,62 @@ import time
 import gevent
 import psycopg
 import pytest
+from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments
+from locust.env import Environment
+from locust.event import Events
 from psycopg.conninfo import make_conninfo
 
-from firehose.run import preflight
+from firehose.run import lifecycle, preflight
+from firehose.run.coordinator import Coordinator
 from firehose.tools.headless import LOCUSTFILE
 from services.ports import free_port
 from services.postgres import redact
 from tests.conftest import REPO
+from users import (
+    Analyst,
+    BatchedEngineer,
+    CopyEngineer,
+    NaiveEngineer,
+    PooledEngineer,
+    StreamEngineer,
+    ValidatedCopyEngineer,
+)
 
 pytestmark = pytest.mark.slow
 
 REFUSAL_S = 10
 """The issue's bound on a refusal; a refused run starts nothing, so it takes about Locust's start-up."""
+USER_CLASSES = [
+    CopyEngineer, NaiveEngineer, BatchedEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer, Analyst
+]  # fmt: skip
+"""The user classes locustfile.py registers."""
+COMMON = ("--headless", "-u", "1", "-t", "30s")
+"""What every refused run is given besides its own options."""
 
 
 def _refused(*args: str) -> tuple[str, float]:
-    """Run locust with `args`; assert exit code 2 and no traceback; return firehose's line and the seconds taken."""
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-t", "30s", *args]
+    """Locust's options parsed as `locust -f locustfile.py ARGS` parses them, then the checks Locust's init runs
+    (firehose.run.coordinator); assert they refuse; return the line the user sees and the seconds taken."""
+    events = Events()
+    lifecycle.register(events, USER_CLASSES)
+    parser = get_empty_argument_parser(add_help=False, default_config_files=[])
+    setup_parser_arguments(parser)
+    events.init_command_line_parser.fire(parser=parser)
+    options = parser.parse_args(["-f", str(LOCUSTFILE), *COMMON, *args])
+    named = [user for user in USER_CLASSES if user.__name__ in options.user_classes]
+    environment = Environment(user_classes=named, events=events, parsed_options=options)
+    environment.create_local_runner()
+    start = time.monotonic()
+    with pytest.raises(preflight.Refused) as refusal:
+        Coordinator(environment, local=None)
+    return f"firehose: {refusal.value}", time.monotonic() - start
+
+
+@pytest.mark.serial  # a timing: refused well under REFUSAL_S
+def test_a_refusal_exits_2_with_one_line_no_traceback_and_nothing_left_running(embedded_options):
+    """The whole exit, in a real `locust` process: what every in-process check above relies on."""
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *COMMON, "CopyEngineer", "--copy-batch-size",
+               "0", *embedded_options]  # fmt: skip
     start = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - start
@@ -35,7 +79,7 @@ def _refused(*args: str) -> tuple[str, float]:
     assert result.returncode == 2, output[-3000:]
     assert "Traceback" not in output and "Uncaught exception" not in output, output[-3000:]
     [line] = [line for line in output.splitlines() if line.startswith("firehose:")]
-    return line, elapsed
+    assert line == "firehose: --copy-batch-size must be at least 1, got 0" and elapsed < REFUSAL_S
 
 
 @pytest.fixture

@@ -1,21 +1,35 @@
 """`firehose bench --quick` runs every section against a real server and writes well-formed results.
 
-No figure is asserted: benchmarks are measured by `make bench`, not judged by tests.
+No figure is asserted: benchmarks are measured by `make bench`, not judged by tests. The whole quick bench runs
+once (a module fixture); what it picks with --only and --strategy is checked without measuring again.
 """
 
 import json
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from firehose.cli import main
+from firehose.tools.bench.main import picked_strategies
 
 pytestmark = pytest.mark.slow
 
 
-def test_quick_bench_writes_results(dsn, tmp_path):
-    assert main(["bench", "--quick", "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
-    [json_path] = tmp_path.glob("*.json")
+@pytest.fixture(scope="module")
+def quick_bench(postgres, tmp_path_factory) -> Path:
+    """The JSON results of one `firehose bench --quick` on the session's server (its tables emptied first)."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE spans, metrics, logs, quarantine")
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--pg-dsn", postgres.dsn, "--out", str(out)]) == 0
+    [json_path] = out.glob("*.json")
+    return json_path
+
+
+@pytest.mark.serial  # --quick times 3 s runs that include Locust's start: other tests on the cores leave them empty
+def test_quick_bench_writes_results(quick_bench):
+    json_path = quick_bench
     results = json.loads(json_path.read_text())
     assert results["machine"]["cores"] >= 1
     assert results["generator"]["events_per_s"]["median"] > 0
@@ -55,20 +69,20 @@ def test_quick_bench_writes_results(dsn, tmp_path):
     )
 
 
-def test_strategy_picks_the_strategies_run_with_the_references_they_need(dsn, tmp_path):
-    args = ["bench", "--quick", "--only", "strategies", "--strategy", "StreamEngineer"]
-    assert main([*args, "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
-    [json_path] = tmp_path.glob("*.json")
-    strategies = json.loads(json_path.read_text())["strategies"]
-    assert set(strategies["rows_per_s"]) == {"CopyEngineer", "StreamEngineer"}  # CopyEngineer: the stream's reference
-    assert strategies["ratio_to_reference"]["StreamEngineer"] > 0
+@pytest.mark.serial  # the quick bench's results (see above)
+def test_strategy_picks_the_strategies_run_with_the_references_they_need(quick_bench):
+    assert picked_strategies(["StreamEngineer"]) == ["CopyEngineer", "StreamEngineer"]  # CopyEngineer: its reference
+    assert picked_strategies(["NaiveEngineer"]) == ["NaiveEngineer"]
+    assert picked_strategies(None) == list(json.loads(quick_bench.read_text())["strategies"]["rows_per_s"])
 
 
 def test_only_measures_the_parts_asked_for(dsn, tmp_path):
-    assert main(["bench", "--quick", "--only", "end_to_end", "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
+    """--only generator: the cheapest part (no server work), and nothing else measured or rendered."""
+    assert main(["bench", "--quick", "--only", "generator", "--pg-dsn", dsn, "--out", str(tmp_path)]) == 0
     [json_path] = tmp_path.glob("*.json")
-    assert set(json.loads(json_path.read_text())) == {"machine", "end_to_end"}
-    assert "end to end / raw" in json_path.with_suffix(".md").read_text()
+    assert set(json.loads(json_path.read_text())) == {"machine", "generator"}
+    markdown = json_path.with_suffix(".md").read_text()
+    assert "generator, events/s on one core" in markdown and "end to end / raw" not in markdown
 
 
 @pytest.mark.parametrize("tool", ["bench", "sweep"])

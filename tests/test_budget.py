@@ -4,12 +4,9 @@ starts (one line, exit code 2), or with --shrink-pools runs with its per-process
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,7 +14,7 @@ import pytest
 from firehose.run import budget
 from firehose.tools.headless import LOCUSTFILE, run_bounded
 from services.ports import free_port
-from services.postgres import EmbeddedPostgres, redact
+from services.postgres import redact
 from tests.conftest import load_summary, run_locust
 from users import Analyst, CopyEngineer, NaiveEngineer, PooledEngineer, StreamEngineer
 
@@ -60,20 +57,14 @@ def test_processes_are_the_expected_workers_of_a_master():
 
 
 @pytest.fixture
-def small_server():
+def small_server(own_postgres):
     """A PostgreSQL of the test's own with a small max_connections (the session's server is left alone)."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-budget-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
     settings = {
         "max_connections": str(MAX_CONNECTIONS),
         "superuser_reserved_connections": str(SUPERUSER_RESERVED),
         "shared_buffers": "64MB",
     }
-    server = EmbeddedPostgres(root / "data", port=free_port(), settings=settings)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    return own_postgres(settings=settings)
 
 
 def _reserved(dsn: str) -> int:

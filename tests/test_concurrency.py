@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # a timing: 10 sleeps of 0.5 s overlap within 1.5 s
 
 # Run in a fresh interpreter that imports our writer module *first*: the package must patch by itself.
 SCRIPT = textwrap.dedent(

@@ -9,15 +9,9 @@ from locust.event import Events
 
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import COLUMNS, parse_row
-from telemetry.pools import Pools
 from writers.copy import CopyWriter
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 def _write(dsn, pools, engineers, **writer_options):

@@ -7,7 +7,7 @@ import orjson
 from telemetry.counts import SEVERITY_BITS, SPAN_BITS, GeneratedCounts, merge_counts
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import parse_row
-from telemetry.pools import SEVERITIES, Pools
+from telemetry.pools import SEVERITIES
 
 ANCHOR_US = 1_748_779_200_000_000
 
@@ -19,8 +19,8 @@ def nested(counter: Counter) -> dict:
     return tree
 
 
-def test_counts_match_the_rows_composed():
-    pools, ids = Pools.build(0), EventIds(5)
+def test_counts_match_the_rows_composed(pools):
+    ids = EventIds(5)
     counts = GeneratedCounts(pools.topologies)
     spans, logs, traces = [], [], 0
     for seed in range(4):
@@ -61,7 +61,6 @@ def test_counts_merge_by_adding_up():
     assert merge_counts([]) == {}
 
 
-def test_the_encoding_of_a_log_fact_fits_its_bits():
-    pools = Pools.build(0)
+def test_the_encoding_of_a_log_fact_fits_its_bits(pools):
     assert max(len(shape) for shape in pools.topologies) <= 1 << SPAN_BITS
     assert max(number for number, _text, _weight in SEVERITIES) < 1 << SEVERITY_BITS

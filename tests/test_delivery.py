@@ -20,7 +20,6 @@ from psycopg.conninfo import make_conninfo
 
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import TABLES
-from telemetry.pools import Pools
 from firehose.tools.headless import locust_command, run_bounded
 from writers.copy import CopyWriter
 from writers.delivery import ErrorClass, RowsRefused, classify
@@ -32,11 +31,6 @@ DEADLINE_S = 60
 """Bound on every wait of these tests for an observed state."""
 RUN_TIMEOUT_S = 180
 """Bound on a Locust run of these tests."""
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 def _recording(events):

@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 
 from firehose.tools.headless import locust_command
 from services.postgres import EmbeddedPostgres
-from services.ports import free_port
 from tests.conftest import REPO, load_summary
 
 pytestmark = pytest.mark.slow
@@ -27,14 +25,10 @@ STARTED = re.compile(r"(pgbouncer|redis) on .*?127\.0\.0\.1[ :](?:port=)?(\d+)")
 
 
 @pytest.fixture
-def embedded(tmp_path_factory):
-    """A data directory and port of this test's own for the run's embedded PostgreSQL."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-exit-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
-    server = EmbeddedPostgres(root / "data", port=free_port())
-    yield server
-    server.started_here = True  # whatever a run left behind goes with the test
-    server.stop()
+def embedded(own_postgres):
+    """A data directory (copied from the session's template) and port of this test's own for the run's embedded
+    PostgreSQL; its server not started: the run starts it."""
+    return own_postgres(start=False)
 
 
 def _launch(server: EmbeddedPostgres, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:

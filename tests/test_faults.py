@@ -3,7 +3,8 @@ recovery) and a pgBouncer restart mid-run; in-flight batches are retried through
 every run reconciles: acknowledged == in database, lost = 0, duplicates = 0. A database that stays down past
 --outage-deadline stops the run with one line, rows not written counted, within the deadline and a margin.
 
-Each run is `--continuous` for a fixed time; the fault strikes once rows are arriving (observed, not timed).
+Each restart strikes a fixed-volume run, paced so that it writes for a few seconds in small batches, once rows are
+arriving (observed, not timed); the run ends when every engineer has emitted its events.
 Locust's own rule makes a run with failed requests exit 1 (the round trips the restart broke are failures), so
 the runs pass `--exit-code-on-error 0` and the reconciliation is what is judged.
 """
@@ -11,12 +12,10 @@ the runs pass `--exit-code-on-error 0` and the reconciliation is what is judged.
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import gevent
 import psycopg
@@ -27,13 +26,18 @@ from tests.conftest import load_summary
 from firehose.tools.headless import REPO, locust_command, run_bounded
 from firehose.run.summary import count_in_database
 from services.pgbouncer import PgBouncer
-from services.ports import free_port
-from services.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.slow
 
-RUN_S = 10
-"""Each run's length: the fault strikes within its first seconds, the rest shows the writers resumed."""
+VOLUME = ("--traces-per-engineer", "20", "--engineer-rate", "100", "-t", "120s")
+"""10 engineers x ~380 events offered at 100 events/s each: ~4 s of writing, the fault strikes within its first
+second, the rest shows the writers resumed. The time limit is a safety net only."""
+SMALL_BATCHES = {
+    "CopyEngineer": ("--copy-batch-size", "200"),
+    "NaiveEngineer": (),
+    "PooledEngineer": ("--pooled-batch-size", "100"),
+}
+"""Batches small enough that rows reach the database while the engineers write (one INSERT per event: naive)."""
 RUN_TIMEOUT_S = 240
 DEADLINE_S = 60
 """Bound on waiting for an observed state."""
@@ -44,17 +48,19 @@ OUTAGE_MARGIN_S = 30
 
 
 def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path) -> dict:
-    """Run `strategy` for RUN_S seconds; once spans are arriving, call `fault()`; return the summary."""
+    """Run VOLUME of `strategy`; once spans are arriving, call `fault()`; return the summary."""
     summary = tmp_path / "summary.json"
     command = locust_command(
-        strategy, "-u", "10", "-r", "10", "-t", f"{RUN_S}s", "--continuous", "--exit-code-on-error", "0",
+        strategy, "-u", "10", "-r", "10", *VOLUME, *SMALL_BATCHES[strategy], "--exit-code-on-error", "0",
         "--pg-dsn", dsn, "--summary-json", str(summary), *extra,
     )  # fmt: skip
     with tempfile.TemporaryFile("w+") as output:
         run = gevent.spawn(run_bounded, command, RUN_TIMEOUT_S, output, output)
         deadline = time.monotonic() + DEADLINE_S
         while not _spans(dsn):
-            assert time.monotonic() < deadline and not run.dead, "no row arrived before the fault"
+            if run.dead or time.monotonic() > deadline:
+                output.seek(0)
+                pytest.fail(f"no row arrived before the fault:\n{output.read()[-4000:]}")
             gevent.sleep(0.1)
         before = _spans(dsn)
         fault()
@@ -62,6 +68,7 @@ def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path) -> di
         output.seek(0)
         log = output.read()
     assert not timed_out and returncode == 0, log[-4000:]
+    assert "engineers have emitted their telemetry: ending the run" in log, log[-4000:]  # not the time limit
     result = load_summary(summary)
     assert result["events"]["in_database"] > before, "the writers did not resume after the fault"
     return result
@@ -102,18 +109,6 @@ def test_a_pgbouncer_restart_mid_run_loses_nothing(postgres, dsn, tmp_path):
     _reconciles(summary)
 
 
-@pytest.fixture
-def own_postgres():
-    """A PostgreSQL of the test's own, which it may stop and keep down (the session's server stays up)."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-outage-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
-    server = EmbeddedPostgres(root / "data", port=free_port())
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.parametrize(
     ("strategy", "processes"),
     [("CopyEngineer", 0), ("NaiveEngineer", 0), ("StreamEngineer", 0), ("CopyEngineer", 2)],
@@ -122,7 +117,8 @@ def own_postgres():
 def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path, strategy, processes):
     """A --continuous run of ten minutes ends within deadline + margin of the database's stop, with one line; with
     workers too (the master then knows the run's writer keys from the workers, not from the database)."""
-    dsn = own_postgres.dsn
+    server = own_postgres()
+    dsn = server.dsn
     summary_path = tmp_path / "summary.json"
     command = locust_command(
         strategy, "-u", "10", "-r", "10", "-t", "10m", "--continuous", "--exit-code-on-error", "0",
@@ -138,7 +134,7 @@ def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path,
             while not _spans(dsn):
                 assert time.monotonic() < deadline and process.poll() is None, "no row arrived before the outage"
                 gevent.sleep(0.1)
-            own_postgres.stop()  # and it stays down until the run has ended
+            server.stop()  # and it stays down until the run has ended
             try:
                 returncode = process.wait(OUTAGE_DEADLINE_S + OUTAGE_MARGIN_S)
             except subprocess.TimeoutExpired:
@@ -163,7 +159,7 @@ def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path,
         assert events["failed"] == not_written, events
     assert written["retries"] > 0 and written["blocked_s"] >= OUTAGE_DEADLINE_S, written
     # What the writers saw committed is in the database, and nothing more: counted once it is back.
-    own_postgres.start()
+    server.start()
     by_key, duplicates = count_in_database(dsn, summary["run"]["run_id"])
     in_database = sum(sum(tables.values()) for tables in by_key.values())
     assert in_database == events["acknowledged"] and duplicates == 0, (by_key, events)

@@ -6,15 +6,9 @@ import pytest
 
 from telemetry.generator import ERROR_SHARE, EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import COLUMNS, parse_row
-from telemetry.pools import Pools
 
 ANCHOR_US = 1_764_000_000_000_000
 USERS = 300
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 @pytest.fixture(scope="module")

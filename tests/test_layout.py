@@ -7,7 +7,6 @@ import pytest
 
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import LAYOUT, TABLES, parse_row
-from telemetry.pools import Pools
 
 COLUMNS_IN_DATABASE = """
 SELECT column_name, data_type, is_nullable = 'YES'
@@ -25,8 +24,8 @@ def test_layout_equals_the_live_databases_columns(postgres, table):
     assert live == [(column.name, column.sql_type, column.nullable) for column in LAYOUT[table]]
 
 
-def test_the_generator_composes_rows_of_the_layouts_columns():
-    telemetry = EngineerTelemetry(Pools.build(0), seed=1, traces=5)
+def test_the_generator_composes_rows_of_the_layouts_columns(pools):
+    telemetry = EngineerTelemetry(pools, seed=1, traces=5)
     for rows in telemetry.traces(EventIds(1)):
         for table, lines in rows.by_table():
             for line in lines:

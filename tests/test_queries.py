@@ -18,7 +18,6 @@ from psycopg.rows import dict_row
 
 from services.postgres import bundled_bin_dir
 from telemetry.generator import EngineerTelemetry, EventIds
-from telemetry.pools import Pools
 from users.queries import (
     DEFAULT_METRIC_NAME,
     QUERIES_DIR,
@@ -113,12 +112,12 @@ class Generated:
 
 
 @pytest.fixture(scope="module")
-def dataset(postgres) -> tuple[str, Generated]:
+def dataset(postgres, pools) -> tuple[str, Generated]:
     """ENGINEERS engineers' telemetry over HISTORY_S before ANCHOR, loaded with CopyWriter, and parsed."""
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE spans, metrics, logs")
     writer = CopyWriter(postgres.dsn, Events(), batch_size=2000, pool_size=2)
-    pools, ids = Pools.build(0), EventIds(21)
+    ids = EventIds(21)
     spans, metrics, logs = [], [], []
     for seed in range(ENGINEERS):
         telemetry = EngineerTelemetry(pools, seed, anchor_us=epoch_us(ANCHOR), window_s=HISTORY_S)

@@ -7,14 +7,8 @@ import pytest
 from firehose.tools.references import CLIENTS, run_reference
 from firehose.tools.server_cost import ServerCost
 from services.pgbouncer import PgBouncer
-from telemetry.pools import Pools
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 @pytest.mark.parametrize("kind", ["naive", "batched", "pooled", "copy"])

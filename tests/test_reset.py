@@ -3,18 +3,14 @@
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from firehose.admin import reset
-from services.ports import free_port
+from firehose.run import disk_guard
 from services.postgres import EmbeddedPostgres
 from tests.conftest import REPO
 
@@ -22,29 +18,22 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def data_dir():
+def data_dir(own_postgres):
     """An embedded data directory of the test's own, holding one run's bookkeeping and a row; its server stopped."""
-    root = Path(tempfile.mkdtemp(prefix="firehose-reset-"))
-    os.chmod(root, 0o755)  # the server runs as another user when the tests run as root
-    server = EmbeddedPostgres(root / "data", port=free_port())
-    try:
-        with psycopg.connect(server.start(), autocommit=True) as conn:
-            run_id = conn.execute(
-                "INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id"
-            ).fetchone()[0]
-            conn.execute(
-                "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
-                [run_id],
-            )
-            conn.execute(
-                "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')",
-                [run_id],
-            )
-        server.stop()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    server = own_postgres()
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        run_id = conn.execute("INSERT INTO firehose_runs (seed, label) VALUES (1, 'test') RETURNING run_id").fetchone()[
+            0
+        ]
+        conn.execute(
+            "INSERT INTO firehose_writer_keys (writer_key, run_id) VALUES (nextval('firehose_writer_key'), %s)",
+            [run_id],
+        )
+        conn.execute(
+            "INSERT INTO quarantine (run_id, table_name, reason, row_data) VALUES (%s, 'spans', 'x', 'y')", [run_id]
+        )
+    server.stop()
+    return server
 
 
 def _reset(*args: str) -> subprocess.CompletedProcess:
@@ -88,10 +77,10 @@ def test_reset_remove_deletes_the_data_dir_and_its_log(data_dir):
 
 
 def test_a_large_data_dir_is_named_with_the_command_that_empties_it(data_dir, caplog):
-    size = reset.directory_size(data_dir.data_dir)
+    size = disk_guard.directory_size(data_dir.data_dir)
     with caplog.at_level(logging.WARNING, logger="firehose"):
-        reset.warn_if_large(data_dir.data_dir, threshold=size + 1)
+        disk_guard.warn_if_large(data_dir.data_dir, threshold=size + 1)
         assert not caplog.records
-        reset.warn_if_large(data_dir.data_dir, threshold=size - 1)
+        disk_guard.warn_if_large(data_dir.data_dir, threshold=size - 1)
     [record] = caplog.records
     assert f"firehose reset --embedded-data-dir {data_dir.data_dir}" in record.getMessage()

@@ -14,7 +14,6 @@ from firehose.run.endpoints import RunServices
 from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import TABLES, copy_statement
-from telemetry.pools import Pools
 from tests.conftest import load_summary, run_locust
 from writers.copy import copy_rows
 from writers.stream import StreamWriter
@@ -51,11 +50,6 @@ def client(redis_url):
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 def _requests(events: Events) -> list[dict]:

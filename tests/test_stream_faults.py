@@ -30,7 +30,6 @@ from services.ports import free_port
 from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import TABLES
-from telemetry.pools import Pools
 from writers.delivery import RetryPolicy
 from writers.stream import StreamWriter
 
@@ -217,7 +216,7 @@ def test_the_local_redis_restarts_on_its_port_and_keeps_its_data(local_redis):
     client.close()
 
 
-def test_redis_down_past_the_deadline_fails_the_writes_with_one_error(dsn, local_redis):
+def test_redis_down_past_the_deadline_fails_the_writes_with_one_error(dsn, local_redis, pools):
     """Redis stopped for good: a write gives up after the deadline, its rows failed; close does not wait."""
     fatal = []
     writer = StreamWriter(
@@ -225,7 +224,7 @@ def test_redis_down_past_the_deadline_fails_the_writes_with_one_error(dsn, local
         retry_policy=RetryPolicy(deadline_s=1),
     )  # fmt: skip
     local_redis.stop()
-    traces = EngineerTelemetry(Pools.build(0), 1, traces=2).traces(EventIds(31))
+    traces = EngineerTelemetry(pools, 1, traces=2).traces(EventIds(31))
     for rows in traces:
         writer.write(rows)
     writer.close()

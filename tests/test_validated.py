@@ -13,15 +13,9 @@ from locust.event import Events
 from telemetry.faults import KINDS, Faults, corrupt_row
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import COLUMNS
-from telemetry.pools import Pools
 from tests.conftest import load_summary, run_locust
 from writers.checks import SUSPICIOUS_ROW_BYTES, Triage, check_row
 from writers.validated import ValidatedCopyWriter
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from services.ports import free_port
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # the Telemetry tab's rows/s within 20 % of the database's
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = REPO / "results" / "webui"

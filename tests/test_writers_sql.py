@@ -16,7 +16,6 @@ from locust.event import Events
 
 from services.pgbouncer import PgBouncer
 from telemetry.generator import EngineerTelemetry, EventIds
-from telemetry.pools import Pools
 from writers.batched import BatchedWriter, insert_statement
 from writers.copy import copy_rows
 from writers.naive import NaiveWriter
@@ -27,11 +26,6 @@ pytestmark = pytest.mark.slow
 
 TRACES = 15
 """Traces per engineer: ~285 rows each, enough for several batches of the sizes below."""
-
-
-@pytest.fixture(scope="module")
-def pools():
-    return Pools.build(0)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from firehose.strategies import Strategy, all_strategies, baseline
 from firehose.tools.bench.figures import BENCH_SEED, END_TO_END, Figure, median_costs
 from firehose.tools.bench.generator import time_dict_orjson, time_faker_per_event, time_generator
 from firehose.tools.bench.profiles import STREAM_PROFILE_TRACES, profile_client, profile_stream, profile_writer
+from firehose.tools.bench import crash_cost
 from firehose.tools.bench.report import render_markdown
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.tools.headless import REPO, run_headless
@@ -346,6 +347,10 @@ class Bench:
             bouncer.stop()
             redis_server.stop()
 
+    def crash_cost(self, _pools: Pools, _results: dict) -> dict:
+        """What a worker killed -9 while it writes loses, per strategy (firehose.tools.bench.crash_cost)."""
+        return crash_cost.measure(self.dsn, progress=_progress)
+
     def levers(self, _pools: Pools, results: dict) -> dict:
         baseline_rate = results["end_to_end"]["copy_engineer_rows_per_s"]
         lz4 = self.supports_lz4()
@@ -385,6 +390,7 @@ PARTS: tuple[Part, ...] = (
     Part("profiles", Bench.profiles),
     Part("strategies", Bench.strategies),
     Part("levers", Bench.levers),
+    Part("crash_cost", Bench.crash_cost, optional=True),
 )
 """What a bench measures, in this order (the strategies read the profiles, the levers the end-to-end figure)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from firehose.tools.bench import crash_cost
 from firehose.tools.bench.figures import END_TO_END, Figure
 from firehose.tools.references import RAW_CONNECTIONS
 
@@ -141,5 +142,6 @@ SECTIONS = {
     "strategies": _strategy_lines,
     "profiles": _profiles_lines,
     "levers": _lever_lines,
+    "crash_cost": crash_cost.markdown_lines,
 }
 """Parts rendered as sections of their own after the table, in this order: a new part adds its renderer here."""
