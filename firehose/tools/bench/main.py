@@ -31,10 +31,10 @@ import psycopg
 from locust.event import Events
 
 from firehose.strategies import Strategy, all_strategies, baseline
+from firehose.tools.bench import crash_cost
 from firehose.tools.bench.figures import BENCH_SEED, END_TO_END, Figure, median_costs
 from firehose.tools.bench.generator import time_dict_orjson, time_faker_per_event, time_generator
 from firehose.tools.bench.profiles import STREAM_PROFILE_TRACES, profile_client, profile_stream, profile_writer
-from firehose.tools.bench import crash_cost
 from firehose.tools.bench.report import render_markdown
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.tools.headless import REPO, run_headless
