@@ -62,7 +62,7 @@ test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
-	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS)
 	$(BIN)/python -m pytest -m serial
 
 ## test-fast: the tests that start no server and run no Locust (~30 s)

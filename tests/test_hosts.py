@@ -46,7 +46,7 @@ WORKER_EXIT_S = 60
 """Bound on a worker's exit once its master has gone."""
 ALL_PATHS = ["CopyEngineer", "PooledEngineer", "StreamEngineer"]
 """Direct COPY, through pgBouncer, through Redis: one of each per worker (Locust deals users round-robin)."""
-pytestmark = pytest.mark.xdist_group("network-namespaces")  # fixed names: one test at a time, on one xdist worker
+pytestmark = pytest.mark.serial  # the namespaces and the bridge have fixed names: one test at a time, machine-wide
 
 PASSWORD_SHOWN = re.compile(r"password=(?!\*\*\*)|redis://[^/@\s]*:(?!\*\*\*@)[^/@\s]+@")
 """A DSN's or a Redis URL's password that was not redacted."""

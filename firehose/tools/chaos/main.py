@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from firehose.tools.database import add_target_arguments, empty_tables, refusal_
 from firehose.tools.dataset import own_ids
 from firehose.tools.headless import RUN_OVERHEAD_S, run_headless
 from firehose.tools.machine import machine_info
+from firehose.tools.results import write_report
 from services.postgres import redact
 from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.durations import parse_duration
@@ -108,11 +108,7 @@ def run(args: argparse.Namespace) -> int:
         result = measure(dsn, args, history_s, [*service_args, *locust_args])
     finally:
         services.stop()
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(result)
-    (out / "chaos.md").write_text(markdown)
-    (out / "chaos.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    sys.stdout.write(f"\n{markdown}\n{out / 'chaos.md'}\n{out / 'chaos.json'}\n")
+    write_report(out, "chaos", render_markdown(result), result)
     return 0 if result["ok"] else 1
 
 

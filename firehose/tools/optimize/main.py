@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import re
 import statistics
 import sys
@@ -31,6 +30,7 @@ from firehose.tools.database import add_target_arguments, refusal_to_empty
 from firehose.tools.dataset import Dataset, load, own_ids, recorded, sample
 from firehose.tools.machine import machine_info
 from firehose.tools.optimize.report import render_markdown
+from firehose.tools.results import write_report
 from services.postgres import REPO
 from telemetry.durations import parse_duration
 from telemetry.layout import TABLES
@@ -88,11 +88,7 @@ def run(args: argparse.Namespace) -> int:
         result = measure(dsn, args.users, history_s, window_s, args.repeat, args.write_sample, args.reload)
     finally:
         services.stop()
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(result)
-    (out / "optimize.md").write_text(markdown)
-    (out / "optimize.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    sys.stdout.write(f"\n{markdown}\n{out / 'optimize.md'}\n{out / 'optimize.json'}\n")
+    write_report(out, "optimize", render_markdown(result), result)
     return 0 if all(query["identical"] and query["non_empty"] for query in result["queries"].values()) else 1
 
 
