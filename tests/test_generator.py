@@ -4,11 +4,13 @@ from collections import defaultdict
 
 import pytest
 
+import telemetry.pools as pools_module
 from telemetry.generator import ERROR_SHARE, EngineerTelemetry, EventIds, TraceRows
 from telemetry.layout import COLUMNS, parse_row
+from telemetry.pools import Pools, cache_path
 
 ANCHOR_US = 1_764_000_000_000_000
-USERS = 300
+USERS = 100
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,23 @@ def test_event_ids_are_unique_and_carry_the_writer_key(pools):
 
 def _lines(rows: TraceRows):
     return [*rows.spans, *rows.metrics, *rows.logs]
+
+
+def test_cached_pools_are_the_built_ones_and_a_bad_cache_file_is_rebuilt(pools, tmp_path, monkeypatch):
+    monkeypatch.setenv("FIREHOSE_CACHE_DIR", str(tmp_path))
+    path = cache_path(0)
+    assert not path.exists()
+    assert Pools.cached(0) == pools and path.exists()  # built, then stored
+    stored = path.stat().st_mtime_ns
+    assert Pools.cached(0) == pools and path.stat().st_mtime_ns == stored  # read, not rebuilt
+    path.write_bytes(b"not a pickle")
+    assert Pools.cached(0) == pools and path.read_bytes() != b"not a pickle"
+    assert [file.name for file in tmp_path.iterdir()] == [path.name]  # no partial file left
+
+
+def test_the_pools_cache_file_changes_with_their_code(tmp_path, monkeypatch):
+    """Pools made by other code (or another Faker) are never read: the file name carries a digest of both."""
+    monkeypatch.setenv("FIREHOSE_CACHE_DIR", str(tmp_path))
+    before = cache_path(0)
+    monkeypatch.setattr(pools_module, "version", lambda package: "0.0-other")
+    assert cache_path(0) != before and cache_path(0).parent == before.parent

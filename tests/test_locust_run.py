@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 
 def _summary(result, path):
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0 and path.exists(), result.stdout[-2000:] + result.stderr[-3000:]
     return load_summary(path)
 
 

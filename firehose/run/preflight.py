@@ -68,18 +68,23 @@ SERVICE_BINARIES = {"pgbouncer": ("pgbouncer", "--pgbouncer-dsn"), "redis": ("re
 
 
 class Refused(Exception):
-    """A setting that cannot work: the message is the one line the user sees."""
+    """A setting that cannot work: the message is the one line the user sees; `option` is the option's dest (e.g.
+    "copy_batch_size"), so the web form can name its field."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 def check_options(options: argparse.Namespace) -> None:
     """Sizes and counts within their bounds; a headless run that would start no user at all."""
     if getattr(options, "headless", False) and getattr(options, "num_users", None) == 0:
-        raise Refused("-u 0 starts no user: a headless run needs at least 1 (-u N)")
+        raise Refused("-u 0 starts no user: a headless run needs at least 1 (-u N)", "num_users")
     for dest, minimum in OPTION_MINIMUMS.items():
         value = getattr(options, dest, None)
         if value is not None and value < minimum:
             flag = "--" + dest.replace("_", "-")
-            raise Refused(f"{flag} must be at least {minimum}, got {value}")
+            raise Refused(f"{flag} must be at least {minimum}, got {value}", dest)
     if (listen := getattr(options, "embedded_listen", None)) is not None:
         check_listen_address(listen)
 

@@ -166,9 +166,9 @@ class WritingProcess:
         self.on_fatal = on_fatal
         self.process_run: ProcessRun | None = None
         self.run_start: RunStart | None = None
-        # ~1.5 s of CPU: in a real thread, so this process's greenlets (heartbeats to the master among
+        # ~1 s of CPU when not cached yet: in a real thread, so this process's greenlets (heartbeats to the master among
         # them) keep running; test start waits for it.
-        self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.build, CATALOGUE_SEED)
+        self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.cached, CATALOGUE_SEED)
         if self.is_worker:
             environment.runner.register_message(RUN_START, self._on_run_start)
             environment.runner.register_message(DRAIN, self._on_drain_request, concurrent=True)

@@ -77,7 +77,7 @@ def load(conninfo: str, name: str, users: int, history_s: int, seed: int, anchor
         conn.execute(DATASETS_TABLE)
         conn.execute("DELETE FROM firehose_datasets")  # whatever was recorded describes tables about to be emptied
         conn.execute(f"TRUNCATE {', '.join(TABLES)}")
-    ids, pools = own_ids(conninfo, seed, name), Pools.build(CATALOGUE_SEED)
+    ids, pools = own_ids(conninfo, seed, name), Pools.cached(CATALOGUE_SEED)
     counts = dict.fromkeys(TABLES, 0)
     writer = CopyWriter(conninfo, Events())
     for ordinal in range(1, users + 1):
@@ -105,7 +105,7 @@ def own_ids(conninfo: str, seed: int, label: str) -> EventIds:
 
 def sample(seed: int, anchor_us: int, history_s: int, rows: int, ids: EventIds) -> list[TraceRows]:
     """At least `rows` rows of fresh telemetry (whole traces), numbered from `ids`."""
-    pools = Pools.build(CATALOGUE_SEED)
+    pools = Pools.cached(CATALOGUE_SEED)
     traces: list[TraceRows] = []
     total, ordinal = 0, 0
     while total < rows:

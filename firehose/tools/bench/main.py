@@ -46,7 +46,7 @@ from services.redis_server import LocalRedis
 from telemetry.durations import parse_duration
 from telemetry.generator import TRACES_PER_ENGINEER
 from telemetry.layout import TABLES
-from telemetry.pools import Pools
+from telemetry.pools import CATALOGUE_SEED, Pools
 from writers.base import Writer
 from writers.stream import StreamWriter
 
@@ -164,7 +164,7 @@ class Bench:
         wanted = set(self.args.only or (part.name for part in PARTS if not part.optional))
         if "levers" in wanted:
             wanted.add("end_to_end")  # the levers' baseline
-        pools = Pools.build(0)
+        pools = Pools.cached(CATALOGUE_SEED)
         results: dict = {"machine": self.machine()}
         for part in PARTS:
             if part.name in wanted:

@@ -200,7 +200,7 @@ def run_phase(
 
 def prefill_traces(rows: int, history_s: int, anchor_us: int, ids: EventIds) -> Iterator[TraceRows]:
     """Whole traces of PREFILL_SEED's engineers, one after the other, until at least `rows` rows."""
-    pools = Pools.build(CATALOGUE_SEED)
+    pools = Pools.cached(CATALOGUE_SEED)
     total, ordinal = 0, 0
     while total < rows:
         ordinal += 1
@@ -216,7 +216,7 @@ def prefill_traces(rows: int, history_s: int, anchor_us: int, ids: EventIds) -> 
 
 def prefill(dsn: str, rows: int, history_s: int, anchor_us: int) -> dict:
     """COPY the prefill into the (emptied) tables; the generator's own counts of what was loaded."""
-    counts = GeneratedCounts(Pools.build(CATALOGUE_SEED).topologies)
+    counts = GeneratedCounts(Pools.cached(CATALOGUE_SEED).topologies)
     writer = CopyWriter(dsn, Events())
     for trace in prefill_traces(rows, history_s, anchor_us, own_ids(dsn, PREFILL_SEED, "chaos prefill")):
         counts.add(trace.facts)

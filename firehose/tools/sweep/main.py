@@ -43,7 +43,7 @@ from firehose.tools.sweep.report import BASELINE, Cell, SweepResult, render_tabl
 from services.pgbouncer import DEFAULT_POOL_SIZE
 from services.postgres import EMBEDDED_PORT, redact
 from telemetry.durations import parse_duration
-from telemetry.pools import Pools
+from telemetry.pools import CATALOGUE_SEED, Pools
 from users.engineer import Engineer
 
 logger = logging.getLogger("firehose")
@@ -131,7 +131,7 @@ def run_references(
     plan: SweepPlan, services: RunServices, dsn: str, progress: Callable[[str], None]
 ) -> dict[str, dict]:
     """Each strategy's C-client reference, once per kind, into emptied tables, with its cost to the server."""
-    pools = Pools.build(0)
+    pools = Pools.cached(CATALOGUE_SEED)
     seconds = max(1, int(parse_duration(plan.duration)))
     kinds = {strategy: strategy_named(strategy).reference for strategy in dict.fromkeys([BASELINE, *plan.strategies])}
     runs: dict[str, dict] = {}
