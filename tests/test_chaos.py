@@ -10,6 +10,7 @@ import pytest
 
 from firehose.cli import main
 from tests.conftest import run_locust, load_summary
+from tests.readme import readme_tool_command
 from telemetry.layout import TABLES
 from users.queries import load_queries
 
@@ -17,10 +18,12 @@ pytestmark = pytest.mark.slow
 
 NAMES = sorted(load_queries())
 ANALYSTS = 8
-ENGINEERS = 40
-"""~76k rows over 2 processes: ~5 s of writing here, while the 8 analysts query."""
-BATCH_ROWS = 1000
-"""Small COPY batches: each process commits every ~0.1 s, so most queries see a commit (the overlap measured)."""
+ENGINEERS = 8
+"""~15k rows over 2 processes, paced (ENGINEER_RATE): ~4 s of writing, while the 8 analysts query."""
+ENGINEER_RATE = "500"
+"""Events/s per engineer: the writes last while the analysts query, without the CPU of a run at full speed."""
+BATCH_ROWS = 500
+"""Small COPY batches: each process commits every ~0.25 s, so most queries see a commit (the overlap measured)."""
 RUN_BOUND = "120s"
 """Locust's -t, only a bound: the run must end by itself, when every engineer has emitted its telemetry."""
 
@@ -30,6 +33,7 @@ def test_copy_engineers_and_analysts_in_two_processes(dsn, tmp_path):
     result = run_locust(
         "CopyEngineer", "Analyst", "--processes", "2", "-u", str(ENGINEERS + ANALYSTS), "-r", "100",
         "--analysts", str(ANALYSTS), "-t", RUN_BOUND, "--copy-batch-size", str(BATCH_ROWS),
+        "--engineer-rate", ENGINEER_RATE,
         "--pg-dsn", dsn, "--summary-json", str(path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,8 +52,9 @@ def test_copy_engineers_and_analysts_in_two_processes(dsn, tmp_path):
 
 
 def chaos(dsn: str, out, *extra: str) -> int:
+    """The README's `firehose chaos` line with tiny sizes (the last value of an option wins), on the test's server."""
     tiny = ["--users", "4", "--duration", "5s", "--prefill", "5000", "--history", "3h"]
-    return main(["chaos", "--pg-dsn", dsn, *tiny, "--out", str(out), *extra])
+    return main([*readme_tool_command("chaos"), *tiny, "--pg-dsn", dsn, "--out", str(out), *extra])
 
 
 def test_chaos_reports_both_phases_and_every_check_passes(dsn, tmp_path):

@@ -14,7 +14,6 @@ import ast
 import importlib
 import importlib.metadata
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -29,11 +28,12 @@ from locust import argument_parser
 from packaging.requirements import Requirement
 
 from firehose import cli
+from tests.readme import README, argv, readme_table_commands
 from firehose.tools.headless import run_bounded
 from services.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-README = REPO / "README.md"
+
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 LOCUST_SERIES = "2.47"
@@ -62,18 +62,8 @@ def shell_lines(markdown: str) -> list[str]:
     return lines
 
 
-def readme_table_commands() -> list[str]:
-    """The commands of the README's Commands table (its second column)."""
-    section = README.read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\|[^|]*\| `([^`]+)` \|", section, flags=re.MULTILINE)
-
-
 def readme_quick_start() -> list[str]:
     return shell_lines(README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0])
-
-
-def argv(command: str) -> list[str]:
-    return shlex.split(command, comments=True)
 
 
 _LOCUST_PARSER = None
@@ -233,8 +223,19 @@ def test_make_run_runs_the_readmes_headless_run():  # so running that line (belo
     }
 
 
+RUN_BY_THEIR_TOOLS_TESTS = {"chaos": "tests/test_chaos.py", "sweep": "tests/test_sweep.py"}
+"""README one-liners that their tool's own test runs (with its tiny sizes, checking every result), so they run once."""
+
+
+def test_the_tools_tests_run_the_readmes_lines():
+    for tool, test_file in RUN_BY_THEIR_TOOLS_TESTS.items():
+        assert f'readme_tool_command("{tool}")' in (REPO / test_file).read_text(), test_file
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", readme_table_commands())  # the quick start's make lines: see above
+@pytest.mark.parametrize(
+    "command", [line for line in readme_table_commands() if argv(line)[1] not in RUN_BY_THEIR_TOOLS_TESTS]
+)  # the quick start's make lines: see above
 def test_the_readme_commands_work_with_tiny_sizes(command, docs_dsn, tmp_path):
     words = argv(command)
     line = tiny(words, docs_dsn, tmp_path)

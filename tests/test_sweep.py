@@ -28,6 +28,7 @@ from firehose.tools.sweep.report import (
 )
 from telemetry.durations import parse_duration
 from tests.conftest import validate_summary
+from tests.readme import readme_tool_command
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -210,24 +211,28 @@ def test_passwords_stay_out_of_commands_and_logs(tmp_path):
 
 @pytest.mark.slow
 def test_a_short_sweep_writes_every_result_file(dsn, tmp_path):
+    """The README's `firehose sweep` line (NaiveEngineer and CopyEngineer) with tiny sizes."""
     out = tmp_path / "sweep"
     exit_code = cli.main(
         [
-            "sweep", "--strategies", "CopyEngineer", "--users", "2,4", "--duration", "4s", "--pg-dsn", dsn,
+            *readme_tool_command("sweep"), "--users", "2,4", "--duration", "3s", "--pg-dsn", dsn,
             "--out", str(out), "--", "--traces-per-engineer", "5",
         ]
     )  # fmt: skip
     assert exit_code == 0, (out / "cells" / "CopyEngineer-2u.log").read_text()[-3000:]
-    header, _, row = _table_rows((out / "sweep.md").read_text().split("\n\n")[2])
-    assert header == ["strategy", "2 users", "4 users", "best", "database's ratio"]  # naive's reference ran
-    assert row[0] == "CopyEngineer" and all(value.replace(",", "").isdigit() for value in row[1:4])
-    assert float(row[4]) > 0
-    rows = list(csv.DictReader((out / "sweep.csv").open()))
-    assert [(row["users"], row["status"]) for row in rows] == [("2", "ok"), ("4", "ok")]
-    assert all(float(row["rows_per_s"]) > 0 and row["lost"] == "0" for row in rows)
+    header, _, *rows = _table_rows((out / "sweep.md").read_text().split("\n\n")[2])
+    assert header == ["strategy", "2 users", "4 users", "best", "ratio to naive", "database's ratio"]
+    assert [row[0] for row in rows] == ["NaiveEngineer", "CopyEngineer"]
+    for row in rows:
+        assert all(value.replace(",", "").isdigit() for value in row[1:4]) and float(row[5]) > 0, row
+    cells = list(csv.DictReader((out / "sweep.csv").open()))
+    assert sorted((cell["strategy"], cell["users"], cell["status"]) for cell in cells) == [
+        (strategy, users, "ok") for strategy in ("CopyEngineer", "NaiveEngineer") for users in ("2", "4")
+    ]
+    assert all(float(cell["rows_per_s"]) > 0 and cell["lost"] == "0" for cell in cells)
     document = json.loads((out / "sweep.json").read_text())
     assert document["machine"]["cores"] == os.cpu_count() and document["machine"]["postgres_version"]
-    assert [cell["summary"]["events"]["lost"] for cell in document["cells"]] == [0, 0]
+    assert [cell["summary"]["events"]["lost"] for cell in document["cells"]] == [0, 0, 0, 0]
     for cell in document["cells"]:
         validate_summary(cell["summary"])
     assert "--traces-per-engineer" in document["cells"][0]["command"]
