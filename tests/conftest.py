@@ -43,11 +43,13 @@ def load_summary(path: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def postgres():
-    """An embedded PostgreSQL started for this test session, stopped (and its data removed) after it."""
+def postgres(template_data_dir):
+    """An embedded PostgreSQL started for this test session (a copy of the template), stopped (and its data
+    removed) after it."""
     root = _scratch_root("firehose-test-")
+    subprocess.run(["cp", "-a", str(template_data_dir), str(root / "data")], check=True, timeout=60)
     # A Unix socket too, so a test can reach the same database by another address.
-    server = EmbeddedPostgres(root / "data", port=free_port(), socket_dir=root / "socket")
+    server = EmbeddedPostgres(root / "data", port=free_port(), socket_dir=root / "socket", settings=TEST_SETTINGS)
     server.start()
     yield server
     server.stop()
@@ -58,6 +60,12 @@ def postgres():
 def pools() -> Pools:
     """The value pools of seed 0, built once per session (Faker's work, ~1 s of CPU each time)."""
     return Pools.build(0)
+
+
+TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
+"""The test servers' settings beside schema/postgresql.conf's: no fsync and no full-page images, since a test's server
+never outlives an operating-system crash; what a process crash or an immediate shutdown keeps (the WAL written at
+each commit) is what it keeps with them. Commits stay synchronous: an acknowledged row must survive a restart."""
 
 
 def _scratch_root(prefix: str) -> Path:
@@ -72,7 +80,7 @@ def template_data_dir() -> Iterator[Path]:
     """A data directory initialised once per session (initdb, the database, the schema), its server stopped:
     `own_postgres` copies it for each test that needs a server of its own."""
     root = _scratch_root("firehose-template-")
-    server = EmbeddedPostgres(root / "data", port=free_port())
+    server = EmbeddedPostgres(root / "data", port=free_port(), settings=TEST_SETTINGS)
     server.start()
     server.stop()
     yield server.data_dir
@@ -89,7 +97,7 @@ def own_postgres(template_data_dir) -> Iterator[Callable[..., EmbeddedPostgres]]
     def make(settings: dict | None = None, start: bool = True) -> EmbeddedPostgres:
         root = _scratch_root("firehose-own-")
         subprocess.run(["cp", "-a", str(template_data_dir), str(root / "data")], check=True, timeout=60)
-        server = EmbeddedPostgres(root / "data", port=free_port(), settings=settings)
+        server = EmbeddedPostgres(root / "data", port=free_port(), settings={**TEST_SETTINGS, **(settings or {})})
         made.append((server, root))
         if start:
             server.start()

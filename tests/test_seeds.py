@@ -42,7 +42,7 @@ def _run(dsn: str, tmp_path, seed: int, name: str) -> tuple[int, str]:
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     summary = load_summary(summary_path)
-    assert summary["events"]["lost"] == 0 and len(summary["processes"]) == 2
+    assert summary["events"]["lost"] == 0 and len(summary["processes"]) == 2, (result.stdout + result.stderr)[-4000:]
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows, digest = conn.execute(_CONTENT, {"run": summary["run"]["run_id"]}).fetchone()
     assert rows == summary["events"]["in_database"] > 0
