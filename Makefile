@@ -92,10 +92,11 @@ services:
 		"(e.g. sudo apt-get install pgbouncer redis-server chromium chromium-driver)"; exit 1; fi
 
 ## clean: remove the embedded PostgreSQL's data directories (firehose reset --remove, refused while a run uses one:
-## the default one and those bench --pg-bin made beside it), results/, the tools' caches and the venv
+## the default one and those bench --pg-bin made beside it), the cached value pools, results/, the tools' caches and the venv
 clean:
 	if [ -x $(BIN)/firehose ]; then \
 		$(BIN)/firehose reset --remove && \
+		$(BIN)/python -c 'from telemetry.pools import cache_path; [p.unlink() for p in cache_path(0).parent.glob("pools-*.pickle")]' && \
 		for dir in $$($(BIN)/python -c 'from services.postgres import default_data_dir as d; print(*d().parent.glob("postgres-*/"))'); do \
 			$(BIN)/firehose reset --remove --embedded-data-dir "$$dir" || exit 1; done; fi
 	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis .import_linter_cache *.egg-info
