@@ -26,7 +26,16 @@ from hdrh.histogram import HdrHistogram
 from locust.event import Events
 
 from telemetry.generator import TraceRows
-from writers.delivery import DEADLINE_S, Connections, Delivery, Outcome, RetryPolicy, SetupError, deliver
+from writers.delivery import (
+    DEADLINE_S,
+    Connections,
+    Delivery,
+    Outcome,
+    RetryPolicy,
+    SetupError,
+    as_failure,
+    deliver,
+)
 
 logger = logging.getLogger("firehose")
 
@@ -267,6 +276,6 @@ class Writer(ABC):
             name=table,
             response_time=elapsed * 1000,
             response_length=size,
-            exception=error,
+            exception=as_failure(error) if error is not None else None,
             context={},
         )

@@ -1,6 +1,8 @@
 """What a run's exit code says, for a user's CI: one table, here and in docs/running.md ("Exit codes").
 
 Every way a run ends sets one of these (a feature that adds a way to end adds its code here and to that table).
+A run that wrote a summary exits with its verdict's code (`of_verdict`), whatever Locust counted as failed
+requests: a round trip a lost connection broke and a retry repeated is not a failure of the run.
 """
 
 from enum import IntEnum
@@ -12,8 +14,30 @@ class ExitCode(IntEnum):
     LOST_OR_DUPLICATED = 1
     """Rows lost or stored twice: the reconciliation failed."""
     BAD_SETTING = 2
-    """A setting refused before anything started (one line naming the option; nothing recorded, nothing left)."""
+    """A setting refused before anything started (one line naming the option; nothing recorded, nothing left), or a
+    worker refused (it cannot reach the run's addresses, or it belongs to another run)."""
     INCOMPLETE = 3
     """A process of the run sent no final report (e.g. a worker killed): its rows cannot be reconciled."""
     STOPPED = 4
     """Stopped by a guard or an error of the setup (disk budget or floor, outage deadline, a revoked privilege)."""
+
+
+_OF_VERDICT = {
+    "OK": ExitCode.OK,
+    "MISMATCH": ExitCode.LOST_OR_DUPLICATED,
+    "INCOMPLETE": ExitCode.INCOMPLETE,
+    "STOPPED": ExitCode.STOPPED,
+}
+
+
+def of_verdict(verdict: str) -> ExitCode:
+    """The exit code of a summary's verdict (firehose.run.summary.RunSummary.verdict)."""
+    return _OF_VERDICT[verdict]
+
+
+def describe(code: int) -> str:
+    """`code` as a tool reports a run's verdict: "3 (INCOMPLETE)"; a code not in the table is Locust's own."""
+    try:
+        return f"{code} ({ExitCode(code).name})"
+    except ValueError:
+        return f"{code} (not firehose's: Locust's or the process's own)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import time
@@ -28,7 +29,8 @@ from psycopg.conninfo import make_conninfo
 
 from firehose.run import parts
 from firehose.run.endpoints import given_addresses
-from firehose.run.messages import DRAIN, DRAINED, FATAL, RUN_START, SNAPSHOT, WRITER_KEY, RunStart
+from firehose.run.exit_codes import ExitCode
+from firehose.run.messages import DRAIN, DRAINED, FATAL, REFUSED, RUN_START, SNAPSHOT, WRITER_KEY, RunStart
 from firehose.run.preflight import cannot_connect
 from firehose.run.reach import refusal
 from firehose.run.records import register_writer_key
@@ -156,7 +158,12 @@ class ProcessRun:
 
 
 class WritingProcess:
-    """A process that runs users: the local runner, or a worker. Opens a ProcessRun at each test start."""
+    """A process that runs users: the local runner, or a worker. Opens a ProcessRun at each test start.
+
+    A worker serves one master (`RunStart.master`): a run-start message from another one (its own master died and
+    another took the port), or any at all once the master that forked it (`--processes`) is gone, is another run's.
+    It refuses that run with one line here and at the master (REFUSED) and quits; the run goes on without it.
+    """
 
     def __init__(self, environment: Environment, on_fatal: OnFatal) -> None:
         self.environment = environment
@@ -166,6 +173,11 @@ class WritingProcess:
         self.on_fatal = on_fatal
         self.process_run: ProcessRun | None = None
         self.run_start: RunStart | None = None
+        self.master: str | None = None
+        """The master this worker serves: the first whose run-start message it took."""
+        self.forked_by = os.getppid() if getattr(self.options, "processes", None) else None
+        """The master (or worker parent) that forked this process, with --processes: it serves no other."""
+        self.refused = False
         # ~1 s of CPU when not cached yet: in a real thread, so this process's greenlets (heartbeats to the master among
         # them) keep running; test start waits for it.
         self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.cached, CATALOGUE_SEED)
@@ -197,7 +209,7 @@ class WritingProcess:
     def on_test_start(self) -> None:
         """A worker's test start: the run-start message arrived before Locust's spawn message. A worker that
         cannot reach where the run writes refuses it (`_refuse`)."""
-        if not self.is_worker:
+        if not self.is_worker or self.refused:
             return
         if self.run_start is None:
             raise RuntimeError("no run-start message from the master before the spawn message")
@@ -229,6 +241,8 @@ class WritingProcess:
         report = self.process_run.drain()
         if self.is_worker:
             self._send_final(report)
+            if self.environment.process_exit_code is None:  # its share is drained: the run's verdict is the master's
+                self.environment.process_exit_code = ExitCode.OK
         return report
 
     def _refuse(self, line: str) -> None:
@@ -240,11 +254,31 @@ class WritingProcess:
         self.environment.runner.send_message(
             FATAL, {"run_id": self.run_start.run_id, "reason": f"{self.name} on {host}: {line}"}
         )
-        self.environment.process_exit_code = 2
+        self.environment.process_exit_code = ExitCode.BAD_SETTING
         gevent.spawn(self.environment.runner.quit)
 
     def _on_run_start(self, environment: Environment, msg) -> None:
-        self.run_start = RunStart.from_message(msg.data)
+        run = RunStart.from_message(msg.data)
+        if self.refused:
+            return
+        if (line := self._another_runs(run)) is not None:
+            self.refused = True
+            sys.stderr.write(f"firehose: {self.name} refuses run {run.run_id}: {line}\n")
+            sys.stderr.flush()
+            reason = f"{self.name} on {socket.gethostname()} (pid {os.getpid()}) refuses it and quits: {line}"
+            self.environment.runner.send_message(REFUSED, {"run_id": run.run_id, "reason": reason})
+            self.environment.process_exit_code = ExitCode.BAD_SETTING
+            gevent.spawn(self.environment.runner.quit)  # before the spawn message that follows is handled
+            return
+        self.master, self.run_start = run.master, run
+
+    def _another_runs(self, run: RunStart) -> str | None:
+        """Why `run` belongs to a master this worker does not serve, if it does."""
+        if self.forked_by is not None and os.getppid() != self.forked_by:
+            return f"the master that started it (pid {self.forked_by}) is gone: it belongs to a run that ended"
+        if self.master is not None and run.master != self.master:
+            return f"it serves the master {self.master}, not {run.master}: start a worker for this run"
+        return None
 
     def _on_drain_request(self, environment: Environment, msg) -> None:
         if self.process_run is not None and self.process_run.run_id == msg.data["run_id"]:
