@@ -1,5 +1,5 @@
 """Every worker accounted for: a worker killed -9 mid-run is named in the summary, the run ends by itself, is
-INCOMPLETE with exit code 1, and the survivors' rows reconcile among themselves.
+INCOMPLETE with its exit code (3), and the survivors' rows reconcile among themselves.
 
 A real master and two real `locust --worker` processes (separate subprocesses, so one can be killed by pid), run
 by firehose.tools.bench.crash_cost (whose table of every strategy's crash `firehose bench --crash-cost` makes):
@@ -16,6 +16,7 @@ import subprocess
 import psycopg
 import pytest
 
+from firehose.run.exit_codes import ExitCode
 from firehose.tools.bench.crash_cost import CONTINUOUS, KilledWorkerRun, run_and_kill_a_worker, wait_for
 from firehose.tools.headless import locust_command
 from tests.conftest import REPO, load_summary, validate_summary
@@ -53,7 +54,7 @@ def _killed(dsn: str, strategy: str, tmp_path, *extra: str) -> KilledWorkerRun:
 
 def _named_and_the_survivor_reconciles(run: KilledWorkerRun) -> None:
     summary, output = run.summary, run.output
-    assert run.returncode == 1, output[-4000:]
+    assert run.returncode == ExitCode.INCOMPLETE, output[-4000:]
     assert summary["run"]["verdict"] == "INCOMPLETE"
     assert "[INCOMPLETE]" in output and "UNACCOUNTED firehose worker " in output, output[-4000:]
     (dead,) = summary["unaccounted"]
@@ -89,7 +90,7 @@ def test_a_stream_workers_crash_is_named_with_its_rows_and_nothing_else_is_lost(
     crash costs is measured by `firehose bench --crash-cost`, not judged here)."""
     run = _killed(dsn, "StreamEngineer", tmp_path, *CONTINUOUS)
     summary = run.summary
-    assert run.returncode == 1 and summary["run"]["verdict"] == "INCOMPLETE", run.output[-4000:]
+    assert run.returncode == ExitCode.INCOMPLETE and summary["run"]["verdict"] == "INCOMPLETE", run.output[-4000:]
     (dead,) = summary["unaccounted"]
     assert dead["writer_key"] == run.victim_key and dead["in_database"] == run.victim_rows, dead
     assert dead["state"] in ("missing", "gone") and dead["received"] > 0, dead
@@ -122,7 +123,7 @@ def test_a_worker_past_the_drain_timeout_is_named_not_waited_for(dsn, tmp_path):
                 os.killpg(master.pid, signal.SIGKILL)
             master.wait()
     summary = load_summary(summary_path)
-    assert returncode == 1 and summary["run"]["verdict"] == "INCOMPLETE", log_path.read_text()[-4000:]
+    assert returncode == ExitCode.INCOMPLETE and summary["run"]["verdict"] == "INCOMPLETE", log_path.read_text()[-4000:]
     (late,) = summary["unaccounted"]
     assert late["worker"] == "firehose worker 0" and late["state"] == "live", late
     assert late["reason"] == "no final report within --drain-timeout (3 s)", late

@@ -141,9 +141,11 @@ class RetriedRoundTrip(Exception):
         return cls(f"connection lost, round trip retried: {_first_line(error)}")
 
 
-def as_failure(error: Exception) -> Exception:
-    """How a round trip's error shows as a Locust failure: a TRANSIENT one says it was retried."""
-    return RetriedRoundTrip.of(error) if classify(error) is ErrorClass.TRANSIENT else error
+def as_failure(error: Exception, lost_connection: tuple[type[Exception], ...] = ()) -> Exception:
+    """How a round trip's error shows as a Locust failure: a TRANSIENT one (or one of `lost_connection`, another
+    service's) says it was retried."""
+    retried = isinstance(error, lost_connection) or classify(error) is ErrorClass.TRANSIENT
+    return RetriedRoundTrip.of(error) if retried else error
 
 
 class Timed(Protocol):

@@ -29,10 +29,11 @@ import psycopg
 from locust import User
 from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
+from locust.stats import StatsError
 
 from firehose.run import budget, disk_guard, preflight, tuning
 from firehose.run.endpoints import RunServices
-from firehose.run.exit_codes import ExitCode, of_verdict
+from firehose.run.exit_codes import ExitCode, of_failures, of_verdict
 from firehose.run.messages import DRAIN, DRAINED, FATAL, REFUSED, RUN_START, WRITER_KEY, RunStart
 from firehose.run.process_run import WritingProcess
 from firehose.run.records import open_run
@@ -40,6 +41,7 @@ from firehose.run.summary import RunSummary, count_in_database
 from firehose.run.worker_ledger import WorkerLedger
 from firehose.strategies import class_names, writer_classes
 from services.postgres import redact
+from writers.delivery import RetriedRoundTrip
 
 logger = logging.getLogger("firehose")
 
@@ -297,7 +299,19 @@ class Coordinator:
         if self.options.summary_json:
             self.summary.write_json(self.options.summary_json)
         # Always set: Locust's own rule (failed requests -> 1) would count the round trips a restart broke.
-        self.environment.process_exit_code = of_verdict(self.summary.verdict())
+        code = of_verdict(self.summary.verdict())
+        if code is ExitCode.OK and (self._failures_not_retried() or self.environment.runner.exceptions):
+            code = of_failures(self.options.exit_code_on_error)
+        self.environment.process_exit_code = code
+
+    def _failures_not_retried(self) -> int:
+        """Locust's failed requests but the round trips a lost connection broke (retried: not failures of the run)."""
+        retried = f"{RetriedRoundTrip.__name__}("
+        return sum(
+            error.occurrences
+            for error in self.environment.runner.stats.errors.values()
+            if not StatsError.parse_error(error.error).startswith(retried)
+        )
 
     def on_quitting(self) -> None:
         runner = self.environment.runner

@@ -20,6 +20,10 @@ class ExitCode(IntEnum):
     """A process of the run sent no final report (e.g. a worker killed): its rows cannot be reconciled."""
     STOPPED = 4
     """Stopped by a guard or an error of the setup (disk budget or floor, outage deadline, a revoked privilege)."""
+    FAILURES = 5
+    """The rows reconciled, but requests failed for another reason than a lost connection (an analyst's query, rows
+    the server refused) or a user's code raised: Locust's Failures and Exceptions tabs. Locust's own rule, with its
+    default code 1 moved here (1 says rows were lost); `--exit-code-on-error N` (N other than 1) still wins."""
 
 
 _OF_VERDICT = {
@@ -33,6 +37,12 @@ _OF_VERDICT = {
 def of_verdict(verdict: str) -> ExitCode:
     """The exit code of a summary's verdict (firehose.run.summary.RunSummary.verdict)."""
     return _OF_VERDICT[verdict]
+
+
+def of_failures(exit_code_on_error: int) -> int:
+    """The exit code of a reconciled run with failed requests or exceptions: FAILURES, or the user's
+    `--exit-code-on-error` when it is not Locust's default (1)."""
+    return ExitCode.FAILURES if exit_code_on_error == 1 else exit_code_on_error
 
 
 def describe(code: int) -> str:
