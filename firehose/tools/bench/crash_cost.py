@@ -6,7 +6,8 @@ naming a unique application_name, so its writer key is found in `firehose_writer
 database holds rows of that key and the master has logged that it writes under it, both observed, never timed.
 
 `firehose bench --crash-cost` measures every strategy and renders the table the docs cite; the suite calls
-`run_and_kill_a_worker` to check the defects (a dead worker named, the survivor reconciling).
+`run_and_kill_a_worker` to check the defects (a dead worker named, the survivor reconciling), and with `replace` a
+worker started after the kill, which joins the running test and writes under a writer key of its own.
 """
 
 from __future__ import annotations
@@ -51,20 +52,25 @@ Found = TypeVar("Found")
 @dataclass
 class KilledWorkerRun:
     """A run whose victim worker was killed -9: the master's exit code and output, its summary (None when it wrote
-    none), the victim's writer key and its rows in the database at the end."""
+    none), the victim's writer key and its rows in the database at the end; with a replacement, its writer key."""
 
     returncode: int
     output: str
     summary: dict | None
     victim_key: int
     victim_rows: int
+    replacement_key: int | None = None
 
 
-def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -> KilledWorkerRun:
+def run_and_kill_a_worker(
+    dsn: str, strategy: str, scratch: Path, *extra: str, replace: bool = False
+) -> KilledWorkerRun:
     """A master and two workers run `strategy` (4 users) with Locust options `extra`; one worker is killed -9
-    once it writes. Logs and the summary go to `scratch`."""
+    once it writes; with `replace`, a third worker is started then, and waited for until it writes. Logs and the
+    summary go to `scratch`."""
     port, summary_path, log_path = free_port(), scratch / "summary.json", scratch / "master.log"
     victim_name = f"victim-{uuid.uuid4().hex[:12]}"
+    replacement_key = None
     processes: list[subprocess.Popen] = []
     with log_path.open("w") as log, (scratch / "workers.log").open("w") as worker_log:
         try:
@@ -78,11 +84,20 @@ def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -
             victim = _locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
             survivor = _locust("--worker", "--master-port", str(port), log=worker_log)
             processes += [victim, survivor]
-            key = wait_for(lambda: _victim_key(dsn, victim_name), "the victim's writer key", *processes)
+            key = wait_for(lambda: _writer_key_of(dsn, victim_name), "the victim's writer key", *processes)
             wait_for(lambda: rows_of_key(dsn, key) > 0, "rows of the victim's key in the database", *processes)
             announced = f"writes under writer key {key}\n"
             wait_for(lambda: announced in log_path.read_text(), "the master's line on the victim", *processes)
             os.kill(victim.pid, signal.SIGKILL)
+            if replace:  # joins the running test: it must get the run's start message and write under its own key
+                name = f"replacement-{uuid.uuid4().hex[:12]}"
+                replacement_dsn = make_conninfo(dsn, application_name=name)
+                joining = ("--worker", "--master-port", str(port), "--pg-dsn", replacement_dsn)
+                replacement = _locust(*joining, log=worker_log)
+                processes.append(replacement)
+                live = [master, survivor, replacement]
+                replacement_key = wait_for(lambda: _writer_key_of(dsn, name), "the replacement's writer key", *live)
+                wait_for(lambda: rows_of_key(dsn, replacement_key) > 0, "rows of the replacement's key", *live)
             returncode = master.wait(RUN_TIMEOUT_S)
             survivor.wait(DEADLINE_S)
         finally:
@@ -91,7 +106,7 @@ def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return KilledWorkerRun(returncode, log_path.read_text(), summary, key, rows_of_key(dsn, key))
+    return KilledWorkerRun(returncode, log_path.read_text(), summary, key, rows_of_key(dsn, key), replacement_key)
 
 
 def wait_for(condition: Callable[[], Found], what: str, *processes: subprocess.Popen) -> Found:
@@ -159,7 +174,8 @@ def _locust(*args: str, log: IO) -> subprocess.Popen:
     )
 
 
-def _victim_key(dsn: str, application_name: str) -> int | None:
+def _writer_key_of(dsn: str, application_name: str) -> int | None:
+    """The writer key the worker connecting as `application_name` registered, once it has."""
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT writer_key FROM firehose_writer_keys WHERE application_name = %s", [application_name]
