@@ -157,6 +157,17 @@ class ProcessRun:
         return self._report
 
 
+def another_runs(run: RunStart, served: str | None, forked_by: int | None, parent: int) -> str | None:
+    """Why a worker refuses `run`, if it does: `served` is the master it serves (None before its first run),
+    `forked_by` the process that forked it (--processes; None for a worker started on its own), `parent` its
+    parent now."""
+    if forked_by is not None and parent != forked_by:
+        return f"the master that started it (pid {forked_by}) is gone: it belongs to a run that ended"
+    if served is not None and run.master != served:
+        return f"it serves the master {served}, not {run.master}: start a worker for this run"
+    return None
+
+
 class WritingProcess:
     """A process that runs users: the local runner, or a worker. Opens a ProcessRun at each test start.
 
@@ -261,7 +272,7 @@ class WritingProcess:
         run = RunStart.from_message(msg.data)
         if self.refused:
             return
-        if (line := self._another_runs(run)) is not None:
+        if (line := another_runs(run, self.master, self.forked_by, os.getppid())) is not None:
             self.refused = True
             sys.stderr.write(f"firehose: {self.name} refuses run {run.run_id}: {line}\n")
             sys.stderr.flush()
@@ -271,14 +282,6 @@ class WritingProcess:
             gevent.spawn(self.environment.runner.quit)  # before the spawn message that follows is handled
             return
         self.master, self.run_start = run.master, run
-
-    def _another_runs(self, run: RunStart) -> str | None:
-        """Why `run` belongs to a master this worker does not serve, if it does."""
-        if self.forked_by is not None and os.getppid() != self.forked_by:
-            return f"the master that started it (pid {self.forked_by}) is gone: it belongs to a run that ended"
-        if self.master is not None and run.master != self.master:
-            return f"it serves the master {self.master}, not {run.master}: start a worker for this run"
-        return None
 
     def _on_drain_request(self, environment: Environment, msg) -> None:
         if self.process_run is not None and self.process_run.run_id == msg.data["run_id"]:
