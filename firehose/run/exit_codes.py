@@ -46,8 +46,9 @@ def of_failures(exit_code_on_error: int) -> int:
 
 
 def describe(code: int) -> str:
-    """`code` as a tool reports a run's verdict: "3 (INCOMPLETE)"; a code not in the table is Locust's own."""
+    """`code` as a tool reports a run's exit: "3: INCOMPLETE"; a code not in the table (Locust's own, a signal's)
+    as it is."""
     try:
-        return f"{code} ({ExitCode(code).name})"
+        return f"{code}: {ExitCode(code).name}"
     except ValueError:
-        return f"{code} (not firehose's: Locust's or the process's own)"
+        return str(code)

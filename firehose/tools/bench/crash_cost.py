@@ -28,6 +28,7 @@ from typing import IO, TypeVar
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from firehose.run.exit_codes import describe
 from firehose.strategies import available_strategies
 from firehose.tools.headless import LOCUSTFILE, REPO
 from services.ports import free_port
@@ -139,7 +140,7 @@ def measure(dsn: str, strategies: list[str] | None = None, progress: Callable[[s
         with tempfile.TemporaryDirectory(prefix="firehose-crash-") as scratch:
             run = run_and_kill_a_worker(dsn, strategy, Path(scratch), *CONTINUOUS)
         if run.summary is None or len(run.summary["unaccounted"]) != 1:
-            costs[strategy] = {"failed": f"exit code {run.returncode}: {run.output[-300:]}"}
+            costs[strategy] = {"failed": f"exit code {describe(run.returncode)}: {run.output[-300:]}"}
             continue
         (dead,) = run.summary["unaccounted"]
         costs[strategy] = {
