@@ -79,9 +79,12 @@ def _named_and_the_survivors_reconcile(run: KilledWorkerRun) -> None:
 
 def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile_with_a_replacement(dsn, tmp_path):
     """The replacement starts after the kill, well into the run (observed): the master sends it the run-start
-    message when it connects, and it writes under its own writer key, reconciled with the survivor."""
-    longer = ("-t", "30s")  # room for the replacement's start (its value pools, its connections) and its writing
-    run = _killed(dsn, "CopyEngineer", tmp_path, *CONTINUOUS, *longer, *PACED, "--drain-timeout", "120", replace=True)
+    message when it connects, and it writes under its own writer key, reconciled with the survivor. Once it writes
+    the run is ended by Ctrl-C (however long its start took on a busy machine; -t is a safety net)."""
+    until_interrupted = ("-t", "120s")
+    run = _killed(
+        dsn, "CopyEngineer", tmp_path, *CONTINUOUS, *until_interrupted, *PACED, "--drain-timeout", "120", replace=True
+    )
     _named_and_the_survivors_reconcile(run)
     assert "a worker joined the running test (" in run.output, run.output[-4000:]
     (replacement,) = [process for process in run.summary["processes"] if process["writer_key"] == run.replacement_key]

@@ -8,9 +8,10 @@
   until every writer key of the run has reported, except those of workers Locust found missing or dropped
   (firehose.run.worker_ledger); then count the run's rows per writer key and print the summary, naming every
   worker that did not report (an INCOMPLETE run).
-- a worker that connects while a run is on (Locust's `worker_connect`) gets the run-start message before Locust's
-  spawn message, opens its share under a writer key of its own and reconciles like the others; a worker of another
-  run refuses it (REFUSED, one line here and there) and quits, and the run goes on without it.
+- a worker that joins a running test asks for the run at its init (JOIN: Locust connects it, and hands it users,
+  before its init, so a message sent on `worker_connect` would come too early); it gets the run-start message,
+  opens its share under a writer key of its own and reconciles like the others. A worker of another run refuses
+  it (REFUSED, one line here and there) and quits, and the run goes on without it.
 - an error of the setup anywhere (`writers.delivery.SetupError`) stops the run with one clear line.
 - the exit code says how the run ended (firehose.run.exit_codes): the summary's verdict, whatever Locust counted
   as failed requests (a round trip a restart broke is retried, not failed), or STOPPED.
@@ -34,7 +35,7 @@ from locust.stats import StatsError
 from firehose.run import budget, disk_guard, preflight, tuning
 from firehose.run.endpoints import RunServices
 from firehose.run.exit_codes import ExitCode, of_failures, of_verdict
-from firehose.run.messages import DRAIN, DRAINED, FATAL, REFUSED, RUN_START, WRITER_KEY, RunStart
+from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, WRITER_KEY, RunStart
 from firehose.run.process_run import WritingProcess
 from firehose.run.records import open_run
 from firehose.run.summary import RunSummary, count_in_database
@@ -94,6 +95,7 @@ class Coordinator:
             environment.runner.register_message(WRITER_KEY, self._on_writer_key)
             environment.runner.register_message(FATAL, self._on_fatal_message)
             environment.runner.register_message(REFUSED, self._on_refused)
+            environment.runner.register_message(JOIN, self._on_join)
 
     def _check_and_start_database(self) -> None:
         """Refuse settings that cannot work (firehose.run.preflight) before anything starts, then start the database."""
@@ -198,14 +200,6 @@ class Coordinator:
         """A worker's snapshot, from its stats report (firehose.run.worker_ledger)."""
         self.workers.on_snapshot(client_id, snapshot)
 
-    def on_worker_connect(self, client_id: str) -> None:
-        """A worker connected (Locust's `worker_connect`, before it hands the worker users): one that joins a run
-        under way gets the run-start message now, ahead of its spawn message (it was not there for test start's)."""
-        if self.run is None or self.summary is not None:
-            return  # no run under way: the next test start sends it to every worker
-        logger.info("a worker joined the running test (%s): it gets run %d's start message", client_id, self.run.run_id)
-        self.environment.runner.send_message(RUN_START, self.run.as_message(), client_id=client_id)
-
     def on_fatal(self, reason: str) -> None:
         """An error of the setup, here or in a worker: print it once, and stop the run (exit code STOPPED)."""
         if self.fatal is not None:
@@ -245,6 +239,26 @@ class Coordinator:
     def _on_fatal_message(self, environment: Environment, msg) -> None:
         if self.run is not None and msg.data["run_id"] == self.run.run_id:
             self.on_fatal(msg.data["reason"])
+
+    def on_worker_connect(self, client_id: str) -> None:
+        """Locust's `worker_connect`: a worker that was connected before (its init done: one that lost its master
+        and found this one) gets the run under way now, and refuses it if it served another master. A new worker
+        is not ready for it yet ("Unknown message type" in its log): it asks again at its init (JOIN)."""
+        self._send_run_under_way(client_id)
+
+    def _on_join(self, environment: Environment, msg) -> None:
+        """A worker's init: one that joins a run under way gets its run-start message (it missed test start's)."""
+        if self._send_run_under_way(msg.node_id):
+            logger.info(
+                "a worker joined the running test (%s): it gets run %d's start message", msg.node_id, self.run.run_id
+            )
+
+    def _send_run_under_way(self, client_id: str) -> bool:
+        """Send `client_id` the run-start message of the run under way, if one is."""
+        if self.run is None or self.summary is not None:
+            return False  # no run under way: the next test start sends it to every worker
+        self.environment.runner.send_message(RUN_START, self.run.as_message(), client_id=client_id)
+        return True
 
     def _on_refused(self, environment: Environment, msg) -> None:
         logger.error("firehose refuses a worker (%s): %s", msg.node_id, msg.data["reason"])

@@ -143,7 +143,7 @@ class Firehose:
             self.telemetry.absorb(snapshot)
 
     def on_worker_connect(self, client_id: str) -> None:
-        """On the master, a worker connected: one that joins a run under way gets its run-start message."""
+        """On the master, a worker connected (see Coordinator.on_worker_connect)."""
         if self.coordinator is not None:
             self.coordinator.on_worker_connect(client_id)
 

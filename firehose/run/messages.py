@@ -24,6 +24,10 @@ FATAL = "firehose:fatal"
 WRITER_KEY = "firehose:writer_key"
 """worker -> master, as soon as its share of the run opens, before it writes a row:
 {"run_id": ..., "writer_key": ..., "worker_index": ...}. The master then knows whose rows a key numbers."""
+JOIN = "firehose:join"
+"""worker -> master at the worker's init ({}): send me the run under way, if one is. Locust connects a worker (and
+fires `worker_connect` on the master) before the worker's init, and a master whose test runs hands it users at
+once: a run-start message sent on `worker_connect` arrives before the worker can take it ("Unknown message type")."""
 REFUSED = "firehose:refused"
 """worker -> master: a worker that belongs to another run refuses this one and quits; the run goes on without it
 ({"run_id": ..., "reason": one line})."""

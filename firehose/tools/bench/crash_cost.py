@@ -67,8 +67,9 @@ def run_and_kill_a_worker(
     dsn: str, strategy: str, scratch: Path, *extra: str, replace: bool = False
 ) -> KilledWorkerRun:
     """A master and two workers run `strategy` (4 users) with Locust options `extra`; one worker is killed -9
-    once it writes; with `replace`, a third worker is started then, and waited for until it writes. Logs and the
-    summary go to `scratch`."""
+    once it writes; with `replace`, a third worker is started then, and once it writes the master is interrupted
+    (SIGINT, a user's Ctrl-C: the run drains and reconciles, however long `extra`'s -t). Logs and the summary go
+    to `scratch`."""
     port, summary_path, log_path = free_port(), scratch / "summary.json", scratch / "master.log"
     victim_name = f"victim-{uuid.uuid4().hex[:12]}"
     replacement_key = None
@@ -99,6 +100,7 @@ def run_and_kill_a_worker(
                 live = [master, survivor, replacement]
                 replacement_key = wait_for(lambda: _writer_key_of(dsn, name), "the replacement's writer key", *live)
                 wait_for(lambda: rows_of_key(dsn, replacement_key) > 0, "rows of the replacement's key", *live)
+                os.kill(master.pid, signal.SIGINT)
             returncode = master.wait(RUN_TIMEOUT_S)
             survivor.wait(DEADLINE_S)
         finally:
@@ -117,8 +119,9 @@ def wait_for(condition: Callable[[], Found], what: str, *processes: subprocess.P
     while not (found := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"not seen within {DEADLINE_S} s: {what}")
-        if any(process.poll() is not None for process in processes):
-            raise RuntimeError(f"a process ended before: {what}")
+        if ended := [process for process in processes if process.poll() is not None]:
+            codes = ", ".join(f"pid {process.pid} exit code {process.returncode}" for process in ended)
+            raise RuntimeError(f"a process ended ({codes}) before: {what}")
         time.sleep(POLL_S)
     return found
 
