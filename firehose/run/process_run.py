@@ -23,6 +23,7 @@ import gevent
 import psycopg
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
+from locust.argument_parser import get_parser
 from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, WorkerRunner
 from psycopg.conninfo import make_conninfo
@@ -183,7 +184,7 @@ class WritingProcess:
     def __init__(self, environment: Environment, on_fatal: OnFatal) -> None:
         self.environment = environment
         self.options = environment.parsed_options
-        self.own_addresses = given_addresses(self.options)
+        self.own_addresses = given_addresses(self._own_options())
         """What the user gave this process, read before Locust overwrites its options with the master's."""
         self.on_fatal = on_fatal
         self.process_run: ProcessRun | None = None
@@ -202,6 +203,14 @@ class WritingProcess:
             environment.runner.register_message(RUN_START, self._on_run_start)
             environment.runner.register_message(DRAIN, self._on_drain_request, concurrent=True)
             environment.runner.send_message(JOIN, {})
+
+    def _own_options(self) -> argparse.Namespace:
+        """The options the user gave this process. A worker that joined a running test got Locust's spawn message,
+        which overwrites its options with the master's, before this init: its command line is parsed again."""
+        runner = self.environment.runner
+        if self.is_worker and runner.worker_state in (STATE_SPAWNING, STATE_RUNNING):
+            return get_parser().parse_args(sys.argv[1:])
+        return self.options
 
     @property
     def is_worker(self) -> bool:

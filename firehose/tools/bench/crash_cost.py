@@ -47,6 +47,12 @@ _ROWS_OF_KEY = (
     "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s::bigint + 1) << 32"
 )
 
+JOINING_MASTER_ENV = {"LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "1"}
+"""Locust's default, for a master a worker joins mid-run: Locust 2.47 handles the joiner's `client_ready` by
+re-dispatching users in its message loop, which then waits this long for every worker's user count, receiving
+nothing meanwhile, heartbeats included. A longer wait (the suite sets 30 s for the end of fixed-volume runs) marks
+every worker missing and stops the run; with a dead worker still counted, the wait always runs to its end."""
+
 Found = TypeVar("Found")
 
 
@@ -80,6 +86,7 @@ def run_and_kill_a_worker(
                 strategy, "--master", "--headless", "--only-summary", "--expect-workers", "2",
                 "--master-bind-port", str(port), "-u", "4", "-r", "4", "--pg-dsn", dsn,
                 "--summary-json", str(summary_path), *extra, log=log,
+                env={**os.environ, **JOINING_MASTER_ENV} if replace else None,
             )  # fmt: skip
             processes.append(master)
             victim_dsn = make_conninfo(dsn, application_name=victim_name)
@@ -171,11 +178,12 @@ def markdown_lines(costs: dict) -> list[str]:
     return lines
 
 
-def _locust(*args: str, log: IO) -> subprocess.Popen:
+def _locust(*args: str, log: IO, env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
     return subprocess.Popen(
-        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+    )  # fmt: skip
 
 
 def _writer_key_of(dsn: str, application_name: str) -> int | None:
