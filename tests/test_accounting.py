@@ -1,11 +1,15 @@
 """The summary's accounting of processes: survivors reconcile per writer key, a process with no final report is
-named apart with what is known of it, and the verdict is INCOMPLETE, never OK (the JSON follows the schema).
+named apart with what is known of it, and the verdict is INCOMPLETE, never OK (the JSON follows the schema); each
+verdict has its exit code; a worker takes part in its own master's runs only.
 
 The end-to-end cases (a worker killed -9, one past --drain-timeout) are in tests/test_worker_loss.py.
 """
 
 import time
 
+from firehose.run.exit_codes import ExitCode, describe, of_failures, of_verdict
+from firehose.run.messages import RunStart
+from firehose.run.process_run import another_runs
 from firehose.run.summary import RunSummary
 from telemetry.counts import GeneratedCounts
 from tests.conftest import validate_summary
@@ -94,3 +98,23 @@ def test_verdicts():
     assert _summary([_report(1, 10, 10)], [], {1: 10}).verdict() == "OK"
     assert _summary([_report(1, 10, 8)], [], {1: 8}).verdict() == "MISMATCH"
     assert _summary([_report(1, 10, 10)], [_dead(2, 5)], {1: 10, 2: 5}, stopped_by="boom").verdict() == "STOPPED"
+
+
+def test_each_verdict_has_its_exit_code_and_failures_keep_theirs_apart():
+    codes = {verdict: of_verdict(verdict) for verdict in ("OK", "MISMATCH", "INCOMPLETE", "STOPPED")}
+    assert codes == {"OK": 0, "MISMATCH": 1, "INCOMPLETE": 3, "STOPPED": 4}
+    assert len(set(ExitCode)) == len(ExitCode) and ExitCode.BAD_SETTING == 2
+    # Locust's default --exit-code-on-error (1) would read as rows lost: failed requests get a code of their own.
+    assert of_failures(1) == ExitCode.FAILURES and of_failures(0) == 0 and of_failures(7) == 7
+    assert describe(3) == "3: INCOMPLETE" and describe(-9) == "-9"
+
+
+def test_a_worker_takes_part_in_its_own_masters_runs_only():
+    run = RunStart(run_id=7, seed=1, anchor_us=0, addresses={}, master="host-a pid 100")
+    assert another_runs(run, None, None, 1) is None  # a worker started on its own: its first master
+    assert another_runs(run, "host-a pid 100", None, 1) is None  # the same master's next run (web UI)
+    other = another_runs(run, "host-b pid 200", None, 1)
+    assert other == "it serves the master host-b pid 200, not host-a pid 100: start a worker for this run"
+    assert another_runs(run, None, 100, 100) is None  # forked by --processes, its master alive
+    orphan = another_runs(run, None, 100, 1)  # its master died: another run's master took the port
+    assert orphan == "the master that started it (pid 100) is gone: it belongs to a run that ended"

@@ -11,6 +11,7 @@ import tempfile
 import psycopg
 import pytest
 
+from firehose.run.exit_codes import ExitCode
 from firehose.run import budget
 from firehose.tools.headless import LOCUSTFILE, run_bounded
 from services.ports import free_port
@@ -128,7 +129,7 @@ def test_a_run_started_from_the_web_ui_past_the_budget_stops_before_it_writes(sm
         returncode, timed_out = run_bounded(command, 90, output, subprocess.STDOUT)
         output.seek(0)
         text = output.read()
-    assert returncode == 1 and not timed_out, text[-3000:]
+    assert returncode == ExitCode.STOPPED and not timed_out, text[-3000:]
     summary = load_summary(summary_path)
     reason = summary["run"]["stopped_by"]
     assert reason.startswith("the run needs 11 server connections (1 x --copy-pool-size 8 + ")

@@ -1,12 +1,27 @@
 """The disk guard: a run stops writing, with one line, once its database grew past --disk-budget or its local
-server's volume fell under --disk-floor; buffered rows are still committed, the summary says why, exit code 1."""
+server's volume fell under --disk-floor; buffered rows are still committed, the summary says why, exit code 4
+(STOPPED). A PostgreSQL restart mid-run does not turn it off: it says it is blind, reconnects, and still stops the
+run on the budget."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import tempfile
+import time
+
+import gevent
+import psycopg
 import pytest
 
 from firehose.run.disk_guard import floor_bytes, parse_size
+from firehose.run.exit_codes import ExitCode
+from firehose.tools.headless import locust_command, run_bounded
 from tests.conftest import load_summary, run_locust
+
+GUARDED_RUN = ("CopyEngineer", "-u", "20", "-r", "20", "-t", "120s", "--continuous")
+"""A run only a guard ends (the time limit is a safety net: the guard stops it within seconds)."""
+RUN_TIMEOUT_S = 240
+DEADLINE_S = 60
+"""Bound on waiting for an observed state."""
 
 
 @pytest.mark.parametrize(
@@ -27,26 +42,58 @@ def test_a_floor_may_be_a_share_of_the_volume():
 def _stopped_run(dsn: str, tmp_path, *guard: str) -> tuple[str, dict]:
     summary_path = tmp_path / "summary.json"
     result = run_locust(
-        "CopyEngineer", "-u", "20", "-r", "20", "-t", "120s", "--continuous", "--pg-dsn", dsn,
-        "--summary-json", str(summary_path), *guard, timeout=240,
-    )  # fmt: skip
+        *GUARDED_RUN, "--pg-dsn", dsn, "--summary-json", str(summary_path), *guard, timeout=RUN_TIMEOUT_S
+    )
     output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-4000:]
+    assert result.returncode == ExitCode.STOPPED, output[-4000:]
     return output, load_summary(summary_path)
 
 
+def _spans(dsn: str) -> int:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            return conn.execute("SELECT count(*) FROM spans").fetchone()[0]
+    except psycopg.OperationalError:
+        return 0  # the server is restarting
+
+
 @pytest.mark.slow
-def test_a_spent_disk_budget_stops_the_run_and_keeps_every_row(dsn, tmp_path):
-    output, summary = _stopped_run(dsn, tmp_path, "--disk-budget", "20MB")
+def test_a_spent_disk_budget_stops_the_run_and_keeps_every_row_through_a_restart(own_postgres, tmp_path):
+    """The server restarts (pg_ctl restart -m fast) as soon as the first rows arrive, well before the budget is
+    spent: the guard is blind for the restart, reconnects, and the budget still stops the run."""
+    server = own_postgres()
+    summary_path = tmp_path / "summary.json"
+    command = locust_command(
+        *GUARDED_RUN, "--pg-dsn", server.dsn, "--summary-json", str(summary_path), "--disk-budget", "40MB"
+    )
+    with tempfile.TemporaryFile("w+") as log:
+        run = gevent.spawn(run_bounded, command, RUN_TIMEOUT_S, log, log)
+        deadline = time.monotonic() + DEADLINE_S
+        while not _spans(server.dsn):
+            assert not run.dead and time.monotonic() < deadline, "no row arrived before the restart"
+            gevent.sleep(0.1)
+        server.restart("fast")
+        returncode, timed_out = run.get()
+        log.seek(0)
+        output = log.read()
+    assert not timed_out and returncode == ExitCode.STOPPED, output[-4000:]
     [line] = [line for line in output.splitlines() if "firehose stops the run:" in line]
     reason = line.split("firehose stops the run: ", 1)[1]
     assert reason.startswith("disk budget spent: the database grew by ")
-    assert reason.endswith(" since the run started, past --disk-budget 20.0 MB")
-    assert summary["run"]["stopped_by"] == reason
+    assert reason.endswith(" since the run started, past --disk-budget 40.0 MB")
+    summary = load_summary(summary_path)
+    assert summary["run"]["stopped_by"] == reason and summary["run"]["verdict"] == "STOPPED"
+    # The guard said it lost the database, and watched again: the restart came before the budget was spent.
+    assert "disk guard blind: " in output and "disk guard watching again after " in output, output[-4000:]
+    guard = summary["disk_guard"]
+    assert guard["reconnects"] >= 1 and guard["blind_s"] > 0 and not guard["blind_at_end"], guard
+    assert guard["growth_bytes"] > guard["budget_bytes"] == parse_size("40MB"), guard
+    assert "disk guard: lost the database " in output  # the summary's line
     events = summary["events"]
     # What the engineers had handed over was committed after the stop: nothing lost, nothing left buffered.
     assert events["lost"] == 0 and events["failed"] == 0 and events["in_database"] == events["generated"] > 0
-    assert events["in_database"] * 2_000 > parse_size("20MB")  # the growth that tripped it: ~2.6 KB a row on disk
+    assert events["duplicates"] == 0
+    assert events["in_database"] * 2_000 > parse_size("40MB")  # the growth that tripped it: ~2.6 KB a row on disk
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""An engineer whose telemetry raises: Locust reports the error (exit code 1), the fixed-volume run still ends by
-itself, and what the writers were handed reconciles."""
+"""An engineer whose telemetry raises: Locust reports the error (exit code 5, FAILURES), the fixed-volume run still
+ends by itself, and what the writers were handed reconciles."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from firehose.run.exit_codes import ExitCode
 from tests.conftest import REPO, load_summary
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def test_a_fixed_volume_run_with_a_failing_engineer_ends_by_itself(dsn, tmp_path
     output = result.stdout + result.stderr
     assert "all 4 engineers have emitted their telemetry: ending the run" in output, output[-3000:]
     assert "--run-time limit reached" not in output
-    assert result.returncode == 1, output[-3000:]
+    assert result.returncode == ExitCode.FAILURES, output[-3000:]
     assert output.count("ValueError: this engineer's third trace cannot be composed") >= 2  # both failing engineers
     events = load_summary(path)["events"]
     assert events["in_database"] == events["acknowledged"] > 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from firehose.run.exit_codes import ExitCode
 from firehose.tools.headless import locust_command
 from services.postgres import EmbeddedPostgres
 from tests.conftest import REPO, load_summary
@@ -105,7 +106,7 @@ def test_a_failed_test_start_is_one_line_and_stops_the_embedded_server(embedded,
         embedded, "PooledEngineer", "-u", "2", "-r", "2", "-t", "5m", log=log,
         env={**os.environ, "PATH": f"{broken}:{os.environ['PATH']}"},
     )  # fmt: skip
-    assert _wait(run, log) == 1
+    assert _wait(run, log) == ExitCode.STOPPED
     output = log.read_text()
     stops = [line for line in output.splitlines() if "firehose stops the run" in line]
     assert len(stops) == 1 and stops[0].endswith(

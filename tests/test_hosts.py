@@ -25,6 +25,7 @@ import pytest
 import redis
 from psycopg.conninfo import make_conninfo
 
+from firehose.run.exit_codes import ExitCode
 from firehose.tools.headless import LOCUSTFILE, run_bounded
 from firehose.run.reach import loopback_identity, refusal
 from services.ports import free_port
@@ -243,7 +244,7 @@ def test_workers_on_other_machines_with_an_explicit_dsn_and_addresses_of_their_o
 @pytest.mark.slow
 def test_a_worker_that_cannot_reach_the_masters_loopback_refuses_with_one_line(machines, server_dir, tmp_path):
     """No --embedded-listen, no DSN: the worker says what to pass and quits (exit 2), the master stops the run with
-    the same line (exit 1); no traceback, no worker left trying."""
+    the same line (exit 4, STOPPED); no traceback, no worker left trying."""
     line = (
         "the master's PostgreSQL listens on 127.0.0.1 only, the master's loopback, which this worker cannot reach: "
         "start the master with --embedded-listen ADDRESS, or give this worker --pg-dsn"
@@ -256,7 +257,7 @@ def test_a_worker_that_cannot_reach_the_masters_loopback_refuses_with_one_line(m
         tmp_path,
     )  # fmt: skip
     master, worker = outputs["master"], outputs[namespace]
-    assert returncode == 1 and exits[namespace] == 2, master + worker
+    assert returncode == ExitCode.STOPPED and exits[namespace] == ExitCode.BAD_SETTING, master + worker
     assert [text for text in worker.splitlines() if text.startswith("firehose:")] == [f"firehose: {line}"], worker
     assert re.search(rf"firehose stops the run: firehose worker \d+ on \S+: {re.escape(line)}$", master, re.M), master
     for output in (master, worker):

@@ -70,7 +70,7 @@ def _run_key(client: redis.Redis) -> str:
 def test_a_redis_restart_mid_run_loses_nothing(dsn, tmp_path, local_redis, kill):
     summary_path = tmp_path / "summary.json"
     command = locust_command(
-        "StreamEngineer", "-u", "10", "-r", "10", "-t", "12s", "--continuous", "--exit-code-on-error", "0",
+        "StreamEngineer", "-u", "10", "-r", "10", "-t", "12s", "--continuous",
         "--stream-max-len", "500", "--stream-claim-idle", "1", "--pg-dsn", dsn, "--redis-url", local_redis.url,
         "--summary-json", str(summary_path),
     )  # fmt: skip

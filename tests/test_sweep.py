@@ -109,9 +109,9 @@ def test_failed_and_timed_out_runs_are_marked_not_dropped():
         ]
     )
     (_, _, row) = _table_rows(render_table(result))
-    assert row == ["CopyEngineer", "4,800", "failed (exit 2)", "timed out", "4,800"]  # no naive: no ratio
+    assert row == ["CopyEngineer", "4,800", "failed (exit 2: BAD_SETTING)", "timed out", "4,800"]  # no naive: no ratio
     report = render_markdown(result)
-    assert "- CopyEngineer at 50 users: failed (exit 2), see cells/CopyEngineer-50u.log" in report
+    assert "- CopyEngineer at 50 users: failed (exit 2: BAD_SETTING), see cells/CopyEngineer-50u.log" in report
     assert "- CopyEngineer at 100 users: timed out (exit -9)" in report
     assert "Ratio to naive" not in report
 
@@ -125,7 +125,7 @@ def test_markdown_has_the_ratio_table_when_naive_ran():
         ["BatchedEngineer", "2.4", "2.5"],
         ["CopyEngineer", "4.8", ""],
     ]
-    assert "- CopyEngineer at 50 users: lost rows (exit 1)" in report
+    assert "- CopyEngineer at 50 users: lost rows (exit 1: LOST_OR_DUPLICATED)" in report
 
 
 def test_csv_and_json_have_every_cell():
@@ -164,7 +164,7 @@ def test_database_ratio_cost_scale_and_probe_tables():
     report = render_markdown(result)
     assert "| NaiveEngineer | 10 | 2,500 / 2,500 | 2,600 / 2,600 | 80 / 60 | 2.0 / 2.0 | 1.0 / 1.0 |" in report
     assert "| PooledEngineer | 4,000, 21 server connections |" in report
-    assert "| BatchedEngineer | failed (exit 2), 499 server connections |" in report
+    assert "| BatchedEngineer | failed (exit 2: BAD_SETTING), 499 server connections |" in report
     assert "| NaiveEngineer | 10 | 4 | 1 | 3.0 | 10.0 | 90.0 | 90.0 |" in report
     rows = list(csv.DictReader(io.StringIO(render_csv(result))))
     assert rows[0]["server_cpu_us_per_row"] == "80.0" and rows[0]["probe_failed"] == "1"

@@ -1,5 +1,6 @@
 """Every worker accounted for: a worker killed -9 mid-run is named in the summary, the run ends by itself, is
-INCOMPLETE with exit code 1, and the survivors' rows reconcile among themselves.
+INCOMPLETE with its exit code (3), and the survivors' rows reconcile among themselves. A worker started after the
+kill joins the running test: it gets the run-start message, writes under a writer key of its own and reconciles.
 
 A real master and two real `locust --worker` processes (separate subprocesses, so one can be killed by pid), run
 by firehose.tools.bench.crash_cost (whose table of every strategy's crash `firehose bench --crash-cost` makes):
@@ -16,6 +17,7 @@ import subprocess
 import psycopg
 import pytest
 
+from firehose.run.exit_codes import ExitCode
 from firehose.tools.bench.crash_cost import CONTINUOUS, KilledWorkerRun, run_and_kill_a_worker, wait_for
 from firehose.tools.headless import locust_command
 from tests.conftest import REPO, load_summary, validate_summary
@@ -43,17 +45,18 @@ def _group_alive(group: int) -> bool:
     return True
 
 
-def _killed(dsn: str, strategy: str, tmp_path, *extra: str) -> KilledWorkerRun:
-    """A run of `strategy` whose victim worker was killed, its summary checked against the schema."""
-    run = run_and_kill_a_worker(dsn, strategy, tmp_path, *extra)
+def _killed(dsn: str, strategy: str, tmp_path, *extra: str, replace: bool = False) -> KilledWorkerRun:
+    """A run of `strategy` whose victim worker was killed (and replaced, with `replace`), its summary checked
+    against the schema."""
+    run = run_and_kill_a_worker(dsn, strategy, tmp_path, *extra, replace=replace)
     assert run.summary is not None, run.output[-4000:]
     validate_summary(run.summary)
     return run
 
 
-def _named_and_the_survivor_reconciles(run: KilledWorkerRun) -> None:
+def _named_and_the_survivors_reconcile(run: KilledWorkerRun) -> None:
     summary, output = run.summary, run.output
-    assert run.returncode == 1, output[-4000:]
+    assert run.returncode == ExitCode.INCOMPLETE, output[-4000:]
     assert summary["run"]["verdict"] == "INCOMPLETE"
     assert "[INCOMPLETE]" in output and "UNACCOUNTED firehose worker " in output, output[-4000:]
     (dead,) = summary["unaccounted"]
@@ -62,23 +65,35 @@ def _named_and_the_survivor_reconciles(run: KilledWorkerRun) -> None:
     assert dead["state"] in ("missing", "gone"), dead
     assert dead["received"] > 0 and dead["in_database"] == run.victim_rows > 0, dead
     assert dead["lost_with_it_at_least"] == max(dead["received"] - dead["in_database"], 0)
-    # The survivor reconciles on its own: what it generated is in the database under its key, once.
-    (survivor,) = summary["processes"]
-    assert survivor["writer_key"] != run.victim_key
-    assert survivor["lost"] == 0 and survivor["generated"] == survivor["in_database"] > 0, survivor
+    # Each survivor reconciles on its own: what it generated is in the database under its key, once.
+    survivors = summary["processes"]
+    assert len(survivors) == (2 if run.replacement_key is not None else 1), survivors
+    for survivor in survivors:
+        assert survivor["writer_key"] != run.victim_key
+        assert survivor["lost"] == 0 and survivor["generated"] == survivor["in_database"] > 0, survivor
     events = summary["events"]
     assert events["lost"] == 0 and events["duplicates"] == 0 and events["failed"] == 0, events
-    assert events["acknowledged"] == events["in_database"] == events["generated"] == survivor["generated"]
+    generated = sum(survivor["generated"] for survivor in survivors)
+    assert events["acknowledged"] == events["in_database"] == events["generated"] == generated
 
 
-def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile(dsn, tmp_path):
-    run = _killed(dsn, "CopyEngineer", tmp_path, *CONTINUOUS, *PACED, "--drain-timeout", "120")
-    _named_and_the_survivor_reconciles(run)
+def test_a_worker_killed_mid_run_is_named_and_the_survivors_reconcile_with_a_replacement(dsn, tmp_path):
+    """The replacement starts after the kill, well into the run (observed): the master sends it the run-start
+    message when it connects, and it writes under its own writer key, reconciled with the survivor. Once it writes
+    the run is ended by Ctrl-C (however long its start took on a busy machine; -t is a safety net)."""
+    until_interrupted = ("-t", "120s")
+    run = _killed(
+        dsn, "CopyEngineer", tmp_path, *CONTINUOUS, *until_interrupted, *PACED, "--drain-timeout", "120", replace=True
+    )
+    _named_and_the_survivors_reconcile(run)
+    assert "a worker joined the running test (" in run.output, run.output[-4000:]
+    (replacement,) = [process for process in run.summary["processes"] if process["writer_key"] == run.replacement_key]
+    assert replacement["generated"] > 0, replacement
 
 
 def test_a_fixed_volume_run_ends_by_itself_after_a_worker_is_killed(dsn, tmp_path):
     run = _killed(dsn, "CopyEngineer", tmp_path, *FIXED_VOLUME)
-    _named_and_the_survivor_reconciles(run)
+    _named_and_the_survivors_reconcile(run)
     assert "engineers have emitted their telemetry: ending the run" in run.output, run.output[-4000:]
     # The dead worker's users came back on the survivor as new engineers: more than its own two.
     assert run.summary["open_model"]["engineers"] > 2, run.summary["open_model"]
@@ -89,7 +104,7 @@ def test_a_stream_workers_crash_is_named_with_its_rows_and_nothing_else_is_lost(
     crash costs is measured by `firehose bench --crash-cost`, not judged here)."""
     run = _killed(dsn, "StreamEngineer", tmp_path, *CONTINUOUS)
     summary = run.summary
-    assert run.returncode == 1 and summary["run"]["verdict"] == "INCOMPLETE", run.output[-4000:]
+    assert run.returncode == ExitCode.INCOMPLETE and summary["run"]["verdict"] == "INCOMPLETE", run.output[-4000:]
     (dead,) = summary["unaccounted"]
     assert dead["writer_key"] == run.victim_key and dead["in_database"] == run.victim_rows, dead
     assert dead["state"] in ("missing", "gone") and dead["received"] > 0, dead
@@ -122,7 +137,7 @@ def test_a_worker_past_the_drain_timeout_is_named_not_waited_for(dsn, tmp_path):
                 os.killpg(master.pid, signal.SIGKILL)
             master.wait()
     summary = load_summary(summary_path)
-    assert returncode == 1 and summary["run"]["verdict"] == "INCOMPLETE", log_path.read_text()[-4000:]
+    assert returncode == ExitCode.INCOMPLETE and summary["run"]["verdict"] == "INCOMPLETE", log_path.read_text()[-4000:]
     (late,) = summary["unaccounted"]
     assert late["worker"] == "firehose worker 0" and late["state"] == "live", late
     assert late["reason"] == "no final report within --drain-timeout (3 s)", late

@@ -133,6 +133,7 @@ class ValidatedCopyEngineer(Engineer):
     writer_class = ValidatedCopyWriter
 
     def on_start(self) -> None:
+        super().on_start()
         run = self.process.process_run
         if run is None:  # the run could not start (reported): `emit` stops this user
             return

@@ -13,10 +13,12 @@ It lives here, below firehose and above the writers, so that users, parts and th
 from __future__ import annotations
 
 import argparse
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar, Protocol, Self, TypeVar
 
+import gevent
 from locust import User
 from locust.event import Events
 
@@ -25,6 +27,12 @@ from telemetry.generator import EngineerTelemetry, EventIds
 from writers.base import Writer
 
 P = TypeVar("P", bound="Part")
+
+RUN_WAIT_S = 60.0
+"""How long a user of a worker that joined a running test waits for the process's share of the run (its init, then
+the master's answer): then it stops, as where the run could not open."""
+INIT_POLL_S = 0.05
+"""How often such a user looks whether the process's init has run."""
 
 
 class Run(Protocol):
@@ -115,6 +123,10 @@ class Process(Protocol):
     options: argparse.Namespace
     """The options this process runs with (Locust's `parsed_options`)."""
 
+    def wait_for_run(self, timeout: float) -> None:
+        """Return once this process's share of the current run is open, or cannot be (at most `timeout` s)."""
+        ...
+
     @property
     def process_run(self) -> Run | None:
         """This process's share of the current run: None before the first test start, or when it could not open."""
@@ -129,3 +141,12 @@ class RunUser(User):
     process: ClassVar[Process | None] = None
     """This process's side of the runs, set on this class by the run's lifecycle at Locust's init
     (firehose.run.lifecycle); None where no users run (a master with workers)."""
+
+    def on_start(self) -> None:
+        """Wait for this process's share of the run: a worker that joins a running test gets its users from Locust
+        before its own init, and opens its share only when the master's run-start message comes."""
+        deadline = time.monotonic() + RUN_WAIT_S
+        while RunUser.process is None and time.monotonic() < deadline:  # spawned before this process's init
+            gevent.sleep(INIT_POLL_S)
+        if RunUser.process is not None:
+            RunUser.process.wait_for_run(max(deadline - time.monotonic(), 0))

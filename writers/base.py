@@ -26,7 +26,16 @@ from hdrh.histogram import HdrHistogram
 from locust.event import Events
 
 from telemetry.generator import TraceRows
-from writers.delivery import DEADLINE_S, Connections, Delivery, Outcome, RetryPolicy, SetupError, deliver
+from writers.delivery import (
+    DEADLINE_S,
+    Connections,
+    Delivery,
+    Outcome,
+    RetryPolicy,
+    SetupError,
+    as_failure,
+    deliver,
+)
 
 logger = logging.getLogger("firehose")
 
@@ -172,6 +181,10 @@ class Writer(ABC):
     default_pool_size: int = 0
     """Connections the strategy opens per process by default (its pool option's default)."""
 
+    lost_connection_errors: tuple[type[Exception], ...] = ()
+    """Errors of a service besides PostgreSQL that say its connection was lost (retried like PostgreSQL's): a round
+    trip they break shows in Locust's Failures tab as retried (writers.delivery.RetriedRoundTrip)."""
+
     def __init__(
         self, events: Events, on_fatal: OnFatal | None = None, retry_policy: RetryPolicy | None = None
     ) -> None:
@@ -267,6 +280,6 @@ class Writer(ABC):
             name=table,
             response_time=elapsed * 1000,
             response_length=size,
-            exception=error,
+            exception=as_failure(error, self.lost_connection_errors) if error is not None else None,
             context={},
         )

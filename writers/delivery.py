@@ -132,6 +132,22 @@ def classify(error: Exception) -> ErrorClass:
     return ErrorClass.SETUP
 
 
+class RetriedRoundTrip(Exception):
+    """A round trip a lost connection broke, as Locust's Failures tab shows it: retried (until --outage-deadline),
+    its rows not lost. Locust counts it as a failed request; the run's exit code does not (firehose.run.exit_codes)."""
+
+    @classmethod
+    def of(cls, error: Exception) -> RetriedRoundTrip:
+        return cls(f"connection lost, round trip retried: {_first_line(error)}")
+
+
+def as_failure(error: Exception, lost_connection: tuple[type[Exception], ...] = ()) -> Exception:
+    """How a round trip's error shows as a Locust failure: a TRANSIENT one (or one of `lost_connection`, another
+    service's) says it was retried."""
+    retried = isinstance(error, lost_connection) or classify(error) is ErrorClass.TRANSIENT
+    return RetriedRoundTrip.of(error) if retried else error
+
+
 class Timed(Protocol):
     def timed(self, verb: str, name: str, size: int) -> AbstractContextManager[None]: ...
 
@@ -301,7 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEADLINE_S,
         metavar="SECONDS",
         help="How long a writer retries a database (or Redis) out of reach before the run stops, the rows it "
-        "still holds counted as not written (exit code 1).",
+        "still holds counted as not written (exit code 4).",
     )
 
 

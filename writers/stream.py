@@ -79,6 +79,7 @@ class StreamWriter(Writer):
     verb = "COPY"
     services = ("redis",)
     default_pool_size = CONSUMERS
+    lost_connection_errors = (redis.ConnectionError, redis.TimeoutError)
 
     def __init__(
         self,

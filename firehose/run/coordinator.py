@@ -7,8 +7,14 @@
 - drain protocol: at test stop, ask every worker to commit what it buffered and wait, at most --drain-timeout,
   until every writer key of the run has reported, except those of workers Locust found missing or dropped
   (firehose.run.worker_ledger); then count the run's rows per writer key and print the summary, naming every
-  worker that did not report (an INCOMPLETE run, exit code 1).
+  worker that did not report (an INCOMPLETE run).
+- a worker that joins a running test asks for the run at its init (JOIN: Locust connects it, and hands it users,
+  before its init, so a message sent on `worker_connect` would come too early); it gets the run-start message,
+  opens its share under a writer key of its own and reconciles like the others. A worker of another run refuses
+  it (REFUSED, one line here and there) and quits, and the run goes on without it.
 - an error of the setup anywhere (`writers.delivery.SetupError`) stops the run with one clear line.
+- the exit code says how the run ended (firehose.run.exit_codes): the summary's verdict, whatever Locust counted
+  as failed requests (a round trip a restart broke is retried, not failed), or STOPPED.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ import psycopg
 from locust import User
 from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
+from locust.stats import StatsError
 
 from firehose.run import budget, disk_guard, preflight, tuning
 from firehose.run.endpoints import RunServices
-from firehose.run.messages import DRAIN, DRAINED, FATAL, RUN_START, WRITER_KEY, RunStart
+from firehose.run.exit_codes import ExitCode, of_failures, of_verdict
+from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, WRITER_KEY, RunStart
 from firehose.run.process_run import WritingProcess
 from firehose.run.records import open_run
 from firehose.run.summary import RunSummary, count_in_database
 from firehose.run.worker_ledger import WorkerLedger
 from firehose.strategies import class_names, writer_classes
 from services.postgres import redact
+from writers.delivery import RetriedRoundTrip
 
 logger = logging.getLogger("firehose")
 
@@ -76,12 +85,17 @@ class Coordinator:
         self.workers = WorkerLedger(environment.runner) if self.is_master else None
         self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
-        self.summary_extras: dict[str, Callable[[], object]] = {"connection_budget": lambda: self.connection_budget}
+        self.summary_extras: dict[str, Callable[[], object]] = {
+            "connection_budget": lambda: self.connection_budget,
+            "disk_guard": self.disk_guard.report,
+        }
         """Sections other parts add to the summary (the lifecycle: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(WRITER_KEY, self._on_writer_key)
             environment.runner.register_message(FATAL, self._on_fatal_message)
+            environment.runner.register_message(REFUSED, self._on_refused)
+            environment.runner.register_message(JOIN, self._on_join)
 
     def _check_and_start_database(self) -> None:
         """Refuse settings that cannot work (firehose.run.preflight) before anything starts, then start the database."""
@@ -187,12 +201,12 @@ class Coordinator:
         self.workers.on_snapshot(client_id, snapshot)
 
     def on_fatal(self, reason: str) -> None:
-        """An error of the setup, here or in a worker: print it once, and stop the run (exit code 1)."""
+        """An error of the setup, here or in a worker: print it once, and stop the run (exit code STOPPED)."""
         if self.fatal is not None:
             return
         self.fatal = reason
         logger.error("firehose stops the run: %s", reason)
-        self.environment.process_exit_code = 1
+        self.environment.process_exit_code = ExitCode.STOPPED
         # Not from inside a writer's greenlet, which the stop may kill; from test start, once spawning began.
         gevent.spawn(self._end_run_once_started)
 
@@ -225,6 +239,29 @@ class Coordinator:
     def _on_fatal_message(self, environment: Environment, msg) -> None:
         if self.run is not None and msg.data["run_id"] == self.run.run_id:
             self.on_fatal(msg.data["reason"])
+
+    def on_worker_connect(self, client_id: str) -> None:
+        """Locust's `worker_connect`: a worker that was connected before (its init done: one that lost its master
+        and found this one) gets the run under way now, and refuses it if it served another master. A new worker
+        is not ready for it yet ("Unknown message type" in its log): it asks again at its init (JOIN)."""
+        self._send_run_under_way(client_id)
+
+    def _on_join(self, environment: Environment, msg) -> None:
+        """A worker's init: one that joins a run under way gets its run-start message (it missed test start's)."""
+        if self._send_run_under_way(msg.node_id):
+            logger.info(
+                "a worker joined the running test (%s): it gets run %d's start message", msg.node_id, self.run.run_id
+            )
+
+    def _send_run_under_way(self, client_id: str) -> bool:
+        """Send `client_id` the run-start message of the run under way, if one is."""
+        if self.run is None or self.summary is not None:
+            return False  # no run under way: the next test start sends it to every worker
+        self.environment.runner.send_message(RUN_START, self.run.as_message(), client_id=client_id)
+        return True
+
+    def _on_refused(self, environment: Environment, msg) -> None:
+        logger.error("firehose refuses a worker (%s): %s", msg.node_id, msg.data["reason"])
 
     def _collect_worker_reports(self) -> None:
         """Ask workers to drain; wait for the final report of every writer key whose worker is still there."""
@@ -275,8 +312,20 @@ class Coordinator:
         sys.stdout.flush()
         if self.options.summary_json:
             self.summary.write_json(self.options.summary_json)
-        if self.summary.verdict() != "OK":
-            self.environment.process_exit_code = 1
+        # Always set: Locust's own rule (failed requests -> 1) would count the round trips a restart broke.
+        code = of_verdict(self.summary.verdict())
+        if code is ExitCode.OK and (self._failures_not_retried() or self.environment.runner.exceptions):
+            code = of_failures(self.options.exit_code_on_error)
+        self.environment.process_exit_code = code
+
+    def _failures_not_retried(self) -> int:
+        """Locust's failed requests but the round trips a lost connection broke (retried: not failures of the run)."""
+        retried = f"{RetriedRoundTrip.__name__}("
+        return sum(
+            error.occurrences
+            for error in self.environment.runner.stats.errors.values()
+            if not StatsError.parse_error(error.error).startswith(retried)
+        )
 
     def on_quitting(self) -> None:
         runner = self.environment.runner

@@ -6,7 +6,12 @@ A greenlet of the coordinator checks every `CHECK_S`:
   server on this machine only (the embedded one, or one reached over loopback whose `SHOW data_directory` is a local
   folder). SIZE may be a share of the volume (`5%`); 0 turns the floor off.
 When one is crossed, the run stops through the coordinator's path for errors of the setup ("firehose stops the run:
-..."): writers commit what they buffered, the summary says why, the exit code is 1.
+..."): writers commit what they buffered, the summary says why, the exit code is STOPPED (firehose.run.exit_codes).
+
+The guard outlives database restarts: when its connection drops it says so once ("disk guard blind: ..."), keeps
+checking the floor (a local volume needs no connection), reconnects every `CHECK_S` and says when it watches again.
+Its budget keeps the baseline of the run's start. What it could not watch (a floor on a server elsewhere, the time
+it was blind, blind at the end) is its summary section (`report`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +28,7 @@ import gevent
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from firehose.run.preflight import Refused
+from firehose.run.preflight import CONNECT_TIMEOUT_S, Refused
 from services.postgres import default_data_dir
 
 logger = logging.getLogger("firehose")
@@ -147,7 +153,8 @@ def warn_if_large(data_dir: Path, threshold: int = LARGE_DATA_DIR) -> None:
 
 
 class DiskGuard:
-    """Watches a run's database growth and its server volume's free space; tells `on_crossed` once, then stops."""
+    """Watches a run's database growth and its server volume's free space; tells `on_crossed` once, then stops.
+    Through a database restart it reconnects and goes on watching (see the module's docstring)."""
 
     def __init__(
         self,
@@ -166,8 +173,22 @@ class DiskGuard:
             volume = os.statvfs(data_dir)
             self.floor = floor_bytes(floor, volume.f_blocks * volume.f_frsize) or None
         self.floor_text = floor
+        self.floor_unwatched = (
+            "the server's data directory is not on this machine (or not readable from here)"
+            if data_dir is None and floor not in (None, "") and floor_bytes(floor, 1024**4) > 0
+            else None
+        )
+        """Why a floor asked for is not watched (None when it is, or none was asked for)."""
         self.on_crossed = on_crossed
         self._greenlet: gevent.Greenlet | None = None
+        self.growth: int | None = None
+        """The database's growth at the last look (None before the first)."""
+        self.reconnects = 0
+        """Times the guard lost its connection (a restart, an outage) and reconnected."""
+        self.blind_s = 0.0
+        """Seconds the guard could not read the database's size, summed over its outages."""
+        self.blind_since: float | None = None
+        """monotonic() when its current outage began; None while it watches."""
 
     @classmethod
     def from_options(
@@ -189,7 +210,10 @@ class DiskGuard:
 
     def start(self) -> None:
         """Start watching from now (the budget counts growth from the database's size at this moment)."""
+        if self.floor_unwatched is not None:
+            logger.info("disk floor not watched: %s", self.floor_unwatched)
         if self.active and self._greenlet is None:
+            self.growth, self.reconnects, self.blind_s, self.blind_since = None, 0, 0.0, None
             self._greenlet = gevent.spawn(self._watch)
 
     def stop(self) -> None:
@@ -197,21 +221,58 @@ class DiskGuard:
             self._greenlet.kill()
             self._greenlet = None
 
-    def _watch(self) -> None:
-        try:
-            with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                size = "SELECT pg_database_size(current_database())"
-                baseline = conn.execute(size).fetchone()[0]
-                while True:
-                    gevent.sleep(CHECK_S)
-                    if (reason := self._crossed(conn.execute(size).fetchone()[0] - baseline)) is not None:
-                        self.on_crossed(reason)
-                        return
-        except psycopg.OperationalError as error:  # the server went away: the writers meet and report it
-            logger.warning("disk guard stopped: %s", str(error).strip().splitlines()[0] if str(error) else error)
+    def report(self) -> dict:
+        """The summary's section: what was watched, and what was not (blind time, a floor it could not watch)."""
+        blind_now = time.monotonic() - self.blind_since if self.blind_since is not None else 0.0
+        return {
+            "budget_bytes": self.budget,
+            "floor_bytes": self.floor,
+            "floor_unwatched": self.floor_unwatched,
+            "growth_bytes": self.growth,
+            "reconnects": self.reconnects,
+            "blind_s": self.blind_s + blind_now,
+            "blind_at_end": self.blind_since is not None,
+        }
 
-    def _crossed(self, growth: int) -> str | None:
-        if self.budget is not None and growth > self.budget:
+    def _watch(self) -> None:
+        size = "SELECT pg_database_size(current_database())"
+        baseline: int | None = None
+        while True:
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                    if baseline is None:  # at the run's start (or the first look the database allowed)
+                        baseline = conn.execute(size).fetchone()[0]
+                    self._seeing()
+                    while True:
+                        gevent.sleep(CHECK_S)
+                        self.growth = conn.execute(size).fetchone()[0] - baseline
+                        if (reason := self._crossed(self.growth)) is not None:
+                            self.on_crossed(reason)
+                            return
+            except psycopg.OperationalError as error:  # a restart or an outage: the writers meet and report it too
+                self._blind(error)
+            gevent.sleep(CHECK_S)
+            if (reason := self._crossed(None)) is not None:  # the floor needs no connection
+                self.on_crossed(reason)
+                return
+
+    def _blind(self, error: Exception) -> None:
+        if self.blind_since is None:
+            self.blind_since = time.monotonic()
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            logger.warning("disk guard blind: %s; reconnecting every %g s", first_line, CHECK_S)
+
+    def _seeing(self) -> None:
+        if self.blind_since is not None:
+            blind = time.monotonic() - self.blind_since
+            self.blind_s += blind
+            self.blind_since = None
+            self.reconnects += 1
+            logger.info("disk guard watching again after %.1f s blind", blind)
+
+    def _crossed(self, growth: int | None) -> str | None:
+        """Why the run must stop now, if it must; `growth` None: not known (the database out of reach)."""
+        if self.budget is not None and growth is not None and growth > self.budget:
             return (
                 f"disk budget spent: the database grew by {pretty(growth)} since the run started, past "
                 f"--disk-budget {pretty(self.budget)}"
@@ -225,3 +286,17 @@ class DiskGuard:
                     f"{self.floor_text} ({pretty(self.floor)})"
                 )
         return None
+
+
+def render(section: dict) -> list[str]:
+    """The summary's lines on the disk guard: only what a user must know (it was blind, or could not watch)."""
+    lines = []
+    if section["floor_unwatched"]:
+        lines.append(f"disk floor not watched: {section['floor_unwatched']}")
+    if section["reconnects"] or section["blind_at_end"]:
+        end = "; blind at the end (the database out of reach)" if section["blind_at_end"] else ""
+        lines.append(
+            f"disk guard: lost the database {section['reconnects'] + section['blind_at_end']:,} time(s), reconnected "
+            f"{section['reconnects']:,}, blind {section['blind_s']:,.1f} s in all{end}"
+        )
+    return lines

@@ -26,6 +26,7 @@ from firehose.report import webui
 from firehose.report.telemetry import Telemetry
 from firehose.run import budget, disk_guard, endpoints, parts, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
+from firehose.run.exit_codes import ExitCode
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused
 from firehose.run.process_run import WritingProcess
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DRAIN_TIMEOUT_S,
         help="Seconds the master waits at the end for live workers' final reports (their buffered rows committed). "
         "A worker past it, or one Locust found missing (killed, unreachable), is named in the summary with what "
-        "is known of its rows, and the run is INCOMPLETE (exit code 1). Locust's --stop-timeout does not bound it.",
+        "is known of its rows, and the run is INCOMPLETE (exit code 3). Locust's --stop-timeout does not bound it.",
     )
     tuning.add_arguments(parser)
     delivery.add_arguments(parser)
@@ -141,6 +142,11 @@ class Firehose:
             self.coordinator.on_worker_snapshot(client_id, snapshot)
             self.telemetry.absorb(snapshot)
 
+    def on_worker_connect(self, client_id: str) -> None:
+        """On the master, a worker connected (see Coordinator.on_worker_connect)."""
+        if self.coordinator is not None:
+            self.coordinator.on_worker_connect(client_id)
+
     def on_quitting(self) -> None:
         """The coordinator stops the run's users and services, then the live telemetry writes its files (also
         when the first failed, e.g. a lever not restored on a database that is gone)."""
@@ -189,7 +195,7 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         except Refused as refusal:  # one line, exit code 2, before anything ran (Locust's traceback stays out)
             sys.stderr.write(f"firehose: {refusal}\n")
             sys.stderr.flush()
-            raise SystemExit(2) from None
+            raise SystemExit(ExitCode.BAD_SETTING) from None
         RunUser.process = firehose.process
         gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
@@ -197,4 +203,5 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         events.spawning_complete.add_listener(lambda **_: firehose.on_spawning_complete())
         events.report_to_master.add_listener(lambda data, **_: firehose.on_report_to_master(data))
         events.worker_report.add_listener(lambda client_id, data, **_: firehose.on_worker_report(client_id, data))
+        events.worker_connect.add_listener(lambda client_id, **_: firehose.on_worker_connect(client_id))
         events.quitting.add_listener(lambda **_: firehose.on_quitting())

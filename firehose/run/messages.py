@@ -7,6 +7,8 @@ has it when its own test_start fires). The options the user typed stay in `parse
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import asdict, dataclass, field, replace
 
 from firehose.run.reach import loopback_identity
@@ -22,10 +24,22 @@ FATAL = "firehose:fatal"
 WRITER_KEY = "firehose:writer_key"
 """worker -> master, as soon as its share of the run opens, before it writes a row:
 {"run_id": ..., "writer_key": ..., "worker_index": ...}. The master then knows whose rows a key numbers."""
+JOIN = "firehose:join"
+"""worker -> master at the worker's init ({}): send me the run under way, if one is. Locust connects a worker (and
+fires `worker_connect` on the master) before the worker's init, and a master whose test runs hands it users at
+once: a run-start message sent on `worker_connect` arrives before the worker can take it ("Unknown message type")."""
+REFUSED = "firehose:refused"
+"""worker -> master: a worker that belongs to another run refuses this one and quits; the run goes on without it
+({"run_id": ..., "reason": one line})."""
 SNAPSHOT = "firehose_snapshot"
 """Key of a worker's stats report (events.report_to_master, every 3 s): its `ProcessRun.snapshot()`, the
 counters of its writers and engineers now. The master's live view and its worker ledger read it: what is
 known of a worker that dies before its final report."""
+
+
+def master_identity() -> str:
+    """This process as the master of a run: its host and process id (a master restarted is another master)."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,8 @@ class RunStart:
     loopback: str = field(default_factory=loopback_identity)
     """Whose 127.0.0.1 the addresses mean: the machine and network namespace of the process that made the
     message, the master (a worker elsewhere refuses such addresses: firehose.run.reach)."""
+    master: str = field(default_factory=master_identity)
+    """Which master made the message (`master_identity`): a worker serves one master, never another run's."""
 
     def as_message(self) -> dict:
         return asdict(self)

@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 import time
 
 import gevent
 import psycopg
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
+from locust.argument_parser import get_parser
 from locust.env import Environment
-from locust.runners import WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, WorkerRunner
 from psycopg.conninfo import make_conninfo
 
 from firehose.run import parts
 from firehose.run.endpoints import given_addresses
-from firehose.run.messages import DRAIN, DRAINED, FATAL, RUN_START, SNAPSHOT, WRITER_KEY, RunStart
+from firehose.run.exit_codes import ExitCode
+from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, SNAPSHOT, WRITER_KEY, RunStart
 from firehose.run.preflight import cannot_connect
 from firehose.run.reach import refusal
 from firehose.run.records import register_writer_key
@@ -155,23 +158,59 @@ class ProcessRun:
         return self._report
 
 
+def another_runs(run: RunStart, served: str | None, forked_by: int | None, parent: int) -> str | None:
+    """Why a worker refuses `run`, if it does: `served` is the master it serves (None before its first run),
+    `forked_by` the process that forked it (--processes; None for a worker started on its own), `parent` its
+    parent now."""
+    if forked_by is not None and parent != forked_by:
+        return f"the master that started it (pid {forked_by}) is gone: it belongs to a run that ended"
+    if served is not None and run.master != served:
+        return f"it serves the master {served}, not {run.master}: start a worker for this run"
+    return None
+
+
 class WritingProcess:
-    """A process that runs users: the local runner, or a worker. Opens a ProcessRun at each test start."""
+    """A process that runs users: the local runner, or a worker. Opens a ProcessRun at each test start.
+
+    A worker that joins a running test gets its users from Locust before its own init (so before test start's
+    listeners exist): at init it asks the master for the run under way (JOIN), opens its share when the run-start
+    message comes (`_on_run_start`), and its users wait for it (`wait_for_run`).
+
+    A worker serves one master (`RunStart.master`): a run-start message from another one (its own master died and
+    another took the port), or any at all once the master that forked it (`--processes`) is gone, is another run's.
+    It refuses that run with one line here and at the master (REFUSED) and quits; the run goes on without it.
+    """
 
     def __init__(self, environment: Environment, on_fatal: OnFatal) -> None:
         self.environment = environment
         self.options = environment.parsed_options
-        self.own_addresses = given_addresses(self.options)
+        self.own_addresses = given_addresses(self._own_options())
         """What the user gave this process, read before Locust overwrites its options with the master's."""
         self.on_fatal = on_fatal
         self.process_run: ProcessRun | None = None
         self.run_start: RunStart | None = None
+        self.master: str | None = None
+        """The master this worker serves: the first whose run-start message it took."""
+        self.forked_by = os.getppid() if getattr(self.options, "processes", None) else None
+        """The master (or worker parent) that forked this process, with --processes: it serves no other."""
+        self.refused = False
+        self._opened = Event()
+        """Set once this process's share of a run is open, or cannot be: users that started first wait for it."""
         # ~1 s of CPU when not cached yet: in a real thread, so this process's greenlets (heartbeats to the master among
         # them) keep running; test start waits for it.
         self._pools: AsyncResult = gevent.get_hub().threadpool.spawn(Pools.cached, CATALOGUE_SEED)
         if self.is_worker:
             environment.runner.register_message(RUN_START, self._on_run_start)
             environment.runner.register_message(DRAIN, self._on_drain_request, concurrent=True)
+            environment.runner.send_message(JOIN, {})
+
+    def _own_options(self) -> argparse.Namespace:
+        """The options the user gave this process. A worker that joined a running test got Locust's spawn message,
+        which overwrites its options with the master's, before this init: its command line is parsed again."""
+        runner = self.environment.runner
+        if self.is_worker and runner.worker_state in (STATE_SPAWNING, STATE_RUNNING):
+            return get_parser().parse_args(sys.argv[1:])
+        return self.options
 
     @property
     def is_worker(self) -> bool:
@@ -193,15 +232,22 @@ class WritingProcess:
         if self.is_worker:  # before any row is written: a worker that dies from now on is known by its key
             key = {"run_id": run.run_id, "writer_key": self.process_run.ids.writer_key, "worker_index": index}
             self.environment.runner.send_message(WRITER_KEY, key)
+        self._opened.set()
+
+    def wait_for_run(self, timeout: float) -> None:
+        """Return once this process's share of the current run is open, or cannot be, at most `timeout` seconds:
+        a worker that joined a running test waits for the master's answer to its JOIN."""
+        if self.is_worker and self.process_run is None and not self.refused:
+            self._opened.wait(timeout)
 
     def on_test_start(self) -> None:
-        """A worker's test start: the run-start message arrived before Locust's spawn message. A worker that
-        cannot reach where the run writes refuses it (`_refuse`)."""
-        if not self.is_worker:
-            return
-        if self.run_start is None:
-            raise RuntimeError("no run-start message from the master before the spawn message")
-        run = self.run_start
+        """A worker's test start: the run-start message arrived before Locust's spawn message (else, a worker
+        joining a running test, it opens its share when the message comes). A worker that cannot reach where the
+        run writes refuses it (`_refuse`)."""
+        if self.is_worker and not self.refused and self.run_start is not None:
+            self._open(self.run_start, joining=False)
+
+    def _open(self, run: RunStart, *, joining: bool) -> None:
         line = refusal(run.loopback, run.addresses, self.own_addresses)
         if line is None:
             try:
@@ -210,7 +256,10 @@ class WritingProcess:
             except psycopg.Error as error:  # registering the writer key connects first (or finds the DSN malformed)
                 conninfo = run.with_own(self.own_addresses).addresses["postgres"]
                 line = f"{cannot_connect(conninfo, error)}: give this worker a --pg-dsn it reaches"
-        self._refuse(line)
+        if joining:  # the run is under way without it: it goes on
+            self._refuse_run(run, line)
+        else:
+            self._refuse(line)
 
     def engineers(self) -> tuple[int, int]:
         """This process's engineers (started, finished) in the current run."""
@@ -229,6 +278,8 @@ class WritingProcess:
         report = self.process_run.drain()
         if self.is_worker:
             self._send_final(report)
+            if self.environment.process_exit_code is None:  # its share is drained: the run's verdict is the master's
+                self.environment.process_exit_code = ExitCode.OK
         return report
 
     def _refuse(self, line: str) -> None:
@@ -240,11 +291,33 @@ class WritingProcess:
         self.environment.runner.send_message(
             FATAL, {"run_id": self.run_start.run_id, "reason": f"{self.name} on {host}: {line}"}
         )
-        self.environment.process_exit_code = 2
+        self.environment.process_exit_code = ExitCode.BAD_SETTING
+        self.refused = True
+        self._opened.set()
         gevent.spawn(self.environment.runner.quit)
 
+    def _refuse_run(self, run: RunStart, line: str) -> None:
+        """Refuse `run` with `line`, here and at the master (which goes on without this worker), and quit."""
+        self.refused = True
+        self._opened.set()  # users that started first stop: no share of the run opens here
+        sys.stderr.write(f"firehose: {self.name} refuses run {run.run_id}: {line}\n")
+        sys.stderr.flush()
+        reason = f"{self.name} on {socket.gethostname()} (pid {os.getpid()}) refuses it and quits: {line}"
+        self.environment.runner.send_message(REFUSED, {"run_id": run.run_id, "reason": reason})
+        self.environment.process_exit_code = ExitCode.BAD_SETTING
+        gevent.spawn(self.environment.runner.quit)  # before a spawn message that follows is handled
+
     def _on_run_start(self, environment: Environment, msg) -> None:
-        self.run_start = RunStart.from_message(msg.data)
+        run = RunStart.from_message(msg.data)
+        if self.refused:
+            return
+        if (line := another_runs(run, self.master, self.forked_by, os.getppid())) is not None:
+            self._refuse_run(run, line)
+            return
+        self.master, self.run_start = run.master, run
+        running = environment.runner.worker_state in (STATE_SPAWNING, STATE_RUNNING)
+        if running and (self.process_run is None or self.process_run.run_id != run.run_id):
+            self._open(run, joining=True)  # joined a running test: Locust's test start came before this message
 
     def _on_drain_request(self, environment: Environment, msg) -> None:
         if self.process_run is not None and self.process_run.run_id == msg.data["run_id"]:

@@ -6,7 +6,8 @@ naming a unique application_name, so its writer key is found in `firehose_writer
 database holds rows of that key and the master has logged that it writes under it, both observed, never timed.
 
 `firehose bench --crash-cost` measures every strategy and renders the table the docs cite; the suite calls
-`run_and_kill_a_worker` to check the defects (a dead worker named, the survivor reconciling).
+`run_and_kill_a_worker` to check the defects (a dead worker named, the survivor reconciling), and with `replace` a
+worker started after the kill, which joins the running test and writes under a writer key of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import IO, TypeVar
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from firehose.run.exit_codes import describe
 from firehose.strategies import available_strategies
 from firehose.tools.headless import LOCUSTFILE, REPO
 from services.ports import free_port
@@ -45,26 +47,38 @@ _ROWS_OF_KEY = (
     "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s::bigint + 1) << 32"
 )
 
+JOINING_MASTER_ENV = {"LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "1"}
+"""Locust's default, for a master a worker joins mid-run: Locust 2.47 handles the joiner's `client_ready` by
+re-dispatching users in its message loop, which then waits this long for every worker's user count, receiving
+nothing meanwhile, heartbeats included. A longer wait (the suite sets 30 s for the end of fixed-volume runs) marks
+every worker missing and stops the run; with a dead worker still counted, the wait always runs to its end."""
+
 Found = TypeVar("Found")
 
 
 @dataclass
 class KilledWorkerRun:
     """A run whose victim worker was killed -9: the master's exit code and output, its summary (None when it wrote
-    none), the victim's writer key and its rows in the database at the end."""
+    none), the victim's writer key and its rows in the database at the end; with a replacement, its writer key."""
 
     returncode: int
     output: str
     summary: dict | None
     victim_key: int
     victim_rows: int
+    replacement_key: int | None = None
 
 
-def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -> KilledWorkerRun:
+def run_and_kill_a_worker(
+    dsn: str, strategy: str, scratch: Path, *extra: str, replace: bool = False
+) -> KilledWorkerRun:
     """A master and two workers run `strategy` (4 users) with Locust options `extra`; one worker is killed -9
-    once it writes. Logs and the summary go to `scratch`."""
+    once it writes; with `replace`, a third worker is started then, and once it writes the master is interrupted
+    (SIGINT, a user's Ctrl-C: the run drains and reconciles, however long `extra`'s -t). Logs and the summary go
+    to `scratch`."""
     port, summary_path, log_path = free_port(), scratch / "summary.json", scratch / "master.log"
     victim_name = f"victim-{uuid.uuid4().hex[:12]}"
+    replacement_key = None
     processes: list[subprocess.Popen] = []
     with log_path.open("w") as log, (scratch / "workers.log").open("w") as worker_log:
         try:
@@ -72,17 +86,28 @@ def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -
                 strategy, "--master", "--headless", "--only-summary", "--expect-workers", "2",
                 "--master-bind-port", str(port), "-u", "4", "-r", "4", "--pg-dsn", dsn,
                 "--summary-json", str(summary_path), *extra, log=log,
+                env={**os.environ, **JOINING_MASTER_ENV} if replace else None,
             )  # fmt: skip
             processes.append(master)
             victim_dsn = make_conninfo(dsn, application_name=victim_name)
             victim = _locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
             survivor = _locust("--worker", "--master-port", str(port), log=worker_log)
             processes += [victim, survivor]
-            key = wait_for(lambda: _victim_key(dsn, victim_name), "the victim's writer key", *processes)
+            key = wait_for(lambda: _writer_key_of(dsn, victim_name), "the victim's writer key", *processes)
             wait_for(lambda: rows_of_key(dsn, key) > 0, "rows of the victim's key in the database", *processes)
             announced = f"writes under writer key {key}\n"
             wait_for(lambda: announced in log_path.read_text(), "the master's line on the victim", *processes)
             os.kill(victim.pid, signal.SIGKILL)
+            if replace:  # joins the running test: it must get the run's start message and write under its own key
+                name = f"replacement-{uuid.uuid4().hex[:12]}"
+                replacement_dsn = make_conninfo(dsn, application_name=name)
+                joining = ("--worker", "--master-port", str(port), "--pg-dsn", replacement_dsn)
+                replacement = _locust(*joining, log=worker_log)
+                processes.append(replacement)
+                live = [master, survivor, replacement]
+                replacement_key = wait_for(lambda: _writer_key_of(dsn, name), "the replacement's writer key", *live)
+                wait_for(lambda: rows_of_key(dsn, replacement_key) > 0, "rows of the replacement's key", *live)
+                os.kill(master.pid, signal.SIGINT)
             returncode = master.wait(RUN_TIMEOUT_S)
             survivor.wait(DEADLINE_S)
         finally:
@@ -91,7 +116,7 @@ def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return KilledWorkerRun(returncode, log_path.read_text(), summary, key, rows_of_key(dsn, key))
+    return KilledWorkerRun(returncode, log_path.read_text(), summary, key, rows_of_key(dsn, key), replacement_key)
 
 
 def wait_for(condition: Callable[[], Found], what: str, *processes: subprocess.Popen) -> Found:
@@ -101,8 +126,9 @@ def wait_for(condition: Callable[[], Found], what: str, *processes: subprocess.P
     while not (found := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"not seen within {DEADLINE_S} s: {what}")
-        if any(process.poll() is not None for process in processes):
-            raise RuntimeError(f"a process ended before: {what}")
+        if ended := [process for process in processes if process.poll() is not None]:
+            codes = ", ".join(f"pid {process.pid} exit code {process.returncode}" for process in ended)
+            raise RuntimeError(f"a process ended ({codes}) before: {what}")
         time.sleep(POLL_S)
     return found
 
@@ -124,7 +150,7 @@ def measure(dsn: str, strategies: list[str] | None = None, progress: Callable[[s
         with tempfile.TemporaryDirectory(prefix="firehose-crash-") as scratch:
             run = run_and_kill_a_worker(dsn, strategy, Path(scratch), *CONTINUOUS)
         if run.summary is None or len(run.summary["unaccounted"]) != 1:
-            costs[strategy] = {"failed": f"exit code {run.returncode}: {run.output[-300:]}"}
+            costs[strategy] = {"failed": f"exit code {describe(run.returncode)}: {run.output[-300:]}"}
             continue
         (dead,) = run.summary["unaccounted"]
         costs[strategy] = {
@@ -152,14 +178,16 @@ def markdown_lines(costs: dict) -> list[str]:
     return lines
 
 
-def _locust(*args: str, log: IO) -> subprocess.Popen:
+def _locust(*args: str, log: IO, env: dict[str, str] | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
     return subprocess.Popen(
-        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+    )  # fmt: skip
 
 
-def _victim_key(dsn: str, application_name: str) -> int | None:
+def _writer_key_of(dsn: str, application_name: str) -> int | None:
+    """The writer key the worker connecting as `application_name` registered, once it has."""
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT writer_key FROM firehose_writer_keys WHERE application_name = %s", [application_name]

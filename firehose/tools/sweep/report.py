@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firehose.run.exit_codes import describe
 from firehose.strategies import baseline, strategy_named
 
 BASELINE = baseline().name
@@ -66,13 +67,13 @@ class Cell:
     def label(self) -> str:
         """The cell as the Markdown table shows it: rows/s, with what went wrong when something did."""
         if self.summary is None:
-            return "timed out" if self.timed_out else f"failed (exit {self.returncode})"
+            return "timed out" if self.timed_out else f"failed (exit {describe(self.returncode)})"
         events, rows = self.summary["events"], f"{self.rows_per_s:,.0f}"
         return {
             "ok": rows,
             "lost rows": f"{rows} (lost {events['lost']:,})",
             "duplicates": f"{rows} ({events['duplicates']:,} duplicates)",
-            "error": f"{rows} (exit {self.returncode})",
+            "error": f"{rows} (exit {describe(self.returncode)})",
         }[self.status]
 
 
@@ -302,7 +303,7 @@ def render_markdown(result: SweepResult) -> str:
             + "\n".join(
                 f"- {c.strategy} at {c.users} users"
                 + (f", {c.connections} connections" if c.connections else "")
-                + f": {c.status} (exit {c.returncode}), see {c.log}"
+                + f": {c.status} (exit {describe(c.returncode)}), see {c.log}"
                 for c in marked
             )
         )
