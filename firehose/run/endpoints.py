@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import socket
 from collections.abc import Callable, Iterable
 
 from firehose.run.preflight import Refused
 from firehose.strategies import all_strategies
 from services.pgbouncer import PgBouncer
+from services.ports import free_port
 from services.postgres import (
     EMBEDDED_PORT,
     EmbeddedPostgres,
@@ -35,6 +37,8 @@ logger = logging.getLogger("firehose")
 GIVEN = {"postgres": "pg_dsn", "pgbouncer": "pgbouncer_dsn", "redis": "redis_url", "analysts": "analyst_dsn"}
 """Service name -> the option that gives its address ("analysts": the analysts' own DSN, e.g. a read-only role)."""
 FLAGS = {"postgres": "--pg-dsn", "pgbouncer": "--pgbouncer-dsn", "redis": "--redis-url", "analysts": "--analyst-dsn"}
+LOCUST_MASTER_PORT = 5557
+"""Locust's default master port: a second run on the machine, or a stray worker of another, meets it there."""
 PASSWORD_BYTES = 24
 """Random bytes of the password of services listening beyond loopback (32 URL-safe characters)."""
 
@@ -87,6 +91,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
     parser.add_argument("--embedded-data-dir", default=None, help="Data directory of the embedded PostgreSQL.")
+
+
+def choose_master_port(options: argparse.Namespace) -> None:
+    """Before Locust binds its master port (and forks --processes workers): a --processes run left on Locust's
+    default port gets a free one of its own (its forked workers connect there, and no stray worker of another run
+    finds it); a master whose port is taken is refused with one line, not Locust's bind traceback."""
+    if getattr(options, "worker", False):
+        return
+    processes = getattr(options, "processes", None)
+    if processes and options.master_bind_port == LOCUST_MASTER_PORT:
+        options.master_bind_port = free_port()
+    if processes:
+        options.master_port = options.master_bind_port  # forked workers connect to --master-port
+    if not (processes or getattr(options, "master", False)):
+        return
+    host = "" if options.master_bind_host in ("*", "") else options.master_bind_host
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Locust's ZeroMQ socket binds
+        try:
+            probe.bind((host, options.master_bind_port))
+        except OSError as error:
+            raise Refused(
+                f"--master-bind-port {options.master_bind_port} is taken ({error.strerror}; another run's master?): "
+                "give a free port with --master-bind-port (and the same --master-port to the workers)",
+                "master_bind_port",
+            ) from None
 
 
 def given_addresses(options: argparse.Namespace) -> dict[str, str]:

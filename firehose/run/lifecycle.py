@@ -13,8 +13,11 @@ listener depends on the order in which listeners were added.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import gevent
 from locust import User
@@ -24,8 +27,9 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
 from firehose.report.telemetry import Telemetry
-from firehose.run import budget, disk_guard, endpoints, parts, tuning
+from firehose.run import budget, disk_guard, endpoints, parts, preflight, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
+from firehose.run.exit_codes import ExitCode
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused
 from firehose.run.process_run import WritingProcess
@@ -164,6 +168,57 @@ def one_line(error: Exception) -> str:
     return " ".join(lines[:3]) or type(error).__name__
 
 
+def refuse(refusal: Refused) -> NoReturn:
+    """One line, exit code 2 (ExitCode.BAD_SETTING), no traceback: a setting refused before anything started."""
+    sys.stderr.write(f"firehose: {refusal}\n")
+    sys.stderr.flush()
+    raise SystemExit(ExitCode.BAD_SETTING) from None
+
+
+def check_when_parsed(parser: argparse.ArgumentParser, user_classes: list[type[User]]) -> None:
+    """Check the options as soon as Locust has parsed them (command line, locust.conf, LOCUST_* variables):
+    Locust forks --processes workers and binds its master port right after, before any event, so a refusal at
+    init would leave those workers behind. `parse_args` of the parser Locust's main uses is the one seam there."""
+    parse_args = parser.parse_args
+    available = [user_class.__name__ for user_class in user_classes]
+
+    def parse_and_check(*args, **kwargs) -> argparse.Namespace:
+        options = parse_args(*args, **kwargs)
+        try:
+            preflight.check_user_classes(getattr(options, "user_classes", None) or [], available)
+            preflight.check_options(options)
+            endpoints.choose_master_port(options)
+        except Refused as refusal:
+            refuse(refusal)
+        return options
+
+    parser.parse_args = parse_and_check
+
+
+def forked_workers() -> list[int]:
+    """This process's children: at init, before firehose starts anything, the workers Locust forked."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        if parent == os.getpid():
+            children.append(int(stat.parent.name))
+    return children
+
+
+def end_workers(workers: list[int]) -> None:
+    """SIGKILL the forked workers of a run refused at init and wait until they are gone, leaving them to Locust's
+    exit to reap (its own exit handler forgets a worker that has not exited yet, which then lives on ~60 s)."""
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 def register(events: Events, user_classes: list[type[User]]) -> None:
     """Attach firehose to Locust's events, one listener per event. The writers of `user_classes` and the run's
     parts declare their options; a selected user class with a `configure(options)` classmethod applies them at
@@ -177,9 +232,11 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
                 writer_class.add_arguments(parser)
 
         webui.declare_in_form(parser, declare)
+        check_when_parsed(parser, user_classes)
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
+        workers = forked_workers() if getattr(environment.parsed_options, "processes", None) else []
         if not isinstance(environment.runner, WorkerRunner):  # the master's (or only) dispatcher spawns users
             for user_class in environment.user_classes:
                 if callable(configure := getattr(user_class, "configure", None)):
@@ -187,9 +244,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         try:
             firehose = Firehose(environment)
         except Refused as refusal:  # one line, exit code 2, before anything ran (Locust's traceback stays out)
-            sys.stderr.write(f"firehose: {refusal}\n")
-            sys.stderr.flush()
-            raise SystemExit(2) from None
+            end_workers(workers)
+            refuse(refusal)
         RunUser.process = firehose.process
         gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())
