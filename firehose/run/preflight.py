@@ -175,7 +175,7 @@ def check_run_time(options: argparse.Namespace) -> None:
         return  # Locust's own message names the formats it takes
     if seconds == 0:
         raise Refused(
-            f"-t {run_time} with --continuous never ends (0 is no limit to Locust): give a run time above 0",
+            f"-t {seconds}s with --continuous never ends (0 is no limit to Locust): give a run time above 0",
             "run_time",
         )
 
