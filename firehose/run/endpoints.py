@@ -31,6 +31,7 @@ from services.postgres import (
     redact,
 )
 from services.redis_server import LocalRedis
+from services.watchdog import Watchdog
 
 logger = logging.getLogger("firehose")
 
@@ -146,6 +147,8 @@ class RunServices:
         self.password = secrets.token_urlsafe(PASSWORD_BYTES) if listen else None
         self.addresses: dict[str, str] = {}
         self.embedded: EmbeddedPostgres | None = None
+        self.watchdog = Watchdog()
+        """Stops what was started here, and removes its directories, if this process dies without `stop`."""
         self._stops: list[Callable[[], None]] = []
 
     @classmethod
@@ -170,7 +173,11 @@ class RunServices:
                 self.addresses["postgres"] = self.given["postgres"]
             else:
                 self.embedded = EmbeddedPostgres(
-                    self.embedded_data_dir, self.embedded_port, listen=self.listen, password=self.password
+                    self.embedded_data_dir,
+                    self.embedded_port,
+                    listen=self.listen,
+                    password=self.password,
+                    watchdog=self.watchdog,
                 )
                 try:
                     self.addresses["postgres"] = self.embedded.start()
@@ -190,8 +197,10 @@ class RunServices:
                 self.addresses[name] = self.given[name]
                 continue
             starters = {
-                "pgbouncer": lambda: PgBouncer(self.postgres, listen=self.listen, password=self.password),
-                "redis": lambda: LocalRedis(listen=self.listen, password=self.password),
+                "pgbouncer": lambda: PgBouncer(
+                    self.postgres, listen=self.listen, password=self.password, watchdog=self.watchdog
+                ),
+                "redis": lambda: LocalRedis(listen=self.listen, password=self.password, watchdog=self.watchdog),
             }
             if name not in starters:
                 raise ValueError(f"unknown service {name!r}: one of {', '.join(starters)}")
@@ -205,3 +214,4 @@ class RunServices:
         """Stop what was started here, last first. Idempotent."""
         while self._stops:
             self._stops.pop()()
+        self.watchdog.close()
