@@ -9,6 +9,7 @@ would outlive us: a `Watchdog` stops it if the process that started it dies with
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import pwd
@@ -90,6 +91,17 @@ def server_settings() -> dict[str, str]:
             key, value = (part.strip() for part in line.split("=", 1))
             settings[key] = value.strip("'")
     return settings
+
+
+def add_embedded_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the embedded server runs, the same two options in every tool (Locust's run declares the same pair in
+    firehose.run.endpoints, `make` passes EMBEDDED_PORT and EMBEDDED_DATA_DIR to each)."""
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
+    parser.add_argument(
+        "--embedded-data-dir",
+        default=None,
+        help=f"Data directory of the embedded PostgreSQL (default: {default_data_dir()}).",
+    )
 
 
 def default_data_dir() -> Path:
