@@ -193,6 +193,22 @@ def test_a_refusal_exits_2_with_one_line_no_traceback_and_nothing_left_running(e
     assert line == "firehose: --copy-batch-size must be at least 1, got 0" and elapsed < REFUSAL_S
 
 
+def test_a_web_port_that_is_taken(capsys):
+    """A second web UI run on one machine (the first one holds the port)."""
+    parser, _ = _parser()
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(["-f", str(LOCUSTFILE), "CopyEngineer", "--web-port", str(port)])
+    assert exit_.value.code == ExitCode.BAD_SETTING
+    assert capsys.readouterr().err == (
+        f"firehose: --web-port {port} is taken (Address already in use; another run's web UI?): give another with "
+        "--web-port\n"
+    )
+
+
 @pytest.mark.slow
 def test_a_processes_run_refused_at_init_leaves_no_worker_alive():
     """Refused after Locust forked its two workers (the DSN is checked at init): exit 2, one line, and the workers

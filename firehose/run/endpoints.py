@@ -107,17 +107,35 @@ def choose_master_port(options: argparse.Namespace) -> None:
         options.master_port = options.master_bind_port  # forked workers connect to --master-port
     if not (processes or getattr(options, "master", False)):
         return
-    host = "" if options.master_bind_host in ("*", "") else options.master_bind_host
+    if (reason := _taken(options.master_bind_host, options.master_bind_port)) is not None:
+        raise Refused(
+            f"--master-bind-port {options.master_bind_port} is taken ({reason}; another run's master?): "
+            "give a free port with --master-bind-port (and the same --master-port to the workers)",
+            "master_bind_port",
+        )
+
+
+def check_web_port(options: argparse.Namespace) -> None:
+    """A web UI whose port is taken (another run's?) is refused with one line, not the web server's traceback."""
+    if getattr(options, "headless", False) or getattr(options, "worker", False):
+        return
+    if (reason := _taken(options.web_host, options.web_port)) is not None:
+        raise Refused(
+            f"--web-port {options.web_port} is taken ({reason}; another run's web UI?): give another with --web-port",
+            "web_port",
+        )
+
+
+def _taken(host: str, port: int) -> str | None:
+    """Why `port` cannot be bound on `host` ("*" or "": every address), or None when it can."""
+    host = "" if host in ("*", "") else host
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Locust's ZeroMQ socket binds
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Locust's servers bind
         try:
-            probe.bind((host, options.master_bind_port))
+            probe.bind((host, port))
         except OSError as error:
-            raise Refused(
-                f"--master-bind-port {options.master_bind_port} is taken ({error.strerror}; another run's master?): "
-                "give a free port with --master-bind-port (and the same --master-port to the workers)",
-                "master_bind_port",
-            ) from None
+            return error.strerror
+    return None
 
 
 def given_addresses(options: argparse.Namespace) -> dict[str, str]:

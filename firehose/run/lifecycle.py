@@ -188,6 +188,7 @@ def check_when_parsed(parser: argparse.ArgumentParser, user_classes: list[type[U
             preflight.check_user_classes(getattr(options, "user_classes", None) or [], available)
             preflight.check_options(options)
             endpoints.choose_master_port(options)
+            endpoints.check_web_port(options)
         except Refused as refusal:
             refuse(refusal)
         return options
