@@ -209,6 +209,21 @@ def test_a_web_port_that_is_taken(capsys):
     )
 
 
+def test_the_web_uis_own_parse_is_not_checked_again():
+    """Locust's web UI parses the command line again to fill its form, while it holds its port: not refused."""
+    parser, events = _parser()
+    port = free_port()
+    argv = ["-f", str(LOCUSTFILE), "CopyEngineer", "--web-port", str(port)]
+    parser.parse_args(argv)  # Locust's start, before it binds
+    with socket.socket() as web_ui:
+        web_ui.bind(("", port))
+        web_ui.listen()
+        again = get_empty_argument_parser(add_help=False, default_config_files=[])
+        setup_parser_arguments(again)
+        events.init_command_line_parser.fire(parser=again)  # as locust.argument_parser.ui_extra_args_dict does
+        assert again.parse_args(argv).web_port == port
+
+
 @pytest.mark.slow
 def test_a_processes_run_refused_at_init_leaves_no_worker_alive():
     """Refused after Locust forked its two workers (the DSN is checked at init): exit 2, one line, and the workers

@@ -16,7 +16,9 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from threading import Event
 from typing import NoReturn
 
 import gevent
@@ -175,10 +177,14 @@ def refuse(refusal: Refused) -> NoReturn:
     raise SystemExit(ExitCode.BAD_SETTING) from None
 
 
-def check_when_parsed(parser: argparse.ArgumentParser, user_classes: list[type[User]]) -> None:
+def check_when_parsed(
+    parser: argparse.ArgumentParser, user_classes: list[type[User]], on_checked: Callable[[], None]
+) -> None:
     """Check the options as soon as Locust has parsed them (command line, locust.conf, LOCUST_* variables):
     Locust forks --processes workers and binds its master port right after, before any event, so a refusal at
-    init would leave those workers behind. `parse_args` of the parser Locust's main uses is the one seam there."""
+    init would leave those workers behind. `parse_args` of the parser Locust's main uses is the one seam there.
+    `on_checked` is called once they pass (Locust's web UI parses the command line again later, to fill its form,
+    and its own port is taken then)."""
     parse_args = parser.parse_args
     available = [user_class.__name__ for user_class in user_classes]
 
@@ -191,6 +197,7 @@ def check_when_parsed(parser: argparse.ArgumentParser, user_classes: list[type[U
             endpoints.check_web_port(options)
         except Refused as refusal:
             refuse(refusal)
+        on_checked()
         return options
 
     parser.parse_args = parse_and_check
@@ -224,6 +231,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
     """Attach firehose to Locust's events, one listener per event. The writers of `user_classes` and the run's
     parts declare their options; a selected user class with a `configure(options)` classmethod applies them at
     init, before any spawn (e.g. --analysts)."""
+    parsed = Event()
+    """Set once the command line passed firehose's checks (only the first parse is Locust's start)."""
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
@@ -233,7 +242,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
                 writer_class.add_arguments(parser)
 
         webui.declare_in_form(parser, declare)
-        check_when_parsed(parser, user_classes)
+        if not parsed.is_set():
+            check_when_parsed(parser, user_classes, parsed.set)
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
