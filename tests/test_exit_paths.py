@@ -135,6 +135,11 @@ def test_kill_9_of_the_master_leaves_no_process_or_directory_behind(embedded, tm
         time.sleep(0.2)
     started = {name: int(port) for name, port in STARTED.findall(log.read_text())}
     assert started.keys() == {"pgbouncer", "redis"} and len(list(scratch.iterdir())) == 2, log.read_text()[-3000:]
+    redis_title = f"redis-server 127.0.0.1:{started['redis']}"  # it renames itself: no directory in its title
+    servers = {pid for pid in _processes_with(str(embedded.data_dir.parent)) if pid != run.pid}
+    servers |= set(_processes_with(redis_title))  # the postmaster, pgbouncer, redis-server
+    owner = embedded.data_dir.stat().st_uid  # as root: the server's unprivileged user, for every one
+    assert len(servers) == 3 and {Path(f"/proc/{pid}").stat().st_uid for pid in servers} == {owner}, servers
     os.kill(run.pid, signal.SIGKILL)  # the master alone: nothing it could do on its way out
     run.wait()
     killed_at = time.monotonic()
@@ -144,6 +149,7 @@ def test_kill_9_of_the_master_leaves_no_process_or_directory_behind(embedded, tm
             *(f"{name} on port {port}" for name, port in started.items() if _listening(port)),
             *(["the embedded PostgreSQL"] if embedded.running() else []),
             *(f"process {pid}" for pid in _processes_with(str(embedded.data_dir.parent))),
+            *(f"process {pid}" for pid in _processes_with(redis_title)),
             *(f"watchdog {pid}" for pid in _processes_with(f"services.watchdog {run.pid}")),
             *(path.name for path in scratch.iterdir()),
         ]
