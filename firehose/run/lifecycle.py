@@ -13,13 +13,8 @@ listener depends on the order in which listeners were added.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import sys
-from collections.abc import Callable
-from pathlib import Path
 from threading import Event
-from typing import NoReturn
 
 import gevent
 from locust import User
@@ -29,12 +24,12 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
 from firehose.report.telemetry import Telemetry
-from firehose.run import budget, disk_guard, endpoints, parts, preflight, tuning
+from firehose.run import budget, disk_guard, endpoints, parts, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
-from firehose.run.exit_codes import ExitCode
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused
 from firehose.run.process_run import WritingProcess
+from firehose.run.refusal import check_when_parsed, end_workers, forked_workers, refuse
 from firehose.strategies import writer_classes
 from services.postgres import redact
 from telemetry.generator import TRACES_PER_ENGINEER
@@ -168,63 +163,6 @@ def one_line(error: Exception) -> str:
     """An error's message on one line (a server's log tail may follow its first line)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(lines[:3]) or type(error).__name__
-
-
-def refuse(refusal: Refused) -> NoReturn:
-    """One line, exit code 2 (ExitCode.BAD_SETTING), no traceback: a setting refused before anything started."""
-    sys.stderr.write(f"firehose: {refusal}\n")
-    sys.stderr.flush()
-    raise SystemExit(ExitCode.BAD_SETTING) from None
-
-
-def check_when_parsed(
-    parser: argparse.ArgumentParser, user_classes: list[type[User]], on_checked: Callable[[], None]
-) -> None:
-    """Check the options as soon as Locust has parsed them (command line, locust.conf, LOCUST_* variables):
-    Locust forks --processes workers and binds its master port right after, before any event, so a refusal at
-    init would leave those workers behind. `parse_args` of the parser Locust's main uses is the one seam there.
-    `on_checked` is called once they pass (Locust's web UI parses the command line again later, to fill its form,
-    and its own port is taken then)."""
-    parse_args = parser.parse_args
-    available = [user_class.__name__ for user_class in user_classes]
-
-    def parse_and_check(*args, **kwargs) -> argparse.Namespace:
-        options = parse_args(*args, **kwargs)
-        try:
-            preflight.check_user_classes(getattr(options, "user_classes", None) or [], available)
-            preflight.check_options(options)
-            endpoints.choose_master_port(options)
-            endpoints.check_web_port(options)
-        except Refused as refusal:
-            refuse(refusal)
-        on_checked()
-        return options
-
-    parser.parse_args = parse_and_check
-
-
-def forked_workers() -> list[int]:
-    """This process's children: at init, before firehose starts anything, the workers Locust forked."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):  # gone meanwhile
-            continue
-        if parent == os.getpid():
-            children.append(int(stat.parent.name))
-    return children
-
-
-def end_workers(workers: list[int]) -> None:
-    """SIGKILL the forked workers of a run refused at init and wait until they are gone, leaving them to Locust's
-    exit to reap (its own exit handler forgets a worker that has not exited yet, which then lives on ~60 s)."""
-    for pid in workers:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-        except (ProcessLookupError, ChildProcessError):
-            pass
 
 
 def register(events: Events, user_classes: list[type[User]]) -> None:
