@@ -5,6 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 USERS ?= 100
 DURATION ?= 120s
+## EMBEDDED_PORT, EMBEDDED_DATA_DIR: where the embedded PostgreSQL of run, sweep, bench, optimize and chaos runs
+## (default: firehose's own, port 54329 under the cache dir); clean removes EMBEDDED_DATA_DIR too
+EMBEDDED_PORT ?=
+EMBEDDED_DATA_DIR ?=
+EMBEDDED := $(if $(EMBEDDED_PORT),--embedded-port $(EMBEDDED_PORT)) $(if $(EMBEDDED_DATA_DIR),--embedded-data-dir $(EMBEDDED_DATA_DIR))
 
 .PHONY: run test test-fast lint services clean sweep bench optimize chaos mutants
 
@@ -17,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 ## run: a headless COPY burst of $(USERS) engineers on the embedded PostgreSQL (or --pg-dsn / PG*), then the summary
 run: $(BIN)/.installed
 	$(BIN)/locust -f locustfile.py CopyEngineer --headless -u $(USERS) -r $(USERS) -t $(DURATION) \
-		--only-summary --summary-json results/run.json
+		--only-summary --summary-json results/run.json $(EMBEDDED)
 
 ## sweep: each strategy (STRATEGIES, comma-separated; default all) at each of SWEEP_USERS for SWEEP_DURATION,
 ## each strategy's C-client reference (the database's own ratio), the connection-scale axis (SWEEP_CONNECTIONS client
@@ -31,7 +36,7 @@ SWEEP_ARGS ?=
 SWEEP_NEEDS_SERVICES := $(if $(STRATEGIES)$(SWEEP_CONNECTIONS),$(findstring Pooled,$(STRATEGIES) $(if $(SWEEP_CONNECTIONS),Pooled))$(findstring Stream,$(STRATEGIES)),all)
 sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 	$(BIN)/firehose sweep $(if $(STRATEGIES),--strategies $(STRATEGIES)) --users $(SWEEP_USERS) --duration $(SWEEP_DURATION) \
-		$(if $(SWEEP_CONNECTIONS),--connections $(SWEEP_CONNECTIONS)) $(SWEEP_ARGS)
+		$(if $(SWEEP_CONNECTIONS),--connections $(SWEEP_CONNECTIONS)) $(EMBEDDED) $(SWEEP_ARGS)
 
 ## bench: generator events/s, CopyEngineer vs raw psql \copy, each strategy vs its C-client reference (pgbench
 ## scripts in bench/pgbench/) with server cost per row, client CPU profiles, levers -> bench/results/
@@ -39,20 +44,20 @@ sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 ## "--only crash_cost" measures what a worker killed -9 loses, per strategy)
 BENCH_ARGS ?=
 bench: $(BIN)/.installed services
-	$(BIN)/firehose bench $(BENCH_ARGS)
+	$(BIN)/firehose bench $(EMBEDDED) $(BENCH_ARGS)
 
 ## optimize: the 8 queries before and after schema/indexes.sql on 500 users over 3 days of history (a loaded dataset
 ## of that shape is reused), index sizes and their cost on COPY -> results/optimize-<timestamp>/ (OPTIMIZE_ARGS="--reload")
 OPTIMIZE_ARGS ?=
 optimize: $(BIN)/.installed
-	$(BIN)/firehose optimize $(OPTIMIZE_ARGS)
+	$(BIN)/firehose optimize $(EMBEDDED) $(OPTIMIZE_ARGS)
 
 ## chaos: CopyEngineer alone, then with 8 analysts (one per query), 50 engineers, 30 s each, on 200,000 prefilled
 ## rows over 3 h: retention, queries/s, per-query p50/p95/p99, every query's counts checked against the generator's
 ## -> results/chaos-<timestamp>/ (CHAOS_ARGS="--strategy BatchedEngineer --users 100 -- --analyst-think-time 0.1")
 CHAOS_ARGS ?=
 chaos: $(BIN)/.installed
-	$(BIN)/firehose chaos $(CHAOS_ARGS)
+	$(BIN)/firehose chaos $(EMBEDDED) $(CHAOS_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
 ## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores
@@ -97,6 +102,7 @@ clean:
 	if [ -x $(BIN)/firehose ]; then \
 		$(BIN)/firehose reset --remove && \
 		$(BIN)/python -c 'from telemetry.pools import cache_path; [p.unlink() for p in cache_path(0).parent.glob("pools-*.pickle")]' && \
+		$(if $(EMBEDDED_DATA_DIR),$(BIN)/firehose reset --remove --embedded-data-dir $(EMBEDDED_DATA_DIR) &&) \
 		for dir in $$($(BIN)/python -c 'from services.postgres import default_data_dir as d; print(*d().parent.glob("postgres-*/"))'); do \
 			$(BIN)/firehose reset --remove --embedded-data-dir "$$dir" || exit 1; done; fi
 	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis .import_linter_cache *.egg-info

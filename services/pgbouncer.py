@@ -2,7 +2,8 @@
 
 It listens on a free 127.0.0.1 port, its config, auth file and log in a temporary directory, and
 runs in the foreground as our child, so `stop` ends exactly the process `start` began. pgBouncer
-refuses to run as root: as root it runs as the unprivileged user the embedded PostgreSQL uses.
+refuses to run as root: as root it runs as the unprivileged user the embedded PostgreSQL uses. It dies with
+this process (`die_with_parent`), and a `Watchdog` removes its directory then.
 
 Authentication: the server's user (and password, if the DSN resolves one) goes into the auth file.
 Without a password clients are trusted (`auth_type = trust`; it only listens on loopback, like the
@@ -13,12 +14,10 @@ address too (`listen`, for workers on other machines) needs a password: the serv
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from services.ports import free_port
 from services.postgres import as_user, redact, server_user
+from services.watchdog import Watchdog, die_with_parent
 
 logger = logging.getLogger("firehose")
 
@@ -42,8 +42,6 @@ START_TIMEOUT_S = 30
 """Time for pgBouncer to listen and pass a first query through to PostgreSQL."""
 STOP_TIMEOUT_S = 10
 """Time for pgBouncer to exit after SIGTERM (immediate shutdown) before it is killed."""
-_PR_SET_PDEATHSIG = 1
-"""prctl(2) option: the signal a process receives when its parent dies."""
 
 
 class PgBouncerMissing(RuntimeError):
@@ -63,8 +61,12 @@ class PgBouncer:
         max_client_conn: int = MAX_CLIENT_CONN,
         listen: str | None = None,
         password: str | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        """`watchdog`: stops pgBouncer and removes its directory if this process dies without `stop`."""
         self.conninfo = conninfo
+        self.watchdog = watchdog
+        self._watched: list[int] = []
         self.listen = listen
         self.password = password
         self.port = port
@@ -85,6 +87,8 @@ class PgBouncer:
             raise ValueError("pgBouncer listening beyond loopback needs a password")
         self.port = self.port or free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="firehose-pgbouncer-"))
+        if self.watchdog is not None:
+            self._watched.append(self.watchdog.watch_directory(self._dir))
         config = self._write_config(server, user, password)
         host = self.listen or "127.0.0.1"
         self.dsn = make_conninfo(host=host, port=self.port, dbname=dbname, user=user, password=password)
@@ -97,8 +101,10 @@ class PgBouncer:
                 stderr=subprocess.STDOUT,
                 cwd=self._dir,
                 start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the writers drain
-                preexec_fn=_die_with_parent,  # but it must not outlive us if we are killed
+                preexec_fn=die_with_parent,  # but it must not outlive us if we are killed
             )
+        if self.watchdog is not None:
+            self._watched.append(self.watchdog.watch_process(self._process.pid, "pgbouncer"))
         try:
             self._wait_until_ready()
         except Exception:
@@ -121,6 +127,8 @@ class PgBouncer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)  # it may hold a password
             self._dir = None
+        while self._watched:
+            self.watchdog.forget(self._watched.pop())
 
     def _write_config(self, server: str, user: str, password: str | None) -> Path:
         assert self._dir is not None
@@ -188,8 +196,3 @@ def _binary() -> str:
 def _quote(value: str) -> str:
     """A field of pgBouncer's auth file: in double quotes, a double quote doubled."""
     return '"' + value.replace('"', '""') + '"'
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: receive SIGTERM when the process that started it dies (Linux)."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

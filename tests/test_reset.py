@@ -16,6 +16,8 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
+MB = 1024**2
+
 
 @pytest.fixture
 def data_dir(own_postgres):
@@ -53,6 +55,19 @@ def test_reset_empties_what_runs_left(data_dir):
     assert result.stdout.startswith(f"firehose reset: emptied {data_dir.data_dir}: ")
     assert not data_dir.running()  # the server it started for the TRUNCATE is stopped again
     assert _rows(data_dir) == 0
+
+
+def test_reset_gives_back_the_wal(data_dir):
+    """A heavy run leaves GBs of WAL segments (renamed for reuse): the reset deletes them, not only the rows."""
+    wal = data_dir.data_dir / "pg_wal"
+    with psycopg.connect(data_dir.start(), autocommit=True) as conn:  # ~110 MB of WAL
+        conn.execute("CREATE TABLE filler AS SELECT repeat(md5(i::text), 32) AS x FROM generate_series(1, 100000) i")
+        conn.execute("DROP TABLE filler")
+    data_dir.stop()
+    before = disk_guard.directory_size(wal)
+    assert before > 80 * MB
+    assert _reset("--embedded-data-dir", str(data_dir.data_dir)).returncode == 0
+    assert disk_guard.directory_size(wal) <= 32 * MB  # reset.SMALL_WAL's min_wal_size
 
 
 def test_reset_refuses_while_a_server_runs_on_the_data_dir(data_dir):

@@ -1,8 +1,9 @@
 """Empty or remove the embedded PostgreSQL's data: its rows of every run are kept between runs, and add up.
 
 `firehose reset` empties the telemetry tables and the runs' bookkeeping (TRUNCATE: the space goes back to the
-volume at once); `--remove` deletes the data directory whole (the next run creates a fresh one). Either refuses,
-with one line and exit code 2, while the server runs (its postmaster.pid names a live process): a run is using it.
+volume at once) and gives back the write-ahead log's space too (`give_back_wal`); `--remove` deletes the data
+directory whole (the next run creates a fresh one). Either refuses, with one line and exit code 2, while the
+server runs (its postmaster.pid names a live process): a run is using it.
 `make clean` calls `firehose reset --remove`. A run says at start how large the data directory is once it passes
 2 GB, with this command.
 """
@@ -26,6 +27,14 @@ logger = logging.getLogger("firehose")
 
 TABLES = ("spans", "metrics", "logs", "quarantine", "firehose_writer_keys", "firehose_runs")
 """What runs leave behind: the telemetry, the quarantine, and the runs' bookkeeping."""
+SMALL_WAL = {"wal_recycle": "off", "min_wal_size": "32MB", "max_wal_size": "64MB"}
+"""The server's settings while it resets (its next start has the usual ones again): segments a checkpoint no longer
+needs are deleted, not kept for reuse (schema/postgresql.conf's max_wal_size of 4GB would keep up to that much)."""
+
+_SEGMENTS_AHEAD = """
+SELECT count(*) FROM pg_ls_waldir()
+WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_lsn())
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,15 +66,27 @@ def running_pid(data_dir: Path) -> int | None:
 
 
 def empty(data_dir: Path) -> None:
-    """Start the server on a free port of its own, TRUNCATE what runs left, stop it."""
-    server = EmbeddedPostgres(data_dir, port=free_port())
+    """Start the server on a free port of its own, TRUNCATE what runs left, give the WAL back, stop it."""
+    server = EmbeddedPostgres(data_dir, port=free_port(), settings=SMALL_WAL)
     dsn = server.start()
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {', '.join(TABLES)}")
-            conn.execute("CHECKPOINT")  # lets the server recycle the WAL that held the rows
+            give_back_wal(conn)
     finally:
         server.stop()
+
+
+def give_back_wal(conn: psycopg.Connection) -> None:
+    """Delete the WAL segments a heavy run left: a checkpoint deletes the segments before it, but the ones an
+    earlier checkpoint renamed for reuse lie ahead of the current one (a run of GBs leaves GBs of them). Writing a
+    message into each and switching past it makes them past segments; the next checkpoints delete them."""
+    conn.execute("CHECKPOINT")
+    ahead = conn.execute(_SEGMENTS_AHEAD).fetchone()[0]
+    for _ in range(ahead + 1):
+        conn.execute("SELECT pg_logical_emit_message(false, 'firehose reset', ''), pg_switch_wal()")
+    conn.execute("CHECKPOINT")
+    conn.execute("CHECKPOINT")  # the segments the first one still needed
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
+import socket
 from collections.abc import Callable, Iterable
 
 from firehose.run.preflight import Refused
 from firehose.strategies import all_strategies
 from services.pgbouncer import PgBouncer
+from services.ports import free_port
 from services.postgres import (
     EMBEDDED_PORT,
     EmbeddedPostgres,
@@ -29,12 +31,15 @@ from services.postgres import (
     redact,
 )
 from services.redis_server import LocalRedis
+from services.watchdog import Watchdog
 
 logger = logging.getLogger("firehose")
 
 GIVEN = {"postgres": "pg_dsn", "pgbouncer": "pgbouncer_dsn", "redis": "redis_url", "analysts": "analyst_dsn"}
 """Service name -> the option that gives its address ("analysts": the analysts' own DSN, e.g. a read-only role)."""
 FLAGS = {"postgres": "--pg-dsn", "pgbouncer": "--pgbouncer-dsn", "redis": "--redis-url", "analysts": "--analyst-dsn"}
+LOCUST_MASTER_PORT = 5557
+"""Locust's default master port: a second run on the machine, or a stray worker of another, meets it there."""
 PASSWORD_BYTES = 24
 """Random bytes of the password of services listening beyond loopback (32 URL-safe characters)."""
 
@@ -89,6 +94,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedded-data-dir", default=None, help="Data directory of the embedded PostgreSQL.")
 
 
+def choose_master_port(options: argparse.Namespace) -> None:
+    """Before Locust binds its master port (and forks --processes workers): a --processes run left on Locust's
+    default port gets a free one of its own (its forked workers connect there, and no stray worker of another run
+    finds it); a master whose port is taken is refused with one line, not Locust's bind traceback."""
+    if getattr(options, "worker", False):
+        return
+    processes = getattr(options, "processes", None)
+    if processes and options.master_bind_port == LOCUST_MASTER_PORT:
+        options.master_bind_port = free_port()
+    if processes:
+        options.master_port = options.master_bind_port  # forked workers connect to --master-port
+    if not (processes or getattr(options, "master", False)):
+        return
+    if (reason := _taken(options.master_bind_host, options.master_bind_port)) is not None:
+        raise Refused(
+            f"--master-bind-port {options.master_bind_port} is taken ({reason}; another run's master?): "
+            "give a free port with --master-bind-port (and the same --master-port to the workers)",
+            "master_bind_port",
+        )
+
+
+def check_web_port(options: argparse.Namespace) -> None:
+    """A web UI whose port is taken (another run's?) is refused with one line, not the web server's traceback."""
+    if getattr(options, "headless", False) or getattr(options, "worker", False):
+        return
+    if (reason := _taken(options.web_host, options.web_port)) is not None:
+        raise Refused(
+            f"--web-port {options.web_port} is taken ({reason}; another run's web UI?): give another with --web-port",
+            "web_port",
+        )
+
+
+def _taken(host: str, port: int) -> str | None:
+    """Why `port` cannot be bound on `host` ("*" or "": every address), or None when it can."""
+    host = "" if host in ("*", "") else host
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Locust's servers bind
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error.strerror
+    return None
+
+
 def given_addresses(options: argparse.Namespace) -> dict[str, str]:
     """The addresses the user gave this process (options, or the PG* variables for PostgreSQL)."""
     given = {name: getattr(options, dest, None) for name, dest in GIVEN.items()}
@@ -116,6 +165,8 @@ class RunServices:
         self.password = secrets.token_urlsafe(PASSWORD_BYTES) if listen else None
         self.addresses: dict[str, str] = {}
         self.embedded: EmbeddedPostgres | None = None
+        self.watchdog = Watchdog()
+        """Stops what was started here, and removes its directories, if this process dies without `stop`."""
         self._stops: list[Callable[[], None]] = []
 
     @classmethod
@@ -140,7 +191,11 @@ class RunServices:
                 self.addresses["postgres"] = self.given["postgres"]
             else:
                 self.embedded = EmbeddedPostgres(
-                    self.embedded_data_dir, self.embedded_port, listen=self.listen, password=self.password
+                    self.embedded_data_dir,
+                    self.embedded_port,
+                    listen=self.listen,
+                    password=self.password,
+                    watchdog=self.watchdog,
                 )
                 try:
                     self.addresses["postgres"] = self.embedded.start()
@@ -160,8 +215,10 @@ class RunServices:
                 self.addresses[name] = self.given[name]
                 continue
             starters = {
-                "pgbouncer": lambda: PgBouncer(self.postgres, listen=self.listen, password=self.password),
-                "redis": lambda: LocalRedis(listen=self.listen, password=self.password),
+                "pgbouncer": lambda: PgBouncer(
+                    self.postgres, listen=self.listen, password=self.password, watchdog=self.watchdog
+                ),
+                "redis": lambda: LocalRedis(listen=self.listen, password=self.password, watchdog=self.watchdog),
             }
             if name not in starters:
                 raise ValueError(f"unknown service {name!r}: one of {', '.join(starters)}")
@@ -175,3 +232,4 @@ class RunServices:
         """Stop what was started here, last first. Idempotent."""
         while self._stops:
             self._stops.pop()()
+        self.watchdog.close()

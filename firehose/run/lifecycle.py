@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
+from threading import Event
 
 import gevent
 from locust import User
@@ -26,10 +26,10 @@ from firehose.report import webui
 from firehose.report.telemetry import Telemetry
 from firehose.run import budget, disk_guard, endpoints, parts, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
-from firehose.run.exit_codes import ExitCode
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused
 from firehose.run.process_run import WritingProcess
+from firehose.run.refusal import check_when_parsed, end_workers, forked_workers, refuse
 from firehose.strategies import writer_classes
 from services.postgres import redact
 from telemetry.generator import TRACES_PER_ENGINEER
@@ -174,6 +174,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
     """Attach firehose to Locust's events, one listener per event. The writers of `user_classes` and the run's
     parts declare their options; a selected user class with a `configure(options)` classmethod applies them at
     init, before any spawn (e.g. --analysts)."""
+    parsed = Event()
+    """Set once the command line passed firehose's checks (only the first parse is Locust's start)."""
 
     @events.init_command_line_parser.add_listener
     def _(parser: argparse.ArgumentParser) -> None:
@@ -183,9 +185,12 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
                 writer_class.add_arguments(parser)
 
         webui.declare_in_form(parser, declare)
+        if not parsed.is_set():
+            check_when_parsed(parser, user_classes, parsed.set)
 
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
+        workers = forked_workers() if getattr(environment.parsed_options, "processes", None) else []
         if not isinstance(environment.runner, WorkerRunner):  # the master's (or only) dispatcher spawns users
             for user_class in environment.user_classes:
                 if callable(configure := getattr(user_class, "configure", None)):
@@ -193,9 +198,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
         try:
             firehose = Firehose(environment)
         except Refused as refusal:  # one line, exit code 2, before anything ran (Locust's traceback stays out)
-            sys.stderr.write(f"firehose: {refusal}\n")
-            sys.stderr.flush()
-            raise SystemExit(ExitCode.BAD_SETTING) from None
+            end_workers(workers)
+            refuse(refusal)
         RunUser.process = firehose.process
         gevent.signal_handler(signal.SIGINT, _interrupt_main_greenlet)
         events.test_start.add_listener(lambda **_: firehose.on_test_start())

@@ -1,7 +1,11 @@
 """Settings refused before anything starts: one line each, exit code 2.
 
-Checked on the master (or the only process) at Locust's init, before the run touches the database:
-- sizes and counts out of range (each option's bound where it is declared: `OPTION_MINIMUMS`);
+`check_options` is the one check of the values themselves, for every way in: run on the parsed command line (with
+locust.conf and the LOCUST_* environment) before Locust forks `--processes` workers, at Locust's init, and on the
+web form's values. The rest is checked on the master (or the only process) at init, before the run touches the
+database:
+- sizes, counts and rates out of range (each option's bound: `OPTION_MINIMUMS`), a number that is not finite;
+- a DSN libpq cannot parse, a --history that is not a duration, a run time of 0 with --continuous;
 - a DSN that does not answer within a few seconds, or refuses the user (libpq's reason, password redacted);
 - an existing telemetry table whose columns differ from the row layout (named, with the columns);
 - a role missing a privilege the run needs (named, with the tables);
@@ -14,13 +18,19 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
+import re
 import shutil
 import socket
 
 import psycopg
 import redis
+from locust.util.timespan import parse_timespan
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
 
 from services.postgres import redact
+from telemetry.durations import parse_duration
 from telemetry.layout import LAYOUT
 
 CONNECT_TIMEOUT_S = 5
@@ -44,8 +54,17 @@ OPTION_MINIMUMS = {
     "analyst_pool_size": 1,
     "analysts": 0,
     "drain_timeout": 1,
+    "engineer_rate": 0,
+    "ramp_rate": 0,
+    "ramp_step": 0.1,
+    "embedded_port": 1,
 }
-"""Each option's smallest sensible value: 0 rows per batch or 0 connections is no strategy at all."""
+"""Each option's smallest sensible value: 0 rows per batch or 0 connections is no strategy at all; a negative rate
+offers nothing; a ramp step of 0 s divides the run into no steps at all."""
+OPTION_MAXIMUMS = {"embedded_port": 65535}
+DSN_OPTIONS = ("pg_dsn", "pgbouncer_dsn", "analyst_dsn")
+"""Options holding a libpq DSN, parsed before anything starts (a DSN libpq cannot parse fails only at connect)."""
+_QUOTED = re.compile(r'"([^"]*)"')
 PRIVILEGES = (
     ("INSERT", ("spans", "metrics", "logs", "quarantine", "firehose_runs", "firehose_writer_keys")),
     ("SELECT", ("spans", "metrics", "logs", "firehose_writer_keys")),
@@ -77,16 +96,95 @@ class Refused(Exception):
 
 
 def check_options(options: argparse.Namespace) -> None:
-    """Sizes and counts within their bounds; a headless run that would start no user at all."""
+    """The values themselves, before anything starts (the command line, locust.conf, the environment, the web
+    form): numbers finite and within their bounds, DSNs libpq parses, durations that parse, a run that can end."""
+    from firehose.run import disk_guard  # it imports Refused from here
+
     if getattr(options, "headless", False) and getattr(options, "num_users", None) == 0:
         raise Refused("-u 0 starts no user: a headless run needs at least 1 (-u N)", "num_users")
+    for dest, value in sorted(vars(options).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Refused(f"{_flag(dest)} must be a finite number, got {value}", dest)
     for dest, minimum in OPTION_MINIMUMS.items():
         value = getattr(options, dest, None)
         if value is not None and value < minimum:
-            flag = "--" + dest.replace("_", "-")
-            raise Refused(f"{flag} must be at least {minimum}, got {value}", dest)
+            raise Refused(f"{_flag(dest)} must be at least {minimum}, got {value}", dest)
+    for dest, maximum in OPTION_MAXIMUMS.items():
+        value = getattr(options, dest, None)
+        if value is not None and value > maximum:
+            raise Refused(f"{_flag(dest)} must be at most {maximum}, got {value}", dest)
+    for dest in DSN_OPTIONS:
+        if (dsn := getattr(options, dest, None)) is not None:
+            check_dsn(dsn, dest)
+    check_history(getattr(options, "history", None))
+    check_run_time(options)
+    disk_guard.check_options(options)
     if (listen := getattr(options, "embedded_listen", None)) is not None:
         check_listen_address(listen)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_dsn(dsn: str, dest: str) -> None:
+    """A DSN libpq parses, with numeric ports. libpq's reason keeps only the words that are its own keywords: a
+    quoted fragment may be part of a password (`password=my secret`: 'missing "=" after "secret"')."""
+    try:
+        ports = conninfo_to_dict(dsn).get("port") or ""
+    except psycopg.ProgrammingError as error:
+        reason = _masked(str(error).strip())
+        raise Refused(f"{_flag(dest)} is not a libpq DSN: {reason}", dest) from None
+    for port in str(ports).split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise Refused(f"{_flag(dest)} is not a libpq DSN: port {port!r} is not a port number", dest)
+
+
+def _masked(reason: str) -> str:
+    """libpq's reason with each quoted word that is not one of its keywords replaced by "..."."""
+    keywords = {option.keyword.decode() for option in pq.Conninfo.get_defaults()}
+
+    def mask(quoted: re.Match) -> str:
+        word = quoted.group(1)
+        return quoted.group(0) if word in keywords or not any(c.isalnum() for c in word) else '"..."'
+
+    return _QUOTED.sub(mask, reason)
+
+
+def check_history(history: str | None) -> None:
+    """--history: a duration longer than 0 (the form sends "" for the default)."""
+    if history in (None, ""):
+        return
+    try:
+        seconds = parse_duration(str(history))
+    except ValueError:
+        seconds = None
+    if not seconds:
+        raise Refused(f"--history {history}: give a span of time longer than 0, e.g. 1h or 3d", "history")
+
+
+def check_run_time(options: argparse.Namespace) -> None:
+    """A run time of 0 is no limit to Locust: with --continuous such a run never ends. Locust turns -t into
+    seconds after parsing (text here before it, a number at init)."""
+    run_time = getattr(options, "run_time", None)
+    if run_time in (None, "") or not getattr(options, "continuous", False):
+        return
+    try:
+        seconds = run_time if isinstance(run_time, int) else parse_timespan(str(run_time))
+    except ValueError:
+        return  # Locust's own message names the formats it takes
+    if seconds == 0:
+        raise Refused(
+            f"-t {seconds}s with --continuous never ends (0 is no limit to Locust): give a run time above 0",
+            "run_time",
+        )
+
+
+def check_user_classes(named: list[str], available: list[str]) -> None:
+    """Every class named on the command line is one of the locustfile's (Locust's own check comes after it
+    forked --processes workers, and exits 1)."""
+    if unknown := [name for name in named if name not in available]:
+        raise Refused(f"unknown user class {', '.join(unknown)}: choose from {', '.join(available)}", "user_classes")
 
 
 def check_listen_address(address: str) -> None:

@@ -8,7 +8,7 @@ import logging
 import psycopg
 from psycopg import sql
 
-from services.postgres import EMBEDDED_PORT, redact
+from services.postgres import add_embedded_arguments, redact
 from telemetry.layout import TABLES
 
 logger = logging.getLogger("firehose")
@@ -60,9 +60,10 @@ def add_empty_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    """The database a tool empties and loads: --pg-dsn, else PG*, else the embedded server on --embedded-port."""
+    """The database a tool empties and loads: --pg-dsn, else PG*, else the embedded server (--embedded-port,
+    --embedded-data-dir)."""
     add_empty_arguments(parser)
     parser.add_argument(
         "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
     )
-    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    add_embedded_arguments(parser)

@@ -41,7 +41,7 @@ from firehose.tools.headless import REPO, run_headless
 from firehose.tools.references import LABELS, raw_copy, representative_rows, run_pgbench, write_copy_files
 from firehose.tools.server_cost import ServerCost, process_cpu_s
 from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
-from services.postgres import EmbeddedPostgres, redact
+from services.postgres import EmbeddedPostgres, add_embedded_arguments, redact
 from services.redis_server import LocalRedis
 from telemetry.durations import parse_duration
 from telemetry.generator import TRACES_PER_ENGINEER
@@ -89,6 +89,7 @@ def bench_strategies() -> list[Strategy]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_empty_arguments(parser)
     parser.add_argument("--pg-dsn", default=None, help="Target server (default: the embedded PostgreSQL).")
+    add_embedded_arguments(parser)
     parser.add_argument("--pg-bin", default=None, help="Run the embedded server from these binaries instead "
                         "(e.g. /usr/lib/postgresql/15/bin, built with lz4).")  # fmt: skip
     sizes = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in QUICK_SIZES.items())
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     server = None
     if args.pg_dsn is None:
-        server = EmbeddedPostgres(bin_dir=args.pg_bin)
+        server = EmbeddedPostgres(args.embedded_data_dir, args.embedded_port, bin_dir=args.pg_bin)
         args.pg_dsn = server.start()
     try:
         results = Bench(args).run()

@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or Path("results") / f"chaos-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
-    services = RunServices(given_addresses(args), embedded_port=args.embedded_port)
+    services = RunServices(
+        given_addresses(args), embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir
+    )
     try:
         dsn = services.start_postgres()
         if (refusal := refusal_to_empty(dsn, "chaos", args.yes)) is not None:

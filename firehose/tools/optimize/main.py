@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or Path("results") / f"optimize-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     given = given_addresses(args)
-    services = RunServices(given, embedded_port=args.embedded_port)
+    services = RunServices(given, embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir)
     try:
         dsn = services.start_postgres()
         if (refusal := refusal_to_empty(dsn, "optimize", args.yes)) is not None:

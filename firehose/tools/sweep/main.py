@@ -41,7 +41,7 @@ from firehose.tools.references import run_reference
 from firehose.tools.server_cost import ServerCost
 from firehose.tools.sweep.report import BASELINE, Cell, SweepResult, render_table, write_results
 from services.pgbouncer import DEFAULT_POOL_SIZE
-from services.postgres import EMBEDDED_PORT, redact
+from services.postgres import EMBEDDED_PORT, add_embedded_arguments, redact
 from telemetry.durations import parse_duration
 from telemetry.pools import CATALOGUE_SEED, Pools
 from users.engineer import Engineer
@@ -78,6 +78,7 @@ class SweepPlan:
     locust_args: list[str] = field(default_factory=list)
     cell_timeout_s: float | None = None
     embedded_port: int = EMBEDDED_PORT
+    embedded_data_dir: str | None = None
     connections: list[int] = field(default_factory=list)
     """Client-connection counts of the connection-scale axis (empty: no axis)."""
     references: bool = True
@@ -91,7 +92,7 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     timeout = plan.cell_timeout_s or parse_duration(plan.duration) + RUN_OVERHEAD_S
     (plan.out / "cells").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    services = RunServices(_given(plan), embedded_port=plan.embedded_port)
+    services = RunServices(_given(plan), embedded_port=plan.embedded_port, embedded_data_dir=plan.embedded_data_dir)
     try:
         dsn = services.start_postgres()
         result = SweepResult(cells=[], machine=machine_info(dsn), settings=_settings(plan, dsn))
@@ -247,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Target PostgreSQL. Default: the PG* variables when set, else the embedded server, started once.",
     )
-    parser.add_argument("--embedded-port", type=int, default=EMBEDDED_PORT, help="Port of the embedded server.")
+    add_embedded_arguments(parser)
     parser.add_argument("--out", default=None, help="Results directory (default: results/sweep-<timestamp>).")
     parser.add_argument("--processes", type=int, default=0, help="Locust --processes of each run (default: one).")
     parser.add_argument(
@@ -304,6 +305,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         locust_args=args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args,
         cell_timeout_s=args.cell_timeout,
         embedded_port=args.embedded_port,
+        embedded_data_dir=args.embedded_data_dir,
         connections=parse_user_counts(args.connections) if args.connections.strip() else [],
         references=not args.no_references,
     )
