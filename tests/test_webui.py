@@ -39,10 +39,11 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @contextmanager
-def locust_web_ui(dsn: str, *extra: str):
-    """`locust -f locustfile.py` with its web UI on a free loopback port (locust.conf: the class picker)."""
+def locust_web_ui(dsn: str, *extra: str, log_name: str = "locust.log"):
+    """`locust -f locustfile.py` with its web UI on a free loopback port (locust.conf: the class picker); its
+    output in results/webui/`log_name`."""
     port = free_port()
-    log = (ARTIFACTS / "locust.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "locust", "-f", "locustfile.py"),
@@ -61,7 +62,7 @@ def locust_web_ui(dsn: str, *extra: str):
             with suppress(OSError):
                 urllib.request.urlopen(url, timeout=1).close()
                 break
-            assert process.poll() is None, (ARTIFACTS / "locust.log").read_text()[-3000:]
+            assert process.poll() is None, (ARTIFACTS / log_name).read_text()[-3000:]
             assert time.monotonic() < deadline, "the web UI did not answer"
             time.sleep(0.1)
         yield url
@@ -167,7 +168,9 @@ def telemetry_rows(driver) -> dict[str, list[str]]:
 def window_of(rows: dict[str, list[str]]) -> tuple[float, float] | None:
     """The seconds "rows/s now" was measured over, from the tab's window row (HH:MM:SS.s - HH:MM:SS.s)."""
     for name in rows:
-        if match := re.match(r"» rows/s now: over (\d\d:\d\d:\d\d\.\d) - (\d\d:\d\d:\d\d\.\d)", name):
+        if match := re.match(
+            r"» rows/s now: over the last [\d.]+ s \((\d\d:\d\d:\d\d\.\d) - (\d\d:\d\d:\d\d\.\d)\)", name
+        ):
             today = datetime.now().strftime("%Y-%m-%d ")
             return tuple(
                 datetime.strptime(today + stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp() for stamp in match.groups()
