@@ -187,4 +187,4 @@ def test_telemetry_tab_shows_the_end_state_without_a_reload(web_ui):
     assert driver.execute_script("return window.firehoseKept") == 1, "the page was reloaded"
     with urllib.request.urlopen(f"{url}/stats/report", timeout=30) as answer:  # the UI's Download Report
         report = answer.read().decode()
-    assert 'id="firehose-telemetry"' in report and line in report
+    assert 'id="firehose-telemetry"' in report and "reconciliation: lost = 0, duplicates = 0" in report

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from locust.env import Environment
+from locust.runners import STATE_RUNNING, STATE_SPAWNING
 from locust.util.timespan import parse_timespan
 
 from firehose.strategies import writer_classes
@@ -123,7 +124,10 @@ def refusal(
 def classes_refusal(
     environment: Environment, form: Mapping[str, str], selected: list[str], options: argparse.Namespace
 ) -> str | None:
-    """More than one writing class ticked (or none ticked: Locust then runs them all) without --mixed."""
+    """More than one writing class ticked (or none ticked: Locust then runs them all) without --mixed. Editing a
+    running test sends no classes: Locust keeps the running ones, checked when the run started."""
+    if not selected and environment.runner is not None and environment.runner.state in (STATE_SPAWNING, STATE_RUNNING):
+        return None
     mixed = form.get(MIXED, "true" if getattr(options, MIXED, False) else "false") == "true"
     available = environment.available_user_classes or {}
     chosen = [available[name] for name in selected if name in available] or list(available.values())
