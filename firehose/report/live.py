@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from hdrh.histogram import HdrHistogram
 
 from telemetry.layout import TABLES
+from users.analyst import merge_reports as merge_queries
 from writers.base import new_histogram
 
 SAMPLE_S = 1.0
@@ -90,6 +91,7 @@ def merge(snapshots: list[dict], class_names: dict[str, str] | None = None) -> d
                 _add(round_trips, verb, histogram)
             for gauge, value in entry.get("gauges", {}).items():
                 gauges[gauge] = max(gauges.get(gauge, 0), value)  # one stream per run: every process sees it whole
+    query_reports = [snapshot["queries"] for snapshot in snapshots if snapshot.get("queries")]
     for row in (*by_table.values(), *by_class.values()):
         row["buffered"] = row["received"] - row["acknowledged"] - row["failed"] - row["quarantined"]
     total = {key: sum(row[key] for row in by_table.values()) for key in (*COUNTERS, "buffered")}
@@ -102,6 +104,7 @@ def merge(snapshots: list[dict], class_names: dict[str, str] | None = None) -> d
         "gauges": gauges,
         "freshness_histograms": {"by_table": freshness_by_table, "by_class": freshness_by_class},
         "round_trip_histograms": round_trips,
+        "queries": merge_queries(query_reports) if query_reports else None,
     }
 
 

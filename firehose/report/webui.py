@@ -189,10 +189,10 @@ def tab_rows(live: LiveTelemetry, *, continuous: bool = False) -> list[dict]:
     rows.append({"name": INFO + rate_line(view, summary) + "; " + engineers_line(view, continuous)})
     if view["gauges"]:
         rows.append({"name": f"{INFO}stream: " + ", ".join(f"{k} {v:,}" for k, v in view["gauges"].items())})
+    rows.extend({"name": INFO + line} for line in query_lines((summary or view).get("queries")))
     if summary is not None:
         text = summary["text"].splitlines()
         rows.append({"name": INFO + text[0]})  # "firehose run N (seed S) on ...: 9.8 s writing (...)"
-        rows.extend({"name": INFO + line} for line in query_lines(summary.get("queries")))
         rows.append({"name": INFO + text[-1]})  # "reconciliation: lost = 0, duplicates = 0, ...  [OK]"
     elif live.ending and view["total"]["received"]:
         rows.append({"name": f"{INFO}running, or committing what is buffered: the end state follows here"})
@@ -222,7 +222,8 @@ def engineers_line(view: dict, continuous: bool) -> str:
 
 
 def query_lines(queries: dict | None) -> list[str]:
-    """The analysts' queries at the end: count, failures, and p50/p95/p99 from the merged HDR histograms."""
+    """The analysts' queries (so far, or at the end): count, failures, and p50/p95/p99 from the processes' HDR
+    histograms merged."""
     return [
         f"query {name}: {query['count']:,} runs, {query['failures']:,} failed; p50 / p95 / p99 ms "
         f"{_ms(query['p50_ms'])} / {_ms(query['p95_ms'])} / {_ms(query['p99_ms'])} (HDR histograms)"
