@@ -154,11 +154,8 @@ def tab_rows(live: LiveTelemetry, *, continuous: bool = False) -> list[dict]:
     if view is None:
         return [{"name": "no run yet: start one (firehose counts rows once engineers write)"}]
     summary = live.summary
-    if summary is None:
-        rate = view["rate"]
-    else:  # the run's averages over its seconds of writing: "now" is over once the run ended
-        writes = summary["writes"]
-        rate = {**writes, "by_table": writes["by_table"], "by_class": writes["by_class"]}
+    # once the run ended, "now" is over: the run's averages over its seconds of writing (same keys)
+    rate = view["rate"] if summary is None else summary["writes"]
     fresh = view["freshness_histograms"]
     rows = []
 
@@ -207,7 +204,7 @@ def rate_line(view: dict, summary: dict | None) -> str:
         return f"rows/s: the run's average over its {summary['run']['writing_s']:,.1f} s of writing"
     rate = view["rate"]
     if rate["from"] is None:
-        return "rows/s now: measured from the second sample (one a second)"
+        return "rows/s now: from the second sample on (one a second)"
     return (
         f"rows/s now: over the last {rate['to'] - rate['from']:.1f} s ({_clock(rate['from'])} - {_clock(rate['to'])})"
     )
