@@ -13,10 +13,11 @@ from firehose.report import webui
 from firehose.run import lifecycle
 from tests.conftest import REPO
 
-SHOWN = {"traces_per_engineer", "analysts", "engineer_rate", "migration_probe", "drain_timeout"}
+SHOWN = {"traces_per_engineer", "analyst_pool_size", "engineer_rate", "migration_probe", "drain_timeout"}
 """Options of firehose the form shows: top-level ones, and those of argument groups (the analysts', pacing's)."""
-HIDDEN = {"pg_dsn", "analyst_dsn", "redis_url", "pg_setting"}
-"""Addresses (they may carry passwords) and a repeatable option (the form breaks it) stay out of the form."""
+HIDDEN = {"pg_dsn", "analyst_dsn", "redis_url", "pg_setting", *webui.APPLIED_AT_START_ONLY}
+"""Addresses (they may carry passwords), a repeatable option (the form breaks it) and the options applied only when
+Locust starts stay out of the form."""
 PACKAGES = ("firehose", "users", "writers", "telemetry", "services")
 
 
@@ -41,8 +42,8 @@ def test_locusts_start_form_shows_firehose_options_and_hides_addresses():
         form = ui_extra_args_dict(args=["--headless"])
     finally:
         events.init_command_line_parser.remove_listener(declare)
-    assert form.keys() >= SHOWN and not HIDDEN & form.keys()
-    assert form["analysts"]["default_value"] == 0 and "analysts" in form["analysts"]["help_text"]
+    assert form.keys() >= SHOWN | {"mixed"} and not HIDDEN & form.keys()  # --mixed: the form's own option
+    assert form["analyst_pool_size"]["default_value"] == 8 and "connections" in form["analyst_pool_size"]["help_text"]
 
 
 def test_no_other_code_reads_these_private_attributes():

@@ -39,10 +39,11 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @contextmanager
-def locust_web_ui(dsn: str, *extra: str):
-    """`locust -f locustfile.py` with its web UI on a free loopback port (locust.conf: the class picker)."""
+def locust_web_ui(dsn: str, *extra: str, log_name: str = "locust.log"):
+    """`locust -f locustfile.py` with its web UI on a free loopback port (locust.conf: the class picker); its
+    output in results/webui/`log_name`."""
     port = free_port()
-    log = (ARTIFACTS / "locust.log").open("w")
+    log = (ARTIFACTS / log_name).open("w")
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "locust", "-f", "locustfile.py"),
@@ -61,7 +62,7 @@ def locust_web_ui(dsn: str, *extra: str):
             with suppress(OSError):
                 urllib.request.urlopen(url, timeout=1).close()
                 break
-            assert process.poll() is None, (ARTIFACTS / "locust.log").read_text()[-3000:]
+            assert process.poll() is None, (ARTIFACTS / log_name).read_text()[-3000:]
             assert time.monotonic() < deadline, "the web UI did not answer"
             time.sleep(0.1)
         yield url
@@ -132,7 +133,10 @@ def pick_classes(driver, wanted: set[str]) -> None:
         By.CSS_SELECTOR, "input[type=checkbox]").is_selected()} == wanted  # fmt: skip
 
 
-def start_run(driver, url: str, classes: set[str], users: int, run_time: str, *, new: bool = False) -> None:
+def start_run(
+    driver, url: str, classes: set[str], users: int, run_time: str, *, new: bool = False, mixed: bool = False
+) -> None:
+    """Start a run from the form (`mixed`: tick Mixed, for several writing classes)."""
     driver.get(url)
     if new:  # after a run: the "New" button opens the start form again
         WebDriverWait(driver, WAIT_S).until(lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='New']"))[
@@ -152,6 +156,17 @@ def start_run(driver, url: str, classes: set[str], users: int, run_time: str, *,
     run_field.send_keys(Keys.CONTROL, "a")
     run_field.send_keys(run_time)
     assert run_field.get_attribute("value") == run_time
+    if mixed:
+        driver.find_element(By.XPATH, "//*[normalize-space()='Custom parameters']").click()
+        label = WebDriverWait(
+            driver, WAIT_S
+        ).until(  # MUI's checkbox input itself is transparent: its label takes clicks
+            lambda d: [
+                label for label in d.find_elements(By.XPATH, "//label[.//input[@name='mixed']]") if label.is_displayed()
+            ]
+        )[0]
+        label.click()
+        assert label.find_element(By.TAG_NAME, "input").is_selected()
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
 
@@ -167,7 +182,9 @@ def telemetry_rows(driver) -> dict[str, list[str]]:
 def window_of(rows: dict[str, list[str]]) -> tuple[float, float] | None:
     """The seconds "rows/s now" was measured over, from the tab's window row (HH:MM:SS.s - HH:MM:SS.s)."""
     for name in rows:
-        if match := re.match(r"» rows/s now: over (\d\d:\d\d:\d\d\.\d) - (\d\d:\d\d:\d\d\.\d)", name):
+        if match := re.match(
+            r"» rows/s now: over the last [\d.]+ s \((\d\d:\d\d:\d\d\.\d) - (\d\d:\d\d:\d\d\.\d)\)", name
+        ):
             today = datetime.now().strftime("%Y-%m-%d ")
             return tuple(
                 datetime.strptime(today + stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp() for stamp in match.groups()
@@ -210,7 +227,8 @@ def test_telemetry_tab_rows_per_s_matches_the_database(dsn):
             assert database_rate > 0
             assert abs(page_rate - database_rate) <= 0.2 * database_rate
 
-            # The chart page, then the reconciliation once the run ends (-t 25s from the form).
+            # STOP once the rates were compared; the chart page, then the reconciliation once the run drained.
+            driver.find_element(By.XPATH, "//button[normalize-space()='Stop']").click()
             driver.get(f"{url}/telemetry")
             WebDriverWait(driver, WAIT_S).until(
                 lambda d: d.find_element(By.ID, "chart").find_elements(By.TAG_NAME, "path")
@@ -228,8 +246,10 @@ def test_telemetry_tab_rows_per_s_matches_the_database(dsn):
             )
             driver.save_screenshot(str(ARTIFACTS / "5-telemetry-tab-ended.png"))
 
-            # A second run, of two classes: the summary breaks rows/s down per class.
-            start_run(driver, url, {"CopyEngineer", "BatchedEngineer"}, users=4, run_time="4s", new=True)
+            # A second run, of two writing classes on purpose (Mixed) and the analysts: the summary and the tab break
+            # rows/s down per class, and the tab shows the analysts' query percentiles at the end.
+            classes = {"CopyEngineer", "BatchedEngineer", "Analyst"}
+            start_run(driver, url, classes, users=6, run_time="4s", new=True, mixed=True)
             driver.get(f"{url}/telemetry")
             WebDriverWait(driver, WAIT_S, poll_frequency=0.5).until(
                 lambda d: (
@@ -242,5 +262,15 @@ def test_telemetry_tab_rows_per_s_matches_the_database(dsn):
             per_class = {line.split()[0] for line in summary.splitlines() if line.split()[:1] in (
                 ["CopyEngineer"], ["BatchedEngineer"])}  # fmt: skip
             assert per_class == {"CopyEngineer", "BatchedEngineer"}, summary
+            driver.get(f"{url}/?tab=telemetry")
+            WebDriverWait(driver, WAIT_S, poll_frequency=0.5).until(
+                lambda d: any(name.startswith("» reconciliation:") for name in telemetry_rows(d))
+            )
+            rows = telemetry_rows(driver)
+            driver.save_screenshot(str(ARTIFACTS / "7-two-classes-tab.png"))
+            for name in ("class CopyEngineer", "class BatchedEngineer"):
+                assert float(rows[name][1].replace(",", "")) > 0, rows[name]  # the class's rows/s
+            queries = [name for name in rows if name.startswith("» query ")]
+            assert queries and all("p50 / p95 / p99 ms" in name for name in queries), list(rows)
     finally:
         counter.stop()

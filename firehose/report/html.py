@@ -1,8 +1,9 @@
-"""Locust's `--html` report gains the run's telemetry: the summary's table per table (and per user class), the
+"""Locust's reports gain the run's telemetry: the summary's table per table (and per user class), the
 reconciliation, and the rows/s chart (an inline SVG: the report stays one self-contained file).
 
-Locust 2.47 has no hook for its report's content and writes the file before it fires `quitting`, so at
-`quitting` this module inserts its section before the file's `</body>` (tests check it with the pinned Locust).
+Locust 2.47 has no hook for its report's content: it writes `--html` before it fires `quitting`, so at
+`quitting` this module inserts its section before the file's `</body>`; the web UI's `/stats/report` gets
+the same section in its answer (webui.py). Tests check both with the pinned Locust.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def section(live: LiveTelemetry) -> str:
     summary = live.summary
     parts = [f'<section id="{SECTION_ID}" style="font-family:sans-serif;margin:2em">', "<h2>firehose telemetry</h2>"]
     if summary is None:
-        parts.append("<p>No firehose summary: the run did not end normally.</p>")
+        parts.append("<p>No firehose summary yet: the run has not ended (or it did not end normally).</p>")
     else:
         writes = summary["writes"]
         parts.append('<table class="firehose-telemetry" border="1" cellpadding="4" style="border-collapse:collapse">')
@@ -80,9 +81,12 @@ def add_to_report(path: str, live: LiveTelemetry) -> None:
     if not report.exists():
         return
     text = report.read_text(encoding="utf-8")
-    if SECTION_ID in text:
-        return
+    if SECTION_ID not in text:
+        report.write_text(insert_section(text, live), encoding="utf-8")
+
+
+def insert_section(text: str, live: LiveTelemetry) -> str:
+    """A Locust report's HTML with the telemetry section before its `</body>` (at its end without one)."""
     at = text.rfind("</body>")
     addition = section(live)
-    text = text[:at] + addition + text[at:] if at >= 0 else text + addition
-    report.write_text(text, encoding="utf-8")
+    return text[:at] + addition + text[at:] if at >= 0 else text + addition

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from hdrh.histogram import HdrHistogram
 
 from telemetry.layout import TABLES
+from users.analyst import merge_reports as merge_queries
 from writers.base import new_histogram
 
 SAMPLE_S = 1.0
@@ -90,6 +91,7 @@ def merge(snapshots: list[dict], class_names: dict[str, str] | None = None) -> d
                 _add(round_trips, verb, histogram)
             for gauge, value in entry.get("gauges", {}).items():
                 gauges[gauge] = max(gauges.get(gauge, 0), value)  # one stream per run: every process sees it whole
+    query_reports = [snapshot["queries"] for snapshot in snapshots if snapshot.get("queries")]
     for row in (*by_table.values(), *by_class.values()):
         row["buffered"] = row["received"] - row["acknowledged"] - row["failed"] - row["quarantined"]
     total = {key: sum(row[key] for row in by_table.values()) for key in (*COUNTERS, "buffered")}
@@ -102,16 +104,20 @@ def merge(snapshots: list[dict], class_names: dict[str, str] | None = None) -> d
         "gauges": gauges,
         "freshness_histograms": {"by_table": freshness_by_table, "by_class": freshness_by_class},
         "round_trip_histograms": round_trips,
+        "queries": merge_queries(query_reports) if query_reports else None,
     }
 
 
 @dataclass
 class Sample:
-    """Acknowledged rows and bytes per table at one moment of the run (seconds since the epoch)."""
+    """Acknowledged rows and bytes per table (and per user class) at one moment of the run (seconds since the
+    epoch)."""
 
     at: float
     rows: dict[str, int]
     bytes: dict[str, int]
+    class_rows: dict[str, int] = field(default_factory=dict)
+    class_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,10 +135,14 @@ class LiveTelemetry:
     history: list[Sample] = field(default_factory=list)
     summary: dict | None = None
     """The end-of-run summary (RunSummary.as_dict) once the run ended, with its text in "text"."""
+    ending: bool = False
+    """The run was counted here and has not been summarised yet (it runs, or drains): the web UI keeps reporting
+    it as running, so that an open page keeps polling until the end state is in."""
 
     def begin(self, run_id: int, class_names: dict[str, str]) -> None:
         self.run_id, self.class_names, self.started_at = run_id, class_names, time.time()
         self.remote, self.view, self.history, self.summary = {}, None, [], None
+        self.ending = True
 
     def absorb(self, snapshot: dict) -> None:
         """A process's snapshot (a stats report's, or its final report): the latest of each process counts."""
@@ -156,6 +166,8 @@ class LiveTelemetry:
                 now,
                 {table: row["acknowledged"] for table, row in view["by_table"].items()},
                 {table: row["acknowledged_bytes"] for table, row in view["by_table"].items()},
+                {name: row["acknowledged"] for name, row in view["by_class"].items()},
+                {name: row["acknowledged_bytes"] for name, row in view["by_class"].items()},
             )
         )
         if len(self.history) > HISTORY_LIMIT:
@@ -168,7 +180,7 @@ class LiveTelemetry:
     def rate(self, window_s: float = RATE_WINDOW_S) -> dict:
         """Rows/s and MB/s per table and in total over the last `window_s` of the history, and that window."""
         if len(self.history) < 2:
-            return {"from": None, "to": None, "rows_per_s": 0.0, "mb_per_s": 0.0, "by_table": {}}
+            return {"from": None, "to": None, "rows_per_s": 0.0, "mb_per_s": 0.0, "by_table": {}, "by_class": {}}
         last = self.history[-1]
         first = next((s for s in reversed(self.history) if last.at - s.at >= window_s), self.history[0])
         return rate_between(first, last)
@@ -196,6 +208,8 @@ class LiveTelemetry:
 
 
 def rate_between(first: Sample, last: Sample) -> dict:
+    """Rows/s and MB/s per table, per user class and in total between two samples (a class that appeared
+    between them counts from 0)."""
     span = max(last.at - first.at, 1e-9)
     by_table = {
         table: {
@@ -204,10 +218,18 @@ def rate_between(first: Sample, last: Sample) -> dict:
         }
         for table in last.rows
     }
+    by_class = {
+        name: {
+            "rows_per_s": (rows - first.class_rows.get(name, 0)) / span,
+            "mb_per_s": (last.class_bytes.get(name, 0) - first.class_bytes.get(name, 0)) / span / 1e6,
+        }
+        for name, rows in last.class_rows.items()
+    }
     return {
         "from": first.at,
         "to": last.at,
         "rows_per_s": sum(row["rows_per_s"] for row in by_table.values()),
         "mb_per_s": sum(row["mb_per_s"] for row in by_table.values()),
         "by_table": by_table,
+        "by_class": by_class,
     }

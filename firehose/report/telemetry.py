@@ -17,6 +17,7 @@ import gevent
 from locust.env import Environment
 
 from firehose.report import html, webui
+from firehose.report.form import OptionCheck
 from firehose.report.history import HistoryFile
 from firehose.report.live import SAMPLE_S, LiveTelemetry
 from firehose.report.progress import PROGRESS_S, progress_line
@@ -27,8 +28,11 @@ from telemetry.layout import TABLES
 class Telemetry:
     """The master's (or only process's) live telemetry and the outputs it feeds."""
 
-    def __init__(self, environment: Environment, local: Callable[[], dict | None] | None) -> None:
-        """`local`: this process's own snapshot now, when it runs users too (else None)."""
+    def __init__(
+        self, environment: Environment, local: Callable[[], dict | None] | None, check_options: OptionCheck
+    ) -> None:
+        """`local`: this process's own snapshot now, when it runs users too (else None); `check_options`: the
+        command line's checks, which the web UI's start form gets too."""
         self.environment = environment
         self.options = environment.parsed_options
         self.live = LiveTelemetry(local=local)
@@ -39,7 +43,7 @@ class Telemetry:
             self.options, "only_summary", False
         )
         if environment.web_ui is not None:
-            webui.install(environment, self.live)
+            webui.install(environment, self.live, check_options)
 
     def begin(self, run_id: int) -> None:
         """A run was recorded (its id): count it from now."""
@@ -87,10 +91,12 @@ class Telemetry:
             "by_table": {table: view.get("by_table", {}).get(table, {}).get("acknowledged", 0) for table in TABLES},
         }
 
-    def show_summary(self, summary) -> None:
-        """The run's summary (firehose.run.summary.RunSummary) in the web UI from now on."""
-        if summary.run_id == self.live.run_id:
+    def end(self, summary) -> None:
+        """The run ended: its summary (firehose.run.summary.RunSummary, None when none was made) in the web UI
+        from now on, which then reports the run's end."""
+        if summary is not None and summary.run_id == self.live.run_id:
             self.live.summary = {**summary.as_dict(), "text": summary.render()}
+        self.live.ending = False
 
     def on_quitting(self) -> None:
         if self._sampler is not None:

@@ -27,7 +27,7 @@ from firehose.report.telemetry import Telemetry
 from firehose.run import budget, disk_guard, endpoints, parts, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
 from firehose.run.messages import FATAL, SNAPSHOT
-from firehose.run.preflight import Refused
+from firehose.run.preflight import Refused, check_options
 from firehose.run.process_run import WritingProcess
 from firehose.run.refusal import check_when_parsed, end_workers, forked_workers, refuse
 from firehose.strategies import writer_classes
@@ -89,7 +89,9 @@ class Firehose:
         self.telemetry: Telemetry | None = None
         """The live telemetry, where there is a coordinator."""
         if (coordinator := self.coordinator) is not None:
-            self.telemetry = telemetry = Telemetry(environment, self._local_snapshot if self.process else None)
+            self.telemetry = telemetry = Telemetry(
+                environment, self._local_snapshot if self.process else None, check_form_options
+            )
             coordinator.summary_extras["live"] = lambda: telemetry.final_totals(coordinator.reports.values())
             # The target is the database: Locust's Host field shows it (redacted), and its "no host" warning goes.
             environment.host = redact(coordinator.postgres)
@@ -119,13 +121,14 @@ class Firehose:
 
     def on_test_stop(self) -> None:
         """Drain (the coordinator drains this process's users first, then the workers', and summarises), then
-        show the summary in the web UI."""
+        show the run's end in the web UI (which reports the run as running until then)."""
         if self.coordinator is None:
             self.process.drain()
             return
-        self.coordinator.on_test_stop()
-        if (summary := self.coordinator.summary) is not None:
-            self.telemetry.show_summary(summary)
+        try:
+            self.coordinator.on_test_stop()
+        finally:
+            self.telemetry.end(self.coordinator.summary)
 
     def on_spawning_complete(self) -> None:
         if self.coordinator is not None:
@@ -155,6 +158,15 @@ class Firehose:
                 self.coordinator.on_quitting()
             finally:
                 self.telemetry.on_quitting()
+
+
+def check_form_options(options: argparse.Namespace) -> tuple[str, str | None] | None:
+    """The command line's checks of the web form's values: None, or the refusal and its option's dest."""
+    try:
+        check_options(options)
+    except Refused as refusal:
+        return str(refusal), refusal.option
+    return None
 
 
 def _interrupt_main_greenlet() -> None:

@@ -39,6 +39,7 @@ from telemetry.counts import GeneratedCounts
 from telemetry.durations import parse_duration
 from telemetry.generator import WINDOW_S, EngineerTelemetry, EventIds, engineer_seed
 from telemetry.pools import CATALOGUE_SEED, Pools
+from users.analyst import QueryRunner
 from users.run import P, Part
 from writers.base import OnFatal, Writer, WriterContext
 
@@ -124,9 +125,11 @@ class ProcessRun:
         return sum(sum(writer.tally.acknowledged.values()) for writer in self._writers.values())
 
     def snapshot(self, *, encode: bool = True) -> dict:
-        """This process's counters now: its engineers, and per writer its tally (writers.base.Tally.as_dict) and
-        gauges. Sent with every stats report from a worker, read at once by the local live view (`encode`
-        False), and the start of the final report (`drain`)."""
+        """This process's counters now: its engineers, per writer its tally (writers.base.Tally.as_dict) and
+        gauges, and its analysts' queries so far (QueryRunner.report, for the web UI's live query percentiles).
+        Sent with every stats report from a worker, read at once by the local live view (`encode` False), and
+        the start of the final report (`drain`)."""
+        queries = self._parts.get(QueryRunner)
         return {
             "run_id": self.run_id,
             "writer_key": self.ids.writer_key,
@@ -136,6 +139,7 @@ class ProcessRun:
                 type(writer).__name__: {**writer.tally.as_dict(encode=encode), "gauges": writer.gauges()}
                 for writer in self._writers.values()
             },
+            "queries": queries.report() if queries is not None else None,
         }
 
     def drain(self) -> dict:
