@@ -104,11 +104,13 @@ def test_an_unaccounted_key_no_killed_worker_drew_fails_the_verdict():
 
 
 @pytest.mark.slow
-def test_a_tiny_soak_accounts_for_each_fault(tmp_path):
+def test_a_tiny_soak_accounts_for_each_fault(own_postgres, tmp_path):
+    data_dir = own_postgres(start=False).data_dir  # the session's template copied: no initdb of its own
     code = cli.main(
         [
-            "soak", "--duration", "20s", "--users", "3", "--faults", "postgres-fast,redis,kill-worker", "--every",
-            "3s", "--seed", "7", "--out", str(tmp_path), "--", "--engineer-rate", "200", "--stream-claim-idle", "2",
+            "soak", "--data-dir", str(data_dir), "--duration", "20s", "--users", "3",
+            "--faults", "postgres-fast,redis,kill-worker", "--every", "3s", "--seed", "7", "--out", str(tmp_path),
+            "--", "--engineer-rate", "200", "--stream-claim-idle", "2",
         ]
     )  # fmt: skip
     result = json.loads((tmp_path / "soak.json").read_text())

@@ -186,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     with Soak(settings, out, Path(args.data_dir) if args.data_dir else None) as soak:
-        result = soak.run()
+        try:
+            result = soak.run()
+        except (TimeoutError, RuntimeError) as error:  # the run never started writing: its logs say why
+            sys.stderr.write(f"firehose soak: {error} (logs in {out})\n")
+            return 1
     write_report(out, "soak", render_markdown(result), result)
     if failed := names(result["verdict"]["checks"]):
         sys.stderr.write(f"firehose soak: the verdict fails: {'; '.join(failed)}\n")

@@ -77,14 +77,15 @@ def render_markdown(result: dict) -> str:
             "## Killed workers",
             "",
             "| worker | writer key | named in the summary | lost with it, at least | held unacknowledged at its last "
-            "report, by strategy (the bound) |",
-            "|---|---|---|---|---|",
+            "report, by strategy (the bound) | its replacement (writer key) |",
+            "|---|---|---|---|---|---|",
         ]
         for row in result["killed"]:
             held = ", ".join(f"{name} {rows:,}" for name, rows in row["allowance"].items()) or "-"
             lines.append(
                 f"| {row['victim']} | {row['writer_key'] if row['writer_key'] is not None else 'none drawn'} "
-                f"| {'yes' if row['named_in_summary'] else 'no'} | {_number(row['lost_with_it_at_least'])} | {held} |"
+                f"| {'yes' if row['named_in_summary'] else 'no'} | {_number(row['lost_with_it_at_least'])} | {held} "
+                f"| {row['replacement']} ({row['replacement_key'] if row['replacement_key'] is not None else 'none'}) |"
             )
     if (events := result["events"]) is not None:
         lines += [

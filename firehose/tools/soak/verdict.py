@@ -107,8 +107,11 @@ def _killed(fault: dict, keys: dict[str, int], summary: dict | None, lines: list
     entry = next((e for e in (summary or {}).get("unaccounted", []) if e["writer_key"] == key), None)
     allowance = crash_allowance(last_report_of(lines, key), class_of) if key is not None else {}
     lost = entry["lost_with_it_at_least"] if entry is not None else None
+    replacement = fault.get("replacement")
     return {
         "victim": victim,
+        "replacement": replacement,
+        "replacement_key": keys.get(replacement) if replacement else None,
         "writer_key": key,
         "named_in_summary": entry is not None,
         "state": entry["state"] if entry is not None else None,
