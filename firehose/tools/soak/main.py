@@ -71,6 +71,11 @@ GUARD_WAIT_S = 15
 """Time the guard has to come back after a restart before the soak says it did not."""
 POLL_S = 0.5
 """How often the soak looks at the master and for the disk guard between faults."""
+REPORT_WAIT = {"LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "1"}
+"""Locust's own default, whatever the environment says (the suite sets 30 s): when a replacement worker joins,
+Locust's master rebalances the users from inside its message loop and waits this long for the workers' reports,
+which that same loop would read; no heartbeat is read meanwhile either, so past ~3 s every worker is marked missing
+and the run stops (seen here with 30 s). The soak's run ends by time (`--continuous`), not by engineer counts."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,7 @@ class Soak:
             *service_args, "--summary-json", str(self.out / "summary.json"), *DEFAULT_LOCUST_ARGS,
             *settings.locust_args,
             log=self._log("master.log"), locustfiles=(probe.__file__,),
-            env={**os.environ, probe.PROBE_FILE: str(reports)},
+            env={**os.environ, probe.PROBE_FILE: str(reports), **REPORT_WAIT},
         )  # fmt: skip
         for _ in range(WORKERS):
             self._start_worker()
