@@ -46,12 +46,13 @@ from services.ports import free_port
 from services.postgres import EmbeddedPostgres, redact
 from services.redis_server import LocalRedis
 from telemetry.durations import parse_duration
+from users import CopyEngineer, PooledEngineer, StreamEngineer
 
 KINDS = ("postgres-fast", "postgres-immediate", "pgbouncer", "redis", "kill-worker")
 """The faults a schedule draws from."""
 NEEDS = {"pgbouncer": "pgbouncer", "redis": "redis"}
 """Fault -> the service it restarts, which one of the strategies must write through."""
-DEFAULT_STRATEGIES = "CopyEngineer,PooledEngineer,StreamEngineer"
+DEFAULT_STRATEGIES = ",".join(cls.__name__ for cls in (CopyEngineer, PooledEngineer, StreamEngineer))
 """One strategy per service a fault restarts: COPY straight to PostgreSQL, batches through pgBouncer, the stream."""
 DEFAULT_USERS = 6
 """Two engineers per strategy: one of each on each worker (Locust spreads each class over the workers)."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-NOTHING_DIES_WITH = frozenset({"StreamEngineer"})
-"""Strategies whose crash bound is 0: what a StreamEngineer received is in Redis, and its dead consumers' pending
-entries are claimed by the survivors (docs/reliability.md, "What a crash costs")."""
+from users import StreamEngineer
+
+NOTHING_DIES_WITH = frozenset({StreamEngineer.__name__})
+"""Strategies whose crash bound is 0: what the stream's producer received is in Redis, and its dead consumers'
+pending entries are claimed by the survivors (docs/reliability.md, "What a crash costs")."""
 COST_COUNTERS = ("retries", "blocked_s")
 
 
