@@ -1,9 +1,8 @@
 """Locust processes a tool starts one by one (a master, `locust --worker`s it may kill by pid), and what it
 observes of them in the database: the writer key a process drew, the rows of a key, a state waited for.
 
-Shared by `firehose bench --only crash_cost` (a worker killed once) and `firehose soak` (workers killed and
-replaced on a schedule): each names a worker by the `application_name` of its own `--pg-dsn`, which
-`firehose_writer_keys` records beside the key the worker drew.
+A tool names each worker by the `application_name` of the worker's own `--pg-dsn`, which `firehose_writer_keys`
+records beside the key the worker drew (`firehose soak` kills and replaces workers on a schedule this way).
 """
 
 from __future__ import annotations

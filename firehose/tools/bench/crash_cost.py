@@ -15,23 +15,37 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TypeVar
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 from firehose.strategies import available_strategies
-from firehose.tools.locust_processes import DEADLINE_S, rows_of_key, start_locust, wait_for, writer_key_of
+from firehose.tools.headless import LOCUSTFILE, REPO
 from services.ports import free_port
+from telemetry.layout import TABLES
 
 CONTINUOUS = ("--continuous", "-t", "20s", "--traces-per-engineer", "20")
 """A timed run: the kill strikes within its first seconds."""
 RUN_TIMEOUT_S = 240
 """Bound on the whole run once the victim is killed: Locust may take ~64 s to drop a dead worker and hand its users
 to the survivor, then the survivor's own drain."""
+DEADLINE_S = 60
+"""Bound on waiting for an observed state."""
+POLL_S = 0.1
+"""How often an observed state is looked for."""
+_ROWS_OF_KEY = (
+    "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s::bigint + 1) << 32"
+)
+
+Found = TypeVar("Found")
 
 
 @dataclass
@@ -54,17 +68,17 @@ def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -
     processes: list[subprocess.Popen] = []
     with log_path.open("w") as log, (scratch / "workers.log").open("w") as worker_log:
         try:
-            master = start_locust(
+            master = _locust(
                 strategy, "--master", "--headless", "--only-summary", "--expect-workers", "2",
                 "--master-bind-port", str(port), "-u", "4", "-r", "4", "--pg-dsn", dsn,
                 "--summary-json", str(summary_path), *extra, log=log,
             )  # fmt: skip
             processes.append(master)
             victim_dsn = make_conninfo(dsn, application_name=victim_name)
-            victim = start_locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
-            survivor = start_locust("--worker", "--master-port", str(port), log=worker_log)
+            victim = _locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
+            survivor = _locust("--worker", "--master-port", str(port), log=worker_log)
             processes += [victim, survivor]
-            key = wait_for(lambda: writer_key_of(dsn, victim_name), "the victim's writer key", *processes)
+            key = wait_for(lambda: _victim_key(dsn, victim_name), "the victim's writer key", *processes)
             wait_for(lambda: rows_of_key(dsn, key) > 0, "rows of the victim's key in the database", *processes)
             announced = f"writes under writer key {key}\n"
             wait_for(lambda: announced in log_path.read_text(), "the master's line on the victim", *processes)
@@ -78,6 +92,27 @@ def run_and_kill_a_worker(dsn: str, strategy: str, scratch: Path, *extra: str) -
                     process.wait()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return KilledWorkerRun(returncode, log_path.read_text(), summary, key, rows_of_key(dsn, key))
+
+
+def wait_for(condition: Callable[[], Found], what: str, *processes: subprocess.Popen) -> Found:
+    """`condition()`'s first true value, looked for every POLL_S until DEADLINE_S; an error if one of `processes`
+    ends before."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not seen within {DEADLINE_S} s: {what}")
+        if any(process.poll() is not None for process in processes):
+            raise RuntimeError(f"a process ended before: {what}")
+        time.sleep(POLL_S)
+    return found
+
+
+def rows_of_key(dsn: str, writer_key: int) -> int:
+    """Rows in the telemetry tables written under `writer_key`."""
+    with psycopg.connect(dsn) as conn:
+        return sum(
+            conn.execute(_ROWS_OF_KEY.format(table=table), {"key": writer_key}).fetchone()[0] for table in TABLES
+        )
 
 
 def measure(dsn: str, strategies: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
@@ -115,3 +150,18 @@ def markdown_lines(costs: dict) -> list[str]:
                 f"| {cost['lost_with_it_at_least']:,} |"
             )
     return lines
+
+
+def _locust(*args: str, log: IO) -> subprocess.Popen:
+    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def _victim_key(dsn: str, application_name: str) -> int | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT writer_key FROM firehose_writer_keys WHERE application_name = %s", [application_name]
+        ).fetchone()
+        return row[0] if row else None

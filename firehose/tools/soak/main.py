@@ -56,10 +56,12 @@ DEFAULT_STRATEGIES = ",".join(cls.__name__ for cls in (CopyEngineer, PooledEngin
 """One strategy per service a fault restarts: COPY straight to PostgreSQL, batches through pgBouncer, the stream."""
 DEFAULT_USERS = 6
 """Two engineers per strategy: one of each on each worker (Locust spreads each class over the workers)."""
-DEFAULT_LOCUST_ARGS = ("--engineer-rate", "500")
+DEFAULT_LOCUST_ARGS = ("--engineer-rate", "500", "--disk-budget", "20GB")
 """Each engineer offers 500 events/s (3,000 rows/s in all): a 10-minute soak writes ~1.8 M rows (~5 GB with
 WAL), a fraction of what the server takes here (one COPY connection alone ~14k rows/s), so what a fault costs is
-not hidden by a saturated database. After `--` on the command line, the same option given again wins."""
+not hidden by a saturated database. A disk budget of four times that keeps the disk guard asking the database
+(`pg_database_size`, what the soak looks for after each restart) and stops a runaway soak. After `--` on the
+command line, the same option given again wins."""
 WORKERS = 2
 TAIL_S = 30
 """No fault is planned in the run's last 30 s: the last one's retries and the disk guard's return are seen."""
@@ -403,7 +405,7 @@ class Soak:
         lines = [json.loads(line) for line in reports.read_text().splitlines()] if reports.exists() else []
         with psycopg.connect(self.dsn) as conn:
             keys = dict(conn.execute("SELECT application_name, writer_key FROM firehose_writer_keys").fetchall())
-        guard = self._guard_verdict()
+        guard = self._guard_verdict(summary)
         class_of = class_names([strategy_named(name).user_class for name in self.settings.strategies])
         accounting = account(summary, self.faults, lines, keys, class_of, guard)
         settings = self.settings
@@ -434,14 +436,21 @@ class Soak:
             "verdict": {"ok": accounting["ok"], "checks": accounting["checks"]},
         }
 
-    def _guard_verdict(self) -> dict:
-        """Whether the disk guard was seen watching after the last database restart, with what the master logged
-        of it."""
+    def _guard_verdict(self, summary: dict | None) -> dict:
+        """Whether the disk guard was seen watching after the last database restart (and, when the summary has a
+        disk guard section, not blind at the end), with what the master logged and summed of it."""
         restarts = [fault for fault in self.faults if fault["kind"].startswith("postgres-") and fault["at"]]
         logged = [line.strip() for line in (self.out / "master.log").open(errors="replace") if "disk guard" in line]
         said = f"; the master logged: {' / '.join(logged[:3])}" if logged else ""
+        section = (summary or {}).get("disk_guard")
+        if section is not None:
+            said += (
+                f"; its summary: {section['reconnects']} reconnect(s), {section['blind_s']:g} s blind"
+                f"{', blind at the end' if section['blind_at_end'] else ''}"
+            )
+        blind_at_end = section is not None and section["blind_at_end"]
         if self.guard_seen_at is not None:
             after = f" after the last database restart (+{restarts[-1]['at_s']:g} s)" if restarts else ""
-            return {"watching": True, "detail": f"its query seen in pg_stat_activity{after}{said}"}
+            return {"watching": not blind_at_end, "detail": f"its query seen in pg_stat_activity{after}{said}"}
         since = f"within {GUARD_WAIT_S} s of the last database restart" if restarts else "during the run"
         return {"watching": False, "detail": f"its query ({GUARD_QUERY}) not seen in pg_stat_activity {since}{said}"}

@@ -15,7 +15,9 @@ def _costs(costs: dict | None) -> tuple[str, str, str]:
     retries = sum(row["retries"] for row in costs.values())
     blocked = sum(row["blocked_s"] for row in costs.values())
     hit = ", ".join(
-        f"{name} {row['retries']:,} ({row['blocked_s']:,.1f} s)" for name, row in costs.items() if row["retries"]
+        f"{name} {row['retries']:,} ({row['blocked_s']:,.1f} s)"
+        for name, row in costs.items()
+        if row["retries"] or row["blocked_s"]
     )
     return f"{retries:,}", f"{blocked:,.1f}", hit
 
