@@ -11,7 +11,7 @@ EMBEDDED_PORT ?=
 EMBEDDED_DATA_DIR ?=
 EMBEDDED := $(if $(EMBEDDED_PORT),--embedded-port $(EMBEDDED_PORT)) $(if $(EMBEDDED_DATA_DIR),--embedded-data-dir $(EMBEDDED_DATA_DIR))
 
-.PHONY: run test test-fast lint services clean sweep bench optimize chaos mutants
+.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ optimize: $(BIN)/.installed
 CHAOS_ARGS ?=
 chaos: $(BIN)/.installed
 	$(BIN)/firehose chaos $(EMBEDDED) $(CHAOS_ARGS)
+
+## soak: SOAK_DURATION (default 10m) of CopyEngineer, PooledEngineer and StreamEngineer over a master and two workers,
+## on a PostgreSQL, pgBouncer and Redis of its own, while a seeded schedule restarts PostgreSQL (fast, immediate),
+## pgBouncer and Redis and kills a worker (and starts another) every 30-90 s -> results/soak-<timestamp>/ (soak.md,
+## soak.json); fails unless every row and fault is accounted for (SOAK_ARGS="--seed 7 -- --stream-claim-idle 5")
+SOAK_DURATION ?= 10m
+SOAK_ARGS ?=
+soak: $(BIN)/.installed services
+	$(BIN)/firehose soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
 ## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores

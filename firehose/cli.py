@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": "firehose.tools.bench.main",
     "optimize": "firehose.tools.optimize.main",
     "chaos": "firehose.tools.chaos.main",
+    "soak": "firehose.tools.soak.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
 }

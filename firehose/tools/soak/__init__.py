@@ -1,0 +1,1 @@
+"""`firehose soak`: a bounded run under a schedule of faults, and its verdict."""
