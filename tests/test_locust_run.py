@@ -14,9 +14,7 @@ def _summary(result, path):
 
 def test_headless_copy_run_reconciles(dsn, tmp_path):
     path = tmp_path / "summary.json"
-    result = run_locust(
-        "CopyEngineer", "-u", "6", "-r", "6", "-t", "60s", "--pg-dsn", dsn, "--summary-json", str(path)
-    )
+    result = run_locust("CopyEngineer", "-u", "6", "-r", "6", "-t", "60s", "--pg-dsn", dsn, "--summary-json", str(path))
     summary = _summary(result, path)
     events = summary["events"]
     assert events["generated"] > 6 * 1900 * 0.9  # every engineer's whole volume: the run ended by itself

@@ -90,9 +90,9 @@ def check_options(options: argparse.Namespace) -> None:
         try:
             parse(value)
         except ValueError as error:
-            raise Refused(f"{flag}: {error}") from None
+            raise Refused(f"{flag}: {error}", dest) from None
     if getattr(options, "disk_budget", None) not in (None, "") and parse_size(options.disk_budget) == 0:
-        raise Refused("--disk-budget must be more than 0 bytes (leave it out for no budget)")
+        raise Refused("--disk-budget must be more than 0 bytes (leave it out for no budget)", "disk_budget")
 
 
 def local_data_dir(conninfo: str) -> Path | None:

@@ -193,7 +193,7 @@ def check_listen_address(address: str) -> None:
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
-        raise Refused(f"{prefix}: give an IP address of this machine that workers reach") from None
+        raise Refused(f"{prefix}: give an IP address of this machine that workers reach", "embedded_listen") from None
     if parsed.is_loopback or parsed.is_unspecified:
         raise Refused(f"{prefix}: give the address of this machine that workers reach, not loopback or a wildcard")
     try:
