@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from firehose.run.exit_codes import ExitCode
-from firehose.tools.bench.crash_cost import CONTINUOUS, KilledWorkerRun, run_and_kill_a_worker, wait_for
+from firehose.tools.bench.crash_cost import CONTINUOUS, KilledWorkerRun, run_and_kill_a_worker
+from firehose.tools.locust_processes import wait_for
 from firehose.tools.headless import locust_command
 from tests.conftest import REPO, load_summary, validate_summary
 

@@ -48,8 +48,9 @@ def wait_for(
     while not (found := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"not seen within {deadline_s:g} s: {what}")
-        if any(process.poll() is not None for process in processes):
-            raise RuntimeError(f"a process ended before: {what}")
+        if ended := [process for process in processes if process.poll() is not None]:
+            codes = ", ".join(f"pid {process.pid} exit code {process.returncode}" for process in ended)
+            raise RuntimeError(f"a process ended ({codes}) before: {what}")
         time.sleep(POLL_S)
     return found
 

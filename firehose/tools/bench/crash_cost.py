@@ -16,44 +16,30 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
 
-import psycopg
 from psycopg.conninfo import make_conninfo
 
 from firehose.run.exit_codes import describe
 from firehose.strategies import available_strategies
-from firehose.tools.headless import LOCUSTFILE, REPO
+from firehose.tools.locust_processes import DEADLINE_S, rows_of_key, start_locust, wait_for, writer_key_of
 from services.ports import free_port
-from telemetry.layout import TABLES
 
 CONTINUOUS = ("--continuous", "-t", "20s", "--traces-per-engineer", "20")
 """A timed run: the kill strikes within its first seconds."""
 RUN_TIMEOUT_S = 240
 """Bound on the whole run once the victim is killed: Locust may take ~64 s to drop a dead worker and hand its users
 to the survivor, then the survivor's own drain."""
-DEADLINE_S = 60
-"""Bound on waiting for an observed state."""
-POLL_S = 0.1
-"""How often an observed state is looked for."""
-_ROWS_OF_KEY = (
-    "SELECT count(*) FROM {table} WHERE event_id >= %(key)s::bigint << 32 AND event_id < (%(key)s::bigint + 1) << 32"
-)
 
 JOINING_MASTER_ENV = {"LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "1"}
 """Locust's default, for a master a worker joins mid-run: Locust 2.47 handles the joiner's `client_ready` by
 re-dispatching users in its message loop, which then waits this long for every worker's user count, receiving
 nothing meanwhile, heartbeats included. A longer wait (the suite sets 30 s for the end of fixed-volume runs) marks
 every worker missing and stops the run; with a dead worker still counted, the wait always runs to its end."""
-
-Found = TypeVar("Found")
 
 
 @dataclass
@@ -82,7 +68,7 @@ def run_and_kill_a_worker(
     processes: list[subprocess.Popen] = []
     with log_path.open("w") as log, (scratch / "workers.log").open("w") as worker_log:
         try:
-            master = _locust(
+            master = start_locust(
                 strategy, "--master", "--headless", "--only-summary", "--expect-workers", "2",
                 "--master-bind-port", str(port), "-u", "4", "-r", "4", "--pg-dsn", dsn,
                 "--summary-json", str(summary_path), *extra, log=log,
@@ -90,10 +76,10 @@ def run_and_kill_a_worker(
             )  # fmt: skip
             processes.append(master)
             victim_dsn = make_conninfo(dsn, application_name=victim_name)
-            victim = _locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
-            survivor = _locust("--worker", "--master-port", str(port), log=worker_log)
+            victim = start_locust("--worker", "--master-port", str(port), "--pg-dsn", victim_dsn, log=worker_log)
+            survivor = start_locust("--worker", "--master-port", str(port), log=worker_log)
             processes += [victim, survivor]
-            key = wait_for(lambda: _writer_key_of(dsn, victim_name), "the victim's writer key", *processes)
+            key = wait_for(lambda: writer_key_of(dsn, victim_name), "the victim's writer key", *processes)
             wait_for(lambda: rows_of_key(dsn, key) > 0, "rows of the victim's key in the database", *processes)
             announced = f"writes under writer key {key}\n"
             wait_for(lambda: announced in log_path.read_text(), "the master's line on the victim", *processes)
@@ -102,10 +88,10 @@ def run_and_kill_a_worker(
                 name = f"replacement-{uuid.uuid4().hex[:12]}"
                 replacement_dsn = make_conninfo(dsn, application_name=name)
                 joining = ("--worker", "--master-port", str(port), "--pg-dsn", replacement_dsn)
-                replacement = _locust(*joining, log=worker_log)
+                replacement = start_locust(*joining, log=worker_log)
                 processes.append(replacement)
                 live = [master, survivor, replacement]
-                replacement_key = wait_for(lambda: _writer_key_of(dsn, name), "the replacement's writer key", *live)
+                replacement_key = wait_for(lambda: writer_key_of(dsn, name), "the replacement's writer key", *live)
                 wait_for(lambda: rows_of_key(dsn, replacement_key) > 0, "rows of the replacement's key", *live)
                 os.kill(master.pid, signal.SIGINT)
             returncode = master.wait(RUN_TIMEOUT_S)
@@ -117,28 +103,6 @@ def run_and_kill_a_worker(
                     process.wait()
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return KilledWorkerRun(returncode, log_path.read_text(), summary, key, rows_of_key(dsn, key), replacement_key)
-
-
-def wait_for(condition: Callable[[], Found], what: str, *processes: subprocess.Popen) -> Found:
-    """`condition()`'s first true value, looked for every POLL_S until DEADLINE_S; an error if one of `processes`
-    ends before."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not seen within {DEADLINE_S} s: {what}")
-        if ended := [process for process in processes if process.poll() is not None]:
-            codes = ", ".join(f"pid {process.pid} exit code {process.returncode}" for process in ended)
-            raise RuntimeError(f"a process ended ({codes}) before: {what}")
-        time.sleep(POLL_S)
-    return found
-
-
-def rows_of_key(dsn: str, writer_key: int) -> int:
-    """Rows in the telemetry tables written under `writer_key`."""
-    with psycopg.connect(dsn) as conn:
-        return sum(
-            conn.execute(_ROWS_OF_KEY.format(table=table), {"key": writer_key}).fetchone()[0] for table in TABLES
-        )
 
 
 def measure(dsn: str, strategies: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
@@ -176,20 +140,3 @@ def markdown_lines(costs: dict) -> list[str]:
                 f"| {cost['lost_with_it_at_least']:,} |"
             )
     return lines
-
-
-def _locust(*args: str, log: IO, env: dict[str, str] | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
-    return subprocess.Popen(
-        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env=env,
-    )  # fmt: skip
-
-
-def _writer_key_of(dsn: str, application_name: str) -> int | None:
-    """The writer key the worker connecting as `application_name` registered, once it has."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT writer_key FROM firehose_writer_keys WHERE application_name = %s", [application_name]
-        ).fetchone()
-        return row[0] if row else None
