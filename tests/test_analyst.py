@@ -143,7 +143,8 @@ def test_analysts_fire_every_query_as_a_locust_request(telemetry, pools, monkeyp
     events.request.add_listener(lambda **request: fired.append(request))
     run = process_run(telemetry, pools, events, "--analyst-pool-size", "4")
     environment = Environment(user_classes=[Analyst], events=events, parsed_options=run.options)
-    monkeypatch.setattr(Analyst, "process", SimpleNamespace(process_run=run, options=run.options))  # the lifecycle's
+    process = SimpleNamespace(process_run=run, options=run.options, wait_for_run=lambda timeout: None)
+    monkeypatch.setattr(Analyst, "process", process)  # as the lifecycle sets it
     runner = environment.create_local_runner()
     runner.start(8, spawn_rate=100)
     wait_until(lambda: all(environment.stats.get(name, "SQL").num_requests >= 3 for name in NAMES))

@@ -119,7 +119,7 @@ BAD_VALUES = [
     (["--embedded-port", "70000"], "firehose: --embedded-port must be at most 65535, got 70000", "embedded_port"),
     (["--copy-batch-size", "0"], "firehose: --copy-batch-size must be at least 1, got 0", "copy_batch_size"),
     (["--disk-budget", "lots"], "firehose: --disk-budget: 'lots' is not a size: give bytes with a unit, e.g. 500MB "
-     "or 2GB", None),
+     "or 2GB", "disk_budget"),
 ]  # fmt: skip
 """Item by item, the values of issue 18's item 11 (and sizes of earlier issues) with the line each gets."""
 

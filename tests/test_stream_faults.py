@@ -91,7 +91,7 @@ def test_a_redis_restart_mid_run_loses_nothing(dsn, tmp_path, local_redis, kill)
         returncode, timed_out = run.get()
         output.seek(0)
         log = output.read()
-    assert not timed_out and returncode == 0 and summary_path.exists(), log[-4000:]
+    assert not timed_out and returncode == 0 and summary_path.exists(), log[-8000:]
     events = load_summary(summary_path)["events"]
     assert events["lost"] == 0 and events["duplicates"] == 0 and events["failed"] == 0, events
     assert events["acknowledged"] == events["in_database"] == events["generated"] > 0, events

@@ -146,7 +146,7 @@ class RunUser(User):
         """Wait for this process's share of the run: a worker that joins a running test gets its users from Locust
         before its own init, and opens its share only when the master's run-start message comes."""
         deadline = time.monotonic() + RUN_WAIT_S
-        while RunUser.process is None and time.monotonic() < deadline:  # spawned before this process's init
+        while self.process is None and time.monotonic() < deadline:  # spawned before this process's init
             gevent.sleep(INIT_POLL_S)
-        if RunUser.process is not None:
-            RunUser.process.wait_for_run(max(deadline - time.monotonic(), 0))
+        if self.process is not None:
+            self.process.wait_for_run(max(deadline - time.monotonic(), 0))

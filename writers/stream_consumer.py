@@ -205,15 +205,16 @@ class StreamConsumers:
             nonlocal stored
             if retry:
                 stored = copy_deduplicated(conn, table, data)
-            else:
-                copy_rows(conn, copy_statement(table), data)
+                return
+            try:
+                with conn.transaction():  # a savepoint: rows stored already leave the others to store, not a failure
+                    copy_rows(conn, copy_statement(table), data)
                 stored = rows
+            except psycopg.errors.UniqueViolation:  # an XADD sent twice (its reply lost), or entries settled elsewhere
+                stored = copy_deduplicated(conn, table, data)
 
         try:
             delivery = writer.deliver(self.pool, writer.verb, table, len(data), attempt, deduplicate=deduplicate)
-            if isinstance(delivery.error, psycopg.errors.UniqueViolation) and not deduplicate:
-                # Stored already (by a consumer that claimed these entries, or from an XADD sent twice): keep the rest.
-                delivery = writer.deliver(self.pool, writer.verb, table, len(data), attempt, deduplicate=True)
         except SetupError as error:
             writer.fail(error)
             return Outcome.UNAVAILABLE
