@@ -223,7 +223,11 @@ def test_make_run_runs_the_readmes_headless_run():  # so running that line (belo
     }
 
 
-RUN_BY_THEIR_TOOLS_TESTS = {"chaos": "tests/test_chaos.py", "sweep": "tests/test_sweep.py"}
+RUN_BY_THEIR_TOOLS_TESTS = {
+    "chaos": "tests/test_chaos.py",
+    "sweep": "tests/test_sweep.py",
+    "soak": "tests/test_soak.py",
+}
 """README one-liners that their tool's own test runs (with its tiny sizes, checking every result), so they run once."""
 
 

@@ -10,6 +10,7 @@ from firehose import cli
 from firehose.tools.soak.main import KINDS, fixed_schedule, schedule
 from firehose.tools.soak.verdict import account
 from tests.conftest import load_summary
+from tests.readme import readme_tool_command
 
 CLASS_OF = {"CopyWriter": "CopyEngineer", "StreamWriter": "StreamEngineer"}
 
@@ -108,7 +109,7 @@ def test_a_tiny_soak_accounts_for_each_fault(own_postgres, tmp_path):
     data_dir = own_postgres(start=False).data_dir  # the session's template copied: no initdb of its own
     code = cli.main(
         [
-            "soak", "--data-dir", str(data_dir), "--duration", "20s", "--users", "3",
+            *readme_tool_command("soak"), "--data-dir", str(data_dir), "--duration", "20s", "--users", "3",
             "--faults", "postgres-fast,redis,kill-worker", "--every", "3s", "--seed", "7", "--out", str(tmp_path),
             "--", "--engineer-rate", "200", "--stream-claim-idle", "2",
         ]
@@ -123,9 +124,7 @@ def test_a_tiny_soak_accounts_for_each_fault(own_postgres, tmp_path):
     assert killed["writer_key"] is not None and killed["named_in_summary"] and killed["within_bound"], killed
     assert {row["writer_key"] for row in result["keys"]} >= {killed["writer_key"]}
     failed = {check["check"] for check in result["verdict"]["checks"] if not check["ok"]}
-    # Until the disk guard survives database restarts (issue 18), which its summary section comes with, it stops at
-    # the restart and its check fails; every other check must hold, and all of them with the fix.
-    assert failed <= (set() if "disk_guard" in summary else {"the disk guard watching at the end"}), result["verdict"]
-    assert code == (1 if failed else 0)
+    assert not failed and code == 0, result["verdict"]
+    assert summary["disk_guard"]["reconnects"] >= 1 and not summary["disk_guard"]["blind_at_end"], summary["disk_guard"]
     report = (tmp_path / "soak.md").read_text()
     assert all(f"| {kind} |" in report for kind in faults)
