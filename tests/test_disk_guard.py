@@ -9,13 +9,12 @@ import tempfile
 import time
 
 import gevent
-import psycopg
 import pytest
 
 from firehose.run.disk_guard import floor_bytes, parse_size
 from firehose.run.exit_codes import ExitCode
 from firehose.tools.headless import locust_command, run_bounded
-from tests.conftest import load_summary, run_locust
+from tests.conftest import load_summary, run_locust, spans_in
 
 GUARDED_RUN = ("CopyEngineer", "-u", "20", "-r", "20", "-t", "120s", "--continuous")
 """A run only a guard ends (the time limit is a safety net: the guard stops it within seconds)."""
@@ -49,14 +48,6 @@ def _stopped_run(dsn: str, tmp_path, *guard: str) -> tuple[str, dict]:
     return output, load_summary(summary_path)
 
 
-def _spans(dsn: str) -> int:
-    try:
-        with psycopg.connect(dsn, connect_timeout=2) as conn:
-            return conn.execute("SELECT count(*) FROM spans").fetchone()[0]
-    except psycopg.OperationalError:
-        return 0  # the server is restarting
-
-
 @pytest.mark.slow
 def test_a_spent_disk_budget_stops_the_run_and_keeps_every_row_through_a_restart(own_postgres, tmp_path):
     """The server restarts (pg_ctl restart -m fast) as soon as the first rows arrive, well before the budget is
@@ -69,7 +60,7 @@ def test_a_spent_disk_budget_stops_the_run_and_keeps_every_row_through_a_restart
     with tempfile.TemporaryFile("w+") as log:
         run = gevent.spawn(run_bounded, command, RUN_TIMEOUT_S, log, log)
         deadline = time.monotonic() + DEADLINE_S
-        while not _spans(server.dsn):
+        while not spans_in(server.dsn):
             assert not run.dead and time.monotonic() < deadline, "no row arrived before the restart"
             gevent.sleep(0.1)
         server.restart("fast")

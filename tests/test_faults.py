@@ -18,10 +18,9 @@ import tempfile
 import time
 
 import gevent
-import psycopg
 import pytest
 
-from tests.conftest import load_summary
+from tests.conftest import load_summary, spans_in
 
 from firehose.run.exit_codes import ExitCode
 
@@ -60,12 +59,12 @@ def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path, proce
     with tempfile.TemporaryFile("w+") as output:
         run = gevent.spawn(run_bounded, command, RUN_TIMEOUT_S, output, output)
         deadline = time.monotonic() + DEADLINE_S
-        while not _spans(dsn):
+        while not spans_in(dsn):
             if run.dead or time.monotonic() > deadline:
                 output.seek(0)
                 pytest.fail(f"no row arrived before the fault:\n{output.read()[-4000:]}")
             gevent.sleep(0.1)
-        before = _spans(dsn)
+        before = spans_in(dsn)
         fault(lambda: not run.dead)
         returncode, timed_out = run.get()
         output.seek(0)
@@ -76,14 +75,6 @@ def _run_with_fault(dsn: str, strategy: str, fault, *extra: str, tmp_path, proce
     result = load_summary(summary)
     assert result["events"]["in_database"] > before, "the writers did not resume after the fault"
     return result
-
-
-def _spans(dsn: str) -> int:
-    try:
-        with psycopg.connect(dsn, connect_timeout=2) as conn:
-            return conn.execute("SELECT count(*) FROM spans").fetchone()[0]
-    except psycopg.OperationalError:
-        return 0  # the server is restarting
 
 
 def _reconciles(summary: dict) -> None:
@@ -104,9 +95,9 @@ def test_a_copy_run_across_two_processes_survives_two_restarts_and_exits_0(postg
 
     def two_restarts(alive) -> None:
         postgres.restart("fast")
-        after_first = _spans(dsn)
+        after_first = spans_in(dsn)
         deadline = time.monotonic() + DEADLINE_S
-        while _spans(dsn) <= after_first:  # the writers resumed: the second restart strikes a running run again
+        while spans_in(dsn) <= after_first:  # the writers resumed: the second restart strikes a running run again
             assert alive() and time.monotonic() < deadline, "no row arrived after the first restart"
             gevent.sleep(0.1)
         postgres.restart("immediate")
@@ -155,7 +146,7 @@ def test_a_database_down_past_the_deadline_stops_the_run(own_postgres, tmp_path,
         )
         try:
             deadline = time.monotonic() + DEADLINE_S
-            while not _spans(dsn):
+            while not spans_in(dsn):
                 assert time.monotonic() < deadline and process.poll() is None, "no row arrived before the outage"
                 gevent.sleep(0.1)
             server.stop()  # and it stays down until the run has ended
