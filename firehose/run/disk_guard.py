@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from firehose.run.preflight import CONNECT_TIMEOUT_S, Refused
 from services.postgres import default_data_dir
+from writers.spool import parse_size  # the one size parser (the valve's --valve-max-spool reads sizes too)
 
 logger = logging.getLogger("firehose")
 
@@ -40,8 +40,6 @@ DEFAULT_FLOOR = "1GB"
 it) and for the server to shut down cleanly."""
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", ""}
 """libpq hosts that are this machine (empty: the default Unix socket)."""
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,14 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="For a server on this machine (embedded, or over loopback): stop writing once its data directory's "
         f"volume has less free space than this (e.g. 2GB, or 5%% of the volume; 0: off). Default: {DEFAULT_FLOOR}.",
     )
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as `500MB`, `2 GB`, `1.5g`, `4096` (kB, MB, GB, TB in powers of 1024, as PostgreSQL)."""
-    match = _SIZE.match(str(text))
-    if match is None:
-        raise ValueError(f"{text!r} is not a size: give bytes with a unit, e.g. 500MB or 2GB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def floor_bytes(text: str, volume_bytes: int) -> int:
