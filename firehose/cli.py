@@ -19,6 +19,7 @@ COMMANDS = {
     "soak": "firehose.tools.soak.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
+    "valve": "firehose.admin.valve",
 }
 """Subcommand name -> the module that implements it."""
 

@@ -28,18 +28,31 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
 import gevent
+import psycopg
 from gevent.event import AsyncResult
 from locust.event import Events
 
 from telemetry.generator import TraceRows
 from telemetry.layout import TABLES
 from writers.base import OnFatal, WriterContext
+from writers.copy import copy_deduplicated
 from writers.delivery import RetryPolicy
-from writers.spool import Section, parse_size, read_sections, spool_bytes, spooled_rows, write_chunk
+from writers.spool import (
+    Section,
+    chunk_files,
+    parse_size,
+    partial_files,
+    read_chunk,
+    read_sections,
+    spool_bytes,
+    spooled_rows,
+    write_chunk,
+)
 from writers.stream import CLAIM_IDLE_S, ROWS_PER_ENTRY, RedisUnreachable, StreamWriter
 from writers.stream_consumer import HANDED_AT, Entry, StreamKeys
 
@@ -258,3 +271,36 @@ class ValveWriter(StreamWriter):
                 "valve: spooled, not written: %d rows in %d chunks stay in %s after %.0f s of closing",
                 left[1], left[0], self.spool, time.monotonic() - started,
             )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """What `flush_spool` did: chunks loaded, rows they held, rows stored by it (the others were stored already),
+    and partial chunks removed (cut by a crash while written: never returned to an engineer)."""
+
+    chunks: int
+    rows: int
+    stored: int
+    partial: int
+
+
+def flush_spool(conninfo: str, spool: Path) -> Flushed:
+    """Load every chunk a spool holds into PostgreSQL through the de-duplicating COPY (rows stored already are
+    skipped, by event id), one transaction per chunk, and delete each chunk once committed."""
+    chunks = rows = stored = 0
+    with psycopg.connect(conninfo, prepare_threshold=None) as conn:
+        for path in chunk_files(spool):
+            try:
+                tables = read_chunk(path)
+            except FileNotFoundError:  # a consumer of a running process stored it meanwhile
+                continue
+            with conn.transaction():
+                for table, data in tables.items():
+                    stored += copy_deduplicated(conn, table, data)
+            path.unlink(missing_ok=True)
+            chunks += 1
+            rows += sum(data.count(b"\n") for data in tables.values())
+    partial = partial_files(spool)
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return Flushed(chunks, rows, stored, len(partial))
