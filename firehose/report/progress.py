@@ -24,4 +24,8 @@ def progress_line(view: dict, started_at: float) -> str:
         line += f", failed {total['failed']:,}, quarantined {total['quarantined']:,}, retries {total['retries']:,}"
     if (length := view["gauges"].get("stream_length")) is not None:
         line += f", stream {length:,} entries ({view['gauges'].get('stream_pending', 0):,} pending)"
+    if (pointers := view["gauges"].get("valve_pointers")) is not None:
+        gauges = view["gauges"]
+        line += f", valve {pointers:,} pointers ({gauges.get('valve_pending', 0):,} pending), spool "
+        line += f"{gauges.get('spool_bytes', 0) / 1e6:,.0f} MB"
     return line
