@@ -73,6 +73,7 @@ def check_options(options: argparse.Namespace) -> None:
     for flag, dest, parse in (
         ("--disk-budget", "disk_budget", parse_size),
         ("--disk-floor", "disk_floor", lambda text: floor_bytes(text, 0)),
+        ("--valve-max-spool", "valve_max_spool", parse_size),
     ):
         value = getattr(options, dest, None)
         if value in (None, ""):  # the web UI's form sends "" for an empty field
