@@ -123,8 +123,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         choices=[row.name for row in bench_strategies()],
         default=None,
-        help="In the strategies part, run only this strategy and its reference (repeatable; default: all). A "
-        "strategy whose reference is another strategy's run brings that strategy.",
+        help="In the strategies and profiles parts, run only this strategy and its reference (repeatable; default: "
+        "all). A strategy whose reference is another strategy's run brings that strategy.",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
 
@@ -342,7 +342,7 @@ class Bench:
 
         try:
             profiles = {}
-            for row in bench_strategies():
+            for row in picked_strategies(self.args.strategy):
                 if issubclass(row.writer, StreamWriter):  # the stream, or the valve (its pointers in a stream)
                     if redis_server.pid is None:
                         redis_server.start()
