@@ -1,13 +1,15 @@
 """The valve writer (rows in a local spool, pointers in Redis) against a real Redis and PostgreSQL.
 
 Every row handed over lands once and is acknowledged once, each chunk file is deleted once its pointer is settled
-(a clean run leaves no spool file), a spool no consumer reads is counted ("spooled, not written") and loaded by
-`flush_spool` (the `firehose valve flush` command) exactly once, and a spool at its bound makes engineers wait.
+(a clean run leaves no spool file), a spool no consumer reads is named with its rows ("spooled, not written") and
+loaded by `flush_spool` (the `firehose valve flush` command) exactly once, and a full spool makes engineers wait.
 Faults with real processes: tests/test_stream_faults.py (Redis kill -9), tests/test_faults.py (PostgreSQL
 immediate restart), tests/test_worker_loss.py (a writing process killed -9, its spool flushed).
 """
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
+
+import socket
 
 import gevent
 import psycopg
@@ -19,7 +21,7 @@ from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import TABLES
 from writers.spool import chunk_files, spool_bytes, spooled_rows
-from writers.valve import ValveWriter, flush_spool
+from writers.valve import ValveWriter, flush_spool, left_in_spools
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +96,8 @@ def test_a_spool_nobody_consumes_is_counted_then_flushed_once(empty_tables, redi
     written = _write(writer, pools, range(2), EventIds(32))
     assert spooled_rows(spool) == (len(chunk_files(spool)), written) and spool_bytes(spool) > 0
     assert writer.gauges()["valve_pointers"] == len(chunk_files(spool))
+    where = f"{socket.gethostname()}:{spool.resolve()}"  # what the summary names "spooled, not written"
+    assert left_in_spools(redis_url, 2) == [{"spool": where, "pointers": len(chunk_files(spool)), "rows": written}]
     flushed = flush_spool(dsn, spool)
     assert (flushed.rows, flushed.stored, flushed.partial) == (written, written, 0)
     assert _in_database(dsn) == written and not chunk_files(spool)
@@ -101,7 +105,7 @@ def test_a_spool_nobody_consumes_is_counted_then_flushed_once(empty_tables, redi
     rescuer = ValveWriter(dsn, Events(), redis_url=redis_url, run_id=2, spool=spool, max_spool=MAX_SPOOL)
     rescuer.close()
     assert _in_database(dsn) == written and redis.Redis.from_url(redis_url).xlen(writer.stream) == 0
-    assert flush_spool(dsn, spool).chunks == 0
+    assert flush_spool(dsn, spool).chunks == 0 and left_in_spools(redis_url, 2) == []
     writer.close()
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import gevent
 import psycopg
+import redis
 from gevent.event import AsyncResult
 from locust.event import Events
 
@@ -54,7 +55,7 @@ from writers.spool import (
     write_chunk,
 )
 from writers.stream import CLAIM_IDLE_S, ROWS_PER_ENTRY, RedisUnreachable, StreamWriter
-from writers.stream_consumer import HANDED_AT, Entry, StreamKeys
+from writers.stream_consumer import FIELDS, HANDED_AT, Entry, StreamKeys
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class ValveWriter(StreamWriter):
             max_len=max_spool, claim_idle_s=claim_idle_s, on_fatal=on_fatal, retry_policy=retry_policy,
         )  # fmt: skip
         self._length = spool_bytes(self.spool)
+        spool_id = self.stream.split(":")[3]
+        where = f"{socket.gethostname()}:{self.spool}"  # for the summary's "spooled, not written" (`left_in_spools`)
+        self._with_redis(lambda: self.redis.hset(spools_key(run_id), spool_id, where))
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -168,8 +172,7 @@ class ValveWriter(StreamWriter):
     def stream_keys(self, run_id: int) -> StreamKeys:
         """This spool's stream: its machine and directory, hashed (only processes that can read it consume it)."""
         spool_id = hashlib.sha1(f"{socket.gethostname()}:{self.spool}".encode()).hexdigest()[:12]
-        prefix = f"firehose:{run_id}:valve:{spool_id}"
-        return StreamKeys(f"{prefix}:events", f"{prefix}:copy", f"{prefix}:refused")
+        return spool_keys(run_id, spool_id)
 
     # Producing
 
@@ -271,6 +274,33 @@ class ValveWriter(StreamWriter):
                 "valve: spooled, not written: %d rows in %d chunks stay in %s after %.0f s of closing",
                 left[1], left[0], self.spool, time.monotonic() - started,
             )  # fmt: skip
+
+
+def spools_key(run_id: int) -> str:
+    """The run's hash of spools: spool id -> "HOST:DIR", written by each valve writer."""
+    return f"firehose:{run_id}:valve:spools"
+
+
+def spool_keys(run_id: int, spool_id: str) -> StreamKeys:
+    prefix = f"firehose:{run_id}:valve:{spool_id}"
+    return StreamKeys(f"{prefix}:events", f"{prefix}:copy", f"{prefix}:refused")
+
+
+def left_in_spools(redis_url: str, run_id: int) -> list[dict]:
+    """The run's pointers nobody stored, per spool ("spooled, not written"): the spool (HOST:DIR), its pointers
+    and their rows. At a run's end these are the chunks of a spool no live process reads (its machine's processes
+    dead, or the database gone): `firehose valve flush --spool DIR` on HOST loads them."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        left = []
+        for spool_id, where in sorted(client.hgetall(spools_key(run_id)).items()):
+            pointers = client.xrange(spool_keys(run_id, spool_id.decode()).stream)
+            if pointers:
+                rows = sum(Section.decode(fields[f]).rows for _, fields in pointers for f in FIELDS if f in fields)
+                left.append({"spool": where.decode(), "pointers": len(pointers), "rows": rows})
+        return left
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import gevent
 import psycopg
+import redis
 from locust import User
 from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
@@ -43,6 +44,7 @@ from firehose.run.worker_ledger import WorkerLedger
 from firehose.strategies import class_names, writer_classes
 from services.postgres import redact
 from writers.delivery import RetriedRoundTrip
+from writers.valve import ValveWriter, left_in_spools
 
 logger = logging.getLogger("firehose")
 
@@ -88,6 +90,7 @@ class Coordinator:
         self.summary_extras: dict[str, Callable[[], object]] = {
             "connection_budget": lambda: self.connection_budget,
             "disk_guard": self.disk_guard.report,
+            "valve": self._left_in_spools,
         }
         """Sections other parts add to the summary (the lifecycle: the live totals), computed when it is made."""
         if self.is_master:
@@ -96,6 +99,21 @@ class Coordinator:
             environment.runner.register_message(FATAL, self._on_fatal_message)
             environment.runner.register_message(REFUSED, self._on_refused)
             environment.runner.register_message(JOIN, self._on_join)
+
+    def _left_in_spools(self) -> list[dict] | None:
+        """The valve's pointers nobody stored, per spool (None when no ValveEngineer ran, or Redis is gone)."""
+        writers = [getattr(user, "writer_class", None) for user in self.environment.user_classes]
+        if (
+            self.run is None
+            or "redis" not in self.run.addresses
+            or not any(writer is not None and issubclass(writer, ValveWriter) for writer in writers)
+        ):
+            return None
+        try:
+            return left_in_spools(self.run.addresses["redis"], self.run.run_id)
+        except redis.RedisError as error:
+            logger.warning("valve: the run's Redis could not say what its spools hold (%s)", error)
+            return None
 
     def _check_and_start_database(self) -> None:
         """Refuse settings that cannot work (firehose.run.preflight) before anything starts, then start the database."""
