@@ -44,6 +44,7 @@ from writers.base import OnFatal, WriterContext
 from writers.copy import copy_deduplicated
 from writers.delivery import RetryPolicy
 from writers.spool import (
+    PARTIAL_SUFFIX,
     Section,
     chunk_files,
     parse_size,
@@ -202,6 +203,7 @@ class ValveWriter(StreamWriter):
             entry_id = self._with_redis(xadd, self.stream)
         except Exception as error:
             path.unlink(missing_ok=True)
+            path.with_suffix(PARTIAL_SUFFIX).unlink(missing_ok=True)  # a write cut short (e.g. the disk full)
             for _, rows, _ in batch:
                 for table in TABLES:
                     self.tally.failed[table] += len(getattr(rows, table))
