@@ -24,6 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import gevent
 import psycopg
@@ -77,6 +78,8 @@ class Coordinator:
             raise preflight.Refused(f"--pg-setting / --jsonb-compression refused: {reason}{needs}") from None
         embedded_dir = self.services.embedded.data_dir if self.services.embedded is not None else None
         self.disk_guard = disk_guard.DiskGuard.from_options(self.postgres, self.options, embedded_dir, self.on_fatal)
+        if self._valve_selected():  # the spool's bytes count in the floor, on whichever volume it is
+            self.disk_guard.also_watch(Path(self.options.valve_spool))
         self.run: RunStart | None = None
         self.started_at = 0.0
         self.fatal: str | None = None
@@ -100,14 +103,13 @@ class Coordinator:
             environment.runner.register_message(REFUSED, self._on_refused)
             environment.runner.register_message(JOIN, self._on_join)
 
+    def _valve_selected(self) -> bool:
+        writers = [getattr(user, "writer_class", None) for user in self.environment.user_classes]
+        return any(writer is not None and issubclass(writer, ValveWriter) for writer in writers)
+
     def _left_in_spools(self) -> list[dict] | None:
         """The valve's pointers nobody stored, per spool (None when no ValveEngineer ran, or Redis is gone)."""
-        writers = [getattr(user, "writer_class", None) for user in self.environment.user_classes]
-        if (
-            self.run is None
-            or "redis" not in self.run.addresses
-            or not any(writer is not None and issubclass(writer, ValveWriter) for writer in writers)
-        ):
+        if self.run is None or "redis" not in self.run.addresses or not self._valve_selected():
             return None
         try:
             return left_in_spools(self.run.addresses["redis"], self.run.run_id)

@@ -171,6 +171,8 @@ class DiskGuard:
         )
         """Why a floor asked for is not watched (None when it is, or none was asked for)."""
         self.on_crossed = on_crossed
+        self.also_watched: list[Path] = []
+        """Other folders whose volume the floor watches too (the valve's spool: its bytes count in the floor)."""
         self._greenlet: gevent.Greenlet | None = None
         self.growth: int | None = None
         """The database's growth at the last look (None before the first)."""
@@ -194,6 +196,12 @@ class DiskGuard:
             data_dir=data_dir if data_dir is not None else local_data_dir(conninfo),
             on_crossed=on_crossed,
         )
+
+    def also_watch(self, folder: Path) -> None:
+        """Watch the floor on `folder`'s volume too, unless it is the data directory's (watched already)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.data_dir is not None and folder.stat().st_dev != self.data_dir.stat().st_dev:
+            self.also_watched.append(folder)
 
     @property
     def active(self) -> bool:
@@ -268,12 +276,12 @@ class DiskGuard:
                 f"disk budget spent: the database grew by {pretty(growth)} since the run started, past "
                 f"--disk-budget {pretty(self.budget)}"
             )
-        if self.floor is not None:
-            volume = os.statvfs(self.data_dir)
+        for folder in (self.data_dir, *self.also_watched) if self.floor is not None else ():
+            volume = os.statvfs(folder)
             free = volume.f_bavail * volume.f_frsize
             if free < self.floor:
                 return (
-                    f"disk floor reached: {pretty(free)} free on the volume of {self.data_dir}, under --disk-floor "
+                    f"disk floor reached: {pretty(free)} free on the volume of {folder}, under --disk-floor "
                     f"{self.floor_text} ({pretty(self.floor)})"
                 )
         return None
