@@ -72,7 +72,9 @@ SPOOLERS = 4
 CHUNK_TRACES = 25
 """Traces a spooler takes into one chunk at most (~475 rows, ~1.4 MB): bounds a consumer's read."""
 TYPICAL_CHUNK_TRACES = 8
-"""Traces in a chunk under load, measured (bench, 50 users): turns --valve-batch-size into XREADGROUP's COUNT."""
+"""Traces in a chunk, for turning --valve-batch-size into XREADGROUP's COUNT (pointers): 5,000 rows make 32
+pointers. Chunks grow with load (the bench's 50-engineer profile measured ~22 traces, 428 rows, a chunk): a read
+then takes up to ~13,000 rows; a lightly loaded run's one-trace chunks make reads of ~600 rows. Not tuned yet."""
 MAX_SPOOL = "2GB"
 """Spool bytes before engineers wait: ~30 s of this machine's COPY rate, ~700k rows."""
 TRACE_BYTES = 60_000
