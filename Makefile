@@ -69,9 +69,9 @@ soak: $(BIN)/.installed services
 	$(BIN)/firehose soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
-## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores
-## (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
-TEST_WORKERS ?= 3
+## TEST_WORKERS pytest-xdist workers (default: cores + 1, each with a PostgreSQL of its own), then the `serial` ones
+## alone on the cores (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

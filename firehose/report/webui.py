@@ -61,6 +61,7 @@ APPLIED_AT_START_ONLY = (
     "disk_budget",
     "disk_floor",
     "analysts",
+    "worker_gone_after",
 )
 """Options firehose applies once, when Locust starts (the embedded server, the tables' levers, the disk guard,
 the analysts' fixed count): the form does not offer them, since a value there would change nothing."""

@@ -54,6 +54,7 @@ OPTION_MINIMUMS = {
     "analyst_pool_size": 1,
     "analysts": 0,
     "drain_timeout": 1,
+    "worker_gone_after": 1,
     "engineer_rate": 0,
     "ramp_rate": 0,
     "ramp_step": 0.1,

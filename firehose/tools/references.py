@@ -130,16 +130,21 @@ def run_pgbench(
     rows: dict[str, list[str | None]],
     *,
     clients: int,
-    seconds: int,
+    seconds: int | None = None,
+    transactions: int | None = None,
     protocol: str = "prepared",
     through: str | None = None,
 ) -> ReferenceRun:
-    """pgbench with `kind`'s scripts (naive or batched) for `seconds`, `clients` connections, into `dsn`'s
-    tables (or through `through`, a pgBouncer in front of them); the rows it wrote counted in `dsn`."""
+    """pgbench with `kind`'s scripts (naive or batched) for `seconds`, or `transactions` per client (a fixed
+    volume), `clients` connections, into `dsn`'s tables (or through `through`, a pgBouncer in front of them); the
+    rows it wrote counted in `dsn`."""
+    if (seconds is None) == (transactions is None):
+        raise ValueError("run_pgbench takes either seconds or transactions")
     first_id = draw_first_id(dsn)
+    length = ["--time", str(seconds)] if seconds is not None else ["--transactions", str(transactions)]
     command = [
         pgbench_binary(), "--no-vacuum", "--protocol", protocol, "--client", str(clients),
-        "--jobs", str(min(PGBENCH_THREADS, clients)), "--time", str(seconds),
+        "--jobs", str(min(PGBENCH_THREADS, clients)), *length,
         "--define", f"first_id={first_id}", "--define", "n=0",
     ]  # fmt: skip
     for table in TABLES:
@@ -148,7 +153,8 @@ def run_pgbench(
             if column != "event_id" and value is not None:
                 command += ["--define", f"{table}_{column}={value}"]
     command.append(through or dsn)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + TIMEOUT_MARGIN_S)
+    bound = (seconds or 0) + TIMEOUT_MARGIN_S
+    done = subprocess.run(command, capture_output=True, text=True, timeout=bound)
     if done.returncode != 0:
         raise RuntimeError(f"pgbench {kind} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     transactions = {
@@ -211,12 +217,15 @@ def _psql() -> str:
     return str(bundled) if bundled.exists() else "psql"
 
 
-def _run_seconds(output: str, requested: int) -> float:
-    """The run's length as pgbench measured it ("duration: N s"; its tps excludes connecting)."""
+def _run_seconds(output: str, requested: int | None) -> float:
+    """The run's length as pgbench measured it (transactions / its tps, which excludes connecting); the requested
+    --time when the output has no tps (a fixed number of transactions must have one)."""
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
     processed = _ALL_TX.search(output)
     if tps and processed and float(tps.group(1)) > 0:
         return int(processed.group(1)) / float(tps.group(1))
+    if requested is None:
+        raise RuntimeError(f"pgbench reported no tps:\n{output[-3000:]}")
     return float(requested)
 
 
