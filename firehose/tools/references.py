@@ -243,9 +243,17 @@ COPY_ROWS_PER_S = 15_000
 
 
 def run_reference(
-    kind: str, dsn: str, pools: Pools, seconds: int, *, scratch: Path, bouncer_dsn: str | None = None
+    kind: str,
+    dsn: str,
+    pools: Pools,
+    seconds: int,
+    *,
+    scratch: Path,
+    bouncer_dsn: str | None = None,
+    transactions: int | None = None,
 ) -> ReferenceRun:
-    """The C-client reference of `kind` (naive, batched, pooled, copy) for about `seconds`, into emptied tables."""
+    """The C-client reference of `kind` (naive, batched, pooled, copy) for about `seconds`, into emptied tables;
+    with `transactions`, pgbench's clients run that many each instead (a fixed volume; COPY's is one already)."""
     if kind == "copy":
         engineers = max(1, seconds * COPY_ROWS_PER_S // 1_900)
         files, rows = write_copy_files(scratch, pools, engineers, traces=100)
@@ -258,9 +266,10 @@ def run_reference(
                 path.unlink()
         return ReferenceRun(kind, RAW_CONNECTIONS, "psql \\copy", elapsed, rows, count_rows(dsn, first_id))
     rows = representative_rows(pools, COPY_SEED)
+    length = {"seconds": seconds} if transactions is None else {"transactions": transactions}
     if kind == "pooled":
         if bouncer_dsn is None:
             raise ValueError("the pooled reference needs a pgBouncer")
-        return run_pgbench(dsn, "batched", rows, clients=CLIENTS[kind], seconds=seconds, protocol="extended",
+        return run_pgbench(dsn, "batched", rows, clients=CLIENTS[kind], **length, protocol="extended",
                            through=bouncer_dsn)  # fmt: skip
-    return run_pgbench(dsn, kind, rows, clients=CLIENTS[kind], seconds=seconds)
+    return run_pgbench(dsn, kind, rows, clients=CLIENTS[kind], **length)
