@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from telemetry.counts import LOG_TOPOLOGY_SHIFT, SEVERITY_BITS, TraceFacts
 from telemetry.layout import NULL, TABLES
-from telemetry.pools import METRIC_KINDS, MODELS, SEVERITIES, Pools
+from telemetry.pools import METRIC_KINDS, MODELS, SEVERITIES, EngineerProfile, Pools
 
 TRACES_PER_ENGINEER = 100
 """~100 traces x (8.5 spans + 5.5 metrics + 5 logs) = ~1,900 events, the seed's per-user volume."""
@@ -106,6 +106,10 @@ class EngineerTelemetry:
         self._window_us = window_s * 1_000_000
         self._start_us = anchor - self._window_us
         self._profile = pools.profiles[self._rng.randrange(len(pools.profiles))]
+
+    def speak_as(self, profile: EngineerProfile) -> None:
+        """Compose the next traces as `profile` (a gateway speaks for many engineers of a population, in turn)."""
+        self._profile = profile
 
     def traces(self, ids: EventIds) -> Iterator[TraceRows]:
         """The engineer's remaining traces, one at a time (the caller yields to other greenlets between them)."""
