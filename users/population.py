@@ -106,10 +106,10 @@ class Population(Part):
         ordinal = self.gateways_here * self.processes + self.process_index
         self.gateways_here += 1
         telemetry = run.engineer_telemetry(ENDLESS)
-        identities, stride, size = self._identities, self.gateways, self.size
+        speak_as, stride, size = self._identities.speak_as, self.gateways, self.size
         engineer = ordinal
         while True:
-            telemetry.speak_as(identities.profile(engineer % size))
+            speak_as(telemetry, engineer % size)
             self.traces_composed += 1
             yield telemetry.trace(run.ids)
             engineer += stride
