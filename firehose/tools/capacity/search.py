@@ -115,5 +115,8 @@ def search(
             served = middle
         else:
             failed = middle
-    narrow = failed is None or not served or failed / served - 1 <= max(precision, spread(probes) or 0.0)
-    return SearchResult(served, failed, probes, precision, spread(probes), exhausted=not narrow)
+    if failed is None or not served:  # an open bracket: done only when even one engineer was too many
+        done = failed == MIN_POPULATION
+    else:
+        done = failed - served <= 1 or failed / served - 1 <= max(precision, spread(probes) or 0.0)
+    return SearchResult(served, failed, probes, precision, spread(probes), exhausted=not done)
