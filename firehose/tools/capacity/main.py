@@ -32,9 +32,11 @@ from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
 from services.postgres import redact
 from telemetry.durations import parse_duration
+from users import CopyEngineer
 from users.population import DAY_S, DAY_SHAPES, EVENTS_PER_ENGINEER_DAY
 
-DEFAULT_STRATEGIES = "CopyEngineer"
+DEFAULT_STRATEGIES = CopyEngineer.__name__
+"""The reference's fastest strategy; `make capacity` adds batched and naive."""
 DEFAULT_START = 100_000
 """~2,200 events/s at 1,900 events/day: under every strategy's ceiling here, so doubling brackets in a few probes."""
 DEFAULT_DURATION = "15s"
