@@ -34,9 +34,14 @@ ENDLESS = sys.maxsize
 """A gateway's traces: it speaks until the run ends (-t, or stopped)."""
 
 
+def daily_rate(population: int, events_per_engineer_day: float, day_shape: str) -> float:
+    """Events/s a population offers in its busiest hour: N x E / 86,400 x the day shape's peak factor."""
+    return population * events_per_engineer_day / DAY_S * DAY_SHAPES[day_shape]
+
+
 def target_per_s(options: argparse.Namespace) -> float:
-    """Events/s the population offers in its busiest hour: N x E / 86,400 x the day shape's peak factor."""
-    return options.population * options.events_per_engineer_day / DAY_S * DAY_SHAPES[options.day_shape]
+    """`daily_rate` of the run's options."""
+    return daily_rate(options.population, options.events_per_engineer_day, options.day_shape)
 
 
 def gateway_rate(options: argparse.Namespace, gateways: int) -> float:
@@ -96,10 +101,6 @@ class Population(Part):
     def active(self) -> bool:
         return self.size > 0
 
-    @property
-    def rate_per_gateway(self) -> float:
-        return gateway_rate(self._run.options, self.gateways)
-
     def traces(self) -> Iterator[TraceRows]:
         """A new gateway's traces, endless: each one of the engineers it speaks for, in turn."""
         run = self._run
@@ -138,7 +139,7 @@ class Population(Part):
             "events_per_engineer_day": first["events_per_engineer_day"],
             "day_shape": first["day_shape"],
             "peak_factor": DAY_SHAPES[first["day_shape"]],
-            "target_per_s": size * first["events_per_engineer_day"] / DAY_S * DAY_SHAPES[first["day_shape"]],
+            "target_per_s": daily_rate(size, first["events_per_engineer_day"], first["day_shape"]),
             "gateways": first["gateways"],
             "gateways_started": sum(report["gateways_here"] for report in reports),
             "traces": traces,

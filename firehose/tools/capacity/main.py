@@ -33,7 +33,7 @@ from firehose.tools.results import write_report
 from services.postgres import redact
 from telemetry.durations import parse_duration
 from users import CopyEngineer
-from users.population import DAY_S, DAY_SHAPES, EVENTS_PER_ENGINEER_DAY
+from users.population import DAY_SHAPES, EVENTS_PER_ENGINEER_DAY, daily_rate
 
 DEFAULT_STRATEGIES = CopyEngineer.__name__
 """The reference's fastest strategy; `make capacity` adds batched and naive."""
@@ -192,7 +192,7 @@ def judge(population: int, summary: dict | None, returncode: int, cpu: dict, arg
         offered_per_s=model.get("offered_per_s") or 0.0,
         achieved_per_s=model.get("achieved_per_s") or 0.0,
         figures={
-            "target_per_s": population * args.events_per_engineer_day / DAY_S * DAY_SHAPES[args.day_shape],
+            "target_per_s": daily_rate(population, args.events_per_engineer_day, args.day_shape),
             "lag_p50_s": model.get("lag_p50_s"),
             "lag_p99_s": lag_p99,
             "lag_max_s": model.get("lag_max_s"),
@@ -235,7 +235,7 @@ def as_document(
     results: dict[str, SearchResult], args: argparse.Namespace, locust_args: list[str], dsn: str, machine: dict
 ) -> dict:
     """capacity.json: the settings, the machine and, per strategy, the verdict and every probe."""
-    per_engineer = args.events_per_engineer_day / DAY_S * DAY_SHAPES[args.day_shape]
+    per_engineer = daily_rate(1, args.events_per_engineer_day, args.day_shape)
     strategies = {}
     for strategy, result in results.items():
         failed = next((p for p in result.probes if p.population == result.failed), None)
