@@ -75,6 +75,7 @@ class Coordinator:
             raise preflight.Refused(f"--pg-setting / --jsonb-compression refused: {reason}{needs}") from None
         embedded_dir = self.services.embedded.data_dir if self.services.embedded is not None else None
         self.disk_guard = disk_guard.DiskGuard.from_options(self.postgres, self.options, embedded_dir, self.on_fatal)
+        self.disk_guard.count_wal = self.replica_how == "--replica"
         self.run: RunStart | None = None
         self.started_at = 0.0
         self.fatal: str | None = None
