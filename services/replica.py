@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from services.postgres import EmbeddedPostgres
+from services.postgres import EmbeddedPostgres, _allow_traversal, server_user
 from services.watchdog import Watchdog
 
 logger = logging.getLogger("firehose")
@@ -91,6 +91,8 @@ class StreamingReplica:
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if server_user() is not None:  # pg_basebackup runs as the server's user: it must reach the directory
+            _allow_traversal(self.data_dir.parent)
         self.data_dir.mkdir(mode=0o700)
         self.server._chown(self.data_dir)
         started = time.monotonic()

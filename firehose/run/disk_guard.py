@@ -239,7 +239,7 @@ class DiskGuard:
 
     def _watch(self) -> None:
         size = "SELECT pg_database_size(current_database())" + (
-            " + (SELECT coalesce(sum(size), 0) FROM pg_ls_waldir())" if self.count_wal else ""
+            " + (SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir())" if self.count_wal else ""
         )
         baseline: int | None = None
         while True:
