@@ -116,6 +116,26 @@ class StreamingReplica:
         self.server.stop()
 
 
+_BEHIND = "SELECT greatest(pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn()), 0)::bigint"
+
+
+def wait_caught_up(primary_dsn: str, replica_dsn: str, timeout_s: float, poll_s: float = 0.1) -> int:
+    """Wait at most `timeout_s` for the replica to replay the primary's current WAL position; the bytes it is still
+    behind (0: caught up)."""
+    with psycopg.connect(primary_dsn, autocommit=True) as primary:
+        target = primary.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(replica_dsn, autocommit=True) as replica:
+        while True:
+            behind = replica.execute(
+                "SELECT greatest(pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn()), 0)::bigint", [target]
+            )
+            behind = behind.fetchone()[0]
+            if behind == 0 or time.monotonic() >= deadline:
+                return behind
+            time.sleep(poll_s)
+
+
 def remove(data_dir: Path, primary_dsn: str | None) -> None:
     """`firehose reset`: delete a replica's directory and log, and its slot on the primary when one is given."""
     if primary_dsn is not None:

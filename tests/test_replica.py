@@ -177,8 +177,10 @@ def test_an_analyst_dsn_standby_of_another_system_is_refused(dsn, scratch):
     finally:
         standby.stop()
         other.stop()
-    assert result.returncode == ExitCode.BAD_SETTING, result.stderr[-3000:]
-    [line] = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    output = result.stdout + result.stderr
+    assert result.returncode == ExitCode.BAD_SETTING, output[-3000:]
+    assert "Traceback" not in output and "Uncaught exception" not in output, output[-3000:]
+    [line] = [line for line in output.splitlines() if line.startswith("firehose:")]
     assert line.startswith("firehose: --analyst-dsn") and "is a standby of another system" in line, line
 
 
