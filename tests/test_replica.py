@@ -45,6 +45,17 @@ def test_lsn_and_percentiles():
     assert replica.percentiles([])["p95"] is None
 
 
+def test_the_summary_says_when_the_replica_went_away_or_stayed_behind():
+    watch = replica.ReplicaWatch("host=primary", "host=standby password=s3cret", 1, "--analyst-dsn")
+    watch.went_away = {"at_s": 4.2, "error": "connection refused"}
+    watch.end = {"caught_up": False, "waited_s": 30.0, "behind_bytes": 3_000_000, "timeout_s": 30}
+    section = watch.report()
+    assert "s3cret" not in str(section) and section["lag"]["replay_ms"]["p95"] is None
+    text = "\n".join(replica.render(section))
+    assert "REPLICA WENT AWAY 4.2 s into the run: connection refused" in text
+    assert "NOT caught up after 30.0 s, 3.0 MB behind" in text
+
+
 @pytest.mark.parametrize("given", [{"postgres": "host=db"}, {"analysts": "host=standby"}])
 def test_replica_needs_the_embedded_server_and_is_the_analysts_address(given):
     with pytest.raises(Refused) as refusal:
