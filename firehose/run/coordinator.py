@@ -91,9 +91,9 @@ class Coordinator:
             "connection_budget": lambda: self.connection_budget,
             "disk_guard": self.disk_guard.report,
         }
+        """Sections other parts add to the summary (the lifecycle: the live totals), computed when it is made."""
         if self.replica_how is not None:
             self.summary_extras["replica"] = lambda: self.replica_watch.report() if self.replica_watch else None
-        """Sections other parts add to the summary (the lifecycle: the live totals), computed when it is made."""
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(WRITER_KEY, self._on_writer_key)
