@@ -24,4 +24,6 @@ def progress_line(view: dict, started_at: float) -> str:
         line += f", failed {total['failed']:,}, quarantined {total['quarantined']:,}, retries {total['retries']:,}"
     if (length := view["gauges"].get("stream_length")) is not None:
         line += f", stream {length:,} entries ({view['gauges'].get('stream_pending', 0):,} pending)"
+    if (lag := view["gauges"].get("replica_replay_lag_ms")) is not None:
+        line += f", replica replay lag {lag:,} ms ({view['gauges'].get('replica_behind_bytes', 0):,} bytes behind)"
     return line
