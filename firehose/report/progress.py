@@ -28,4 +28,6 @@ def progress_line(view: dict, started_at: float) -> str:
         gauges = view["gauges"]
         line += f", valve {pointers:,} pointers ({gauges.get('valve_pending', 0):,} pending), spool "
         line += f"{gauges.get('spool_bytes', 0) / 1e6:,.0f} MB"
+    if (lag := view["gauges"].get("replica_replay_lag_ms")) is not None:
+        line += f", replica replay lag {lag:,} ms ({view['gauges'].get('replica_behind_bytes', 0):,} bytes behind)"
     return line

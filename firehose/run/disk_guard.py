@@ -1,7 +1,8 @@
 """The disk guard: stop writing before a run spends its byte budget, or fills the server's volume.
 
 A greenlet of the coordinator checks every `CHECK_S`:
-- `--disk-budget SIZE`: the growth of `pg_database_size` since the run started (any server);
+- `--disk-budget SIZE`: the growth of `pg_database_size` since the run started (any server), with the WAL in
+  pg_wal (`pg_ls_waldir`) when a replica's slot may hold it back (`count_wal`: --replica);
 - `--disk-floor SIZE` (default `DEFAULT_FLOOR`): the free bytes on the volume of the server's data directory, for a
   server on this machine only (the embedded one, or one reached over loopback whose `SHOW data_directory` is a local
   folder). SIZE may be a share of the volume (`5%`); 0 turns the floor off.
@@ -182,6 +183,8 @@ class DiskGuard:
         """Seconds the guard could not read the database's size, summed over its outages."""
         self.blind_since: float | None = None
         """monotonic() when its current outage began; None while it watches."""
+        self.count_wal = False
+        """Count pg_wal's size with the database's: a replication slot (--replica) keeps WAL the replica needs."""
 
     @classmethod
     def from_options(
@@ -234,7 +237,9 @@ class DiskGuard:
         }
 
     def _watch(self) -> None:
-        size = "SELECT pg_database_size(current_database())"
+        size = "SELECT pg_database_size(current_database())" + (
+            " + (SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir())" if self.count_wal else ""
+        )
         baseline: int | None = None
         while True:
             try:

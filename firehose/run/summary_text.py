@@ -7,7 +7,7 @@ last (the web UI shows that line on its own).
 
 from __future__ import annotations
 
-from firehose.run import disk_guard, parts
+from firehose.run import disk_guard, parts, replica
 
 
 def render(figures: dict, ended_at: float) -> str:
@@ -58,6 +58,8 @@ def render(figures: dict, ended_at: float) -> str:
             f"spooled, not written: {spool['rows']:,} rows behind {spool['pointers']:,} pointers in spool "
             f"{directory} on {host} (load them there with `firehose valve flush --spool {directory}`)"
         )
+    if section := figures.get("replica"):
+        lines.extend(replica.render(section))
     if run["stopped_by"]:
         lines.append(f"stopped by an error of the setup: {run['stopped_by']}; {events['lost']:,} rows not written")
     for worker in figures["unaccounted"]:
