@@ -18,6 +18,7 @@ from datetime import datetime
 import psycopg
 import pytest
 
+from firehose.strategies import user_classes
 from services.ports import free_port
 from tests.conftest import REPO
 
@@ -123,11 +124,14 @@ def pick_classes(driver, wanted: set[str]) -> None:
     """In the class picker, check exactly `wanted`."""
     rows = driver.find_elements(By.XPATH, "//tr[td[substring(text(), string-length(text()) - 7) = 'Engineer'"
                                 " or text() = 'Analyst']]")  # fmt: skip
-    assert len(rows) == 7, "the class picker lists the 7 user classes"
+    listed = len(user_classes()) + 1  # every strategy's class and the Analyst
+    assert len(rows) == listed, f"the class picker lists the {listed} user classes"
     for row in rows:
         name = row.find_elements(By.TAG_NAME, "td")[1].text
         box = row.find_element(By.CSS_SELECTOR, "input[type=checkbox]")
         if box.is_selected() != (name in wanted):
+            # With eight classes the picker's list outgrows the dialog: bring the row into view first.
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
             box.click()
     assert {r.find_elements(By.TAG_NAME, "td")[1].text for r in rows if r.find_element(
         By.CSS_SELECTOR, "input[type=checkbox]").is_selected()} == wanted  # fmt: skip

@@ -113,7 +113,7 @@ BAD_VALUES = [
     ({"classes": {"CopyEngineer"}, "userCount": "0"}, "Number of users"),
     ({"classes": {"CopyEngineer"}, "host": NOT_THE_TARGET}, "Host"),
     ({"classes": {"CopyEngineer", "BatchedEngineer"}}, "User classes"),
-    ({"classes": set()}, "User classes"),  # none ticked: Locust would run all seven
+    ({"classes": set()}, "User classes"),  # none ticked: Locust would run them all
 ]
 
 
@@ -156,7 +156,9 @@ def test_telemetry_tab_shows_the_end_state_without_a_reload(web_ui):
     pick_classes(driver, {"CopyEngineer"})
     type_into(driver, "userCount", "4")
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    driver.find_element(By.XPATH, "//button[contains(., 'Telemetry')]").click()
+    # The tabs appear once the page has taken the run's start: wait for them, then open the Telemetry tab.
+    telemetry_tab = "//button[contains(., 'Telemetry')]"
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.find_elements(By.XPATH, telemetry_tab))[0].click()
     driver.execute_script("window.firehoseKept = 1")  # gone if the page were loaded again
 
     def buffered(d) -> int:
