@@ -24,6 +24,9 @@ class ExitCode(IntEnum):
     """The rows reconciled, but requests failed for another reason than a lost connection (an analyst's query, rows
     the server refused) or a user's code raised: Locust's Failures and Exceptions tabs. Locust's own rule, with its
     default code 1 moved here (1 says rows were lost); `--exit-code-on-error N` (N other than 1) still wins."""
+    CHECKS_FAILED = 6
+    """The rows reconciled, but a `--check` or the `--baseline` comparison failed (firehose.run.kept): each check's
+    line says which, with its figure."""
 
 
 _OF_VERDICT = {

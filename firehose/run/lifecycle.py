@@ -24,7 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
 from firehose.report.telemetry import Telemetry
-from firehose.run import budget, disk_guard, endpoints, parts, tuning
+from firehose.run import budget, disk_guard, endpoints, kept, parts, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused, check_options
@@ -74,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     delivery.add_arguments(parser)
     budget.add_arguments(parser)
     disk_guard.add_arguments(parser)
+    kept.add_arguments(parser)
     for part in parts.PARTS:
         part.add_arguments(parser)
 
