@@ -19,6 +19,9 @@ COMMANDS = {
     "soak": "firehose.tools.soak.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
+    "runs": "firehose.tools.runs.listing",
+    "compare": "firehose.tools.runs.comparing",
+    "run": "firehose.tools.runs.repeat",
 }
 """Subcommand name -> the module that implements it."""
 

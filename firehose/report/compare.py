@@ -72,7 +72,8 @@ def shown(name: str) -> bool:
 
 def delta(name: str, first: Spread | None, other: Spread | None) -> dict | None:
     """`other` against `first`: the difference of the medians, in units and percent, whether it is better, and
-    whether it exceeds the spread (the two groups' min-max ranges do not overlap)."""
+    whether it exceeds the spread (the two groups' min-max ranges do not overlap; None unless both groups have
+    several runs: one run has no spread)."""
     if first is None or other is None:
         return None
     difference = other.median - first.median
@@ -80,17 +81,24 @@ def delta(name: str, first: Spread | None, other: Spread | None) -> dict | None:
         "abs": difference,
         "pct": None if first.median == 0 else 100 * difference / first.median,
         "better": difference != 0 and (difference > 0) == higher_is_better(name),
-        "beyond_spread": other.low > first.high or other.high < first.low,
+        "beyond_spread": (other.low > first.high or other.high < first.low)
+        if first.runs > 1 and other.runs > 1
+        else None,
     }
 
 
 def warnings(groups: list[Group]) -> list[str]:
     """One line per context field whose values differ between (or within) the groups compared."""
-    found = []
+    found = [
+        f"{run.ref} has no context (a summary from before it was kept): its settings are not compared"
+        for group in groups
+        for run in group.runs
+        if not run.context
+    ]
     for key in COMPARABLE:
         seen: dict[str, dict[str, list[str]]] = {}
         for group in groups:
-            for run in group.runs:
+            for run in (run for run in group.runs if run.context):
                 for field, value in flatten(key, run.context.get(key)).items():
                     text = "?" if value is None else str(value)
                     if run.ref not in seen.setdefault(field, {}).setdefault(text, []):
@@ -132,7 +140,7 @@ def delta_text(change: dict | None) -> str:
         return ""
     pct = "" if change["pct"] is None else f" {change['pct']:+.1f}%"
     verdict = "better" if change["better"] else ("same" if change["abs"] == 0 else "worse")
-    spread = "" if change["beyond_spread"] else ", within spread"
+    spread = {None: "", True: ", beyond spread", False: ", within spread"}[change["beyond_spread"]]
     return f"{_signed(change['abs'])}{pct} ({verdict}{spread})"
 
 
@@ -145,7 +153,7 @@ def render(result: dict) -> str:
     header = ["figure"]
     for i, group in enumerate(result["groups"]):
         runs = len(group["runs"])
-        header.append(f"{group['name']}" + (f" ({runs} runs)" if runs > 1 else "") + (" vs first" if i else ""))
+        header.append(f"{group['name']}" + (f" ({runs} runs)" if runs > 1 else "") + (" (delta to first)" if i else ""))
     table = [header]
     for row in result["rows"]:
         line = [row["figure"]]
