@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from firehose.report.figures import PER_QUERY, Spread, figure_order, group_figures, higher_is_better
+from firehose.report.figures import PER_QUERY, Spread, figure_order, figures, group_figures, higher_is_better
 from firehose.report.store import StoredRun
 
 SHOWN_PER_TABLE = ("rows_per_s", "mb_per_s", "freshness_p99_ms")
@@ -31,6 +31,20 @@ COMPARABLE = (
     "firehose",
 )
 """The context fields (the summary's "context") that must match for a comparison to compare like with like."""
+
+OVERVIEW_COLUMNS = (
+    "ref",
+    "started_at",
+    "label",
+    "classes",
+    "users",
+    "rows_per_s",
+    "mb_per_s",
+    "freshness_p99_ms",
+    "lost",
+    "verdict",
+    "checks",
+)
 
 
 @dataclass(frozen=True)
@@ -167,3 +181,22 @@ def render(result: dict) -> str:
         lines.append(f"{group['name']}: {', '.join(group['runs'])}")
     lines += [f"warning: {warning}" for warning in result["warnings"]]
     return "\n".join(lines)
+
+
+def overview(run: StoredRun) -> dict:
+    """A run's line in `firehose runs` and on the Runs page."""
+    found = figures(run.summary)
+    checks = run.summary.get("checks") or []
+    return {
+        "ref": run.ref,
+        "started_at": run.started_at,
+        "label": run.label,
+        "classes": " ".join(run.classes),
+        "users": run.context.get("users_total"),
+        "rows_per_s": round(found["rows_per_s"], 1),
+        "mb_per_s": round(found["mb_per_s"], 2),
+        "freshness_p99_ms": found.get("freshness_p99_ms"),
+        "lost": found["lost"],
+        "verdict": run.summary["run"]["verdict"],
+        "checks": f"{sum(c['passed'] for c in checks)}/{len(checks)} passed" if checks else "",
+    }

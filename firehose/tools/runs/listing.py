@@ -15,22 +15,8 @@ import json
 import sys
 from datetime import datetime
 
-from firehose.report.figures import figures
+from firehose.report.compare import OVERVIEW_COLUMNS, overview
 from firehose.report.store import StoredRun, load_all, store_dir
-
-COLUMNS = (
-    "ref",
-    "started_at",
-    "label",
-    "classes",
-    "users",
-    "rows_per_s",
-    "mb_per_s",
-    "freshness_p99_ms",
-    "lost",
-    "verdict",
-    "checks",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,25 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", default=None, help="Only runs started on or after this date (YYYY-MM-DD[THH:MM]).")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="Output format.")
     parser.add_argument("--limit", type=int, default=None, help="At most this many runs (the newest).")
-
-
-def row(run: StoredRun) -> dict:
-    """A run's line in the listing."""
-    found = figures(run.summary)
-    checks = run.summary.get("checks") or []
-    return {
-        "ref": run.ref,
-        "started_at": run.started_at,
-        "label": run.label,
-        "classes": " ".join(run.classes),
-        "users": run.context.get("users_total"),
-        "rows_per_s": round(found["rows_per_s"], 1),
-        "mb_per_s": round(found["mb_per_s"], 2),
-        "freshness_p99_ms": found.get("freshness_p99_ms"),
-        "lost": found["lost"],
-        "verdict": run.summary["run"]["verdict"],
-        "checks": f"{sum(c['passed'] for c in checks)}/{len(checks)} passed" if checks else "",
-    }
 
 
 def selected(runs: list[StoredRun], label: str | None, user_class: str | None, since: str | None) -> list[StoredRun]:
@@ -78,18 +45,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         sys.stderr.write(f"firehose runs: --since {args.since}: give a date, e.g. 2026-12-01\n")
         return 2
-    rows = [row(stored) for stored in runs[: args.limit]]
+    rows = [overview(stored) for stored in runs[: args.limit]]
     if args.format == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     elif args.format == "csv":
-        writer = csv.DictWriter(sys.stdout, COLUMNS)
+        writer = csv.DictWriter(sys.stdout, OVERVIEW_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     elif not rows:
         sys.stdout.write(f"no runs kept in {store_dir()} match\n")
     else:
         text = [[("" if value is None else str(value)) for value in r.values()] for r in rows]
-        widths = [max(len(column), *(len(line[i]) for line in text)) for i, column in enumerate(COLUMNS)]
-        for line in (list(COLUMNS), *text):
+        widths = [max(len(column), *(len(line[i]) for line in text)) for i, column in enumerate(OVERVIEW_COLUMNS)]
+        for line in (list(OVERVIEW_COLUMNS), *text):
             sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() + "\n")
     return 0
