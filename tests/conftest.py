@@ -51,6 +51,15 @@ def load_summary(path: Path) -> dict:
     return validate_summary(json.loads(Path(path).read_text()))
 
 
+@pytest.fixture(autouse=True)
+def runs_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test keeps the summaries of the runs it starts (firehose.report.store) in an empty store of its own
+    (FIREHOSE_RUNS_DIR, which Locust subprocesses inherit), never in the user's."""
+    store = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("FIREHOSE_RUNS_DIR", str(store))
+    return store
+
+
 @pytest.fixture(scope="session")
 def postgres(template_data_dir):
     """An embedded PostgreSQL started for this test session (a copy of the template), stopped (and its data
