@@ -252,3 +252,33 @@ def test_two_labelled_runs_are_kept_compared_and_checked(dsn, tmp_path, capsys):
     assert rows["rows_per_s"]["values"][0]["median"] == pytest.approx(median)
     assert rows["rows_per_s"]["deltas"][1]["abs"] == pytest.approx(rate - median)
     assert rows["rows_per_s"]["deltas"][1]["pct"] == pytest.approx(100 * (rate - median) / median)
+
+
+@pytest.mark.slow
+def test_the_runs_page_lists_runs_and_compares_them(dsn, runs_store):
+    """The Runs page of Locust's web UI, in headless Chromium: both kept runs listed, both ticked, compared."""
+    from tests.test_webui import ARTIFACTS, WAIT_S, By, WebDriverWait, chromium, locust_web_ui
+
+    first, second = store.save(real_summary("before", 1.0, 1)), store.save(real_summary("after", 1.25, 2, minute=1))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with locust_web_ui(dsn, log_name="runs_page.log") as url, chromium() as driver:
+        driver.get(f"{url}/runs")
+        wait = WebDriverWait(driver, WAIT_S)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input[name=run]")) == 2)
+        listed = driver.find_element(By.ID, "runs").text
+        assert first.ref in listed and second.ref in listed and "before" in listed and "after" in listed
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#chart circle")) == 2
+        for box in driver.find_elements(By.CSS_SELECTOR, "input[name=run]"):
+            box.click()
+        driver.find_element(By.ID, "compare").click()
+        wait.until(lambda d: "rows_per_s" in d.find_element(By.ID, "comparison").text)
+        rate_row = next(
+            row.text
+            for row in driver.find_elements(By.CSS_SELECTOR, "#comparison tr")
+            if row.text.startswith("rows_per_s ")
+        )
+        driver.save_screenshot(str(ARTIFACTS / "runs_page.png"))
+    # newest first: "after" (1.25 x) is the first column, "before" (1 x) compared with it: -20 %
+    after_rate, before_rate = (run.summary["writes"]["rows_per_s"] for run in (second, first))
+    assert rate_row.startswith(f"rows_per_s {after_rate:,.0f} {before_rate:,.0f} (")
+    assert rate_row.endswith(", -20.0%)")
