@@ -118,6 +118,16 @@ def test_baseline_is_judged_against_its_spread():
     assert kept.judge(real_summary(scale=0.95), options(baseline="single"))[-1]["passed"]
 
 
+def test_a_baseline_removed_during_the_run_fails_its_check(runs_store):
+    store.save(real_summary("gone", run_id=5))
+    check_options(options(baseline="gone"))  # at start: it is there
+    for path in runs_store.iterdir():
+        path.unlink()
+    results = kept.judge(real_summary(), options(baseline="gone"))
+    assert [result["passed"] for result in results] == [True, False]
+    assert results[-1]["line"].startswith("check FAIL: baseline: --baseline gone names no stored run")
+
+
 @pytest.mark.parametrize("given", [{"baseline": "no-such-label"}, {"max_regression": "a lot"}])
 def test_a_baseline_that_names_no_run_or_a_bad_regression_is_refused(given):
     with pytest.raises(Refused) as refusal:

@@ -182,11 +182,18 @@ def firehose_version() -> str:
 
 def judge(summary: dict, options: argparse.Namespace) -> list[dict]:
     """The checks' results on `summary` (its "checks" section); none without --check or --baseline."""
-    user_checks = parsed_checks(options)
-    given_baseline = baseline(options)
-    if not user_checks and given_baseline is None:
+    user_checks = parsed_checks(options)  # checked before the run started: they parse
+    try:
+        given_baseline = baseline(options)
+    except Refused as refusal:  # its kept runs removed since the run started: the check fails, it does not crash
+        given_baseline = None
+        gone = [{"check": "baseline", "figure": checks.BASELINE_FIGURE, "value": None, "passed": False}]
+        gone[0]["line"] = f"check FAIL: baseline: {refusal}"
+    else:
+        gone = []
+    if not user_checks and given_baseline is None and not gone:
         return []
-    return checks.judge_all(summary, user_checks, given_baseline)
+    return checks.judge_all(summary, user_checks, given_baseline) + gone
 
 
 def keep(conninfo: str, summary: dict) -> str | None:
