@@ -263,6 +263,13 @@ def test_two_labelled_runs_are_kept_compared_and_checked(dsn, tmp_path, capsys):
     assert rows["rows_per_s"]["deltas"][1]["abs"] == pytest.approx(rate - median)
     assert rows["rows_per_s"]["deltas"][1]["pct"] == pytest.approx(100 * (rate - median) / median)
 
+    # the database's copy reads back the same (its references: run<id>)
+    assert cli.main(["runs", "--pg-dsn", dsn, "--label", "after", "--format", "json"]) == 0
+    assert [row["ref"] for row in json.loads(capsys.readouterr().out)] == [f"run{after['run']['run_id']}"]
+    assert cli.main(["compare", "--pg-dsn", dsn, "before", "after", "--json"]) == 0
+    from_database = {row["figure"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    assert from_database["rows_per_s"] == rows["rows_per_s"]
+
 
 @pytest.mark.slow
 def test_the_runs_page_lists_runs_and_compares_them(dsn, runs_store):

@@ -4,7 +4,8 @@ It lives in the user's data directory (`$XDG_DATA_HOME/firehose/runs`, by defaul
 not beside the embedded database or the results, so `make clean` and `firehose reset` leave it; `FIREHOSE_RUNS_DIR`
 points it elsewhere (every test does: a tmp directory). One file per run, named by when it started and its run id
 (`20261203T161502-run12`): that name is the run's reference in `firehose runs`, `compare` and `--baseline`. The
-target database keeps the same JSON too (`firehose_run_summaries`), with its run.
+target database keeps the same JSON too (`firehose_run_summaries`), with its run: `firehose runs --pg-dsn` and
+`firehose compare --pg-dsn` read that copy instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psycopg
 
 STORE_VARIABLE = "FIREHOSE_RUNS_DIR"
 
@@ -75,6 +78,17 @@ def load_all() -> list[StoredRun]:
         if isinstance(summary, dict) and "run" in summary and "writes" in summary:
             found.append(StoredRun(path.stem, summary))
     return sorted(found, key=lambda run: (run.started_at, run.ref), reverse=True)
+
+
+def load_database(conninfo: str) -> list[StoredRun]:
+    """Every run summary the database keeps (`firehose_run_summaries`), newest first; a run's reference there is
+    `run<id>` (its id in that database)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT s.run_id, s.summary FROM firehose_run_summaries AS s JOIN firehose_runs AS r USING (run_id)"
+            " ORDER BY r.started_at DESC, s.run_id DESC"
+        ).fetchall()
+    return [StoredRun(f"run{run_id}", summary) for run_id, summary in rows]
 
 
 def resolve(ref: str, runs: list[StoredRun] | None = None) -> list[StoredRun]:

@@ -15,7 +15,7 @@ import json
 import sys
 
 from firehose.report.compare import Group, comparison, render
-from firehose.report.store import load_all, resolve
+from firehose.report.store import load_all, load_database, resolve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,10 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "runs", nargs="+", metavar="RUN|LABEL", help="Runs (references, run ids or JSON files) or labels to compare."
     )
     parser.add_argument("--json", action="store_true", help="Print the comparison as JSON.")
+    parser.add_argument(
+        "--pg-dsn", default=None, help="Compare the runs the database keeps (references run<id>), not the local store."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    stored = load_all()
+    stored = load_database(args.pg_dsn) if args.pg_dsn is not None else load_all()
     groups = []
     for ref in args.runs:
         runs = resolve(ref, stored)

@@ -16,7 +16,7 @@ import sys
 from datetime import datetime
 
 from firehose.report.compare import OVERVIEW_COLUMNS, overview
-from firehose.report.store import StoredRun, load_all, store_dir
+from firehose.report.store import StoredRun, load_all, load_database, store_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", default=None, help="Only runs started on or after this date (YYYY-MM-DD[THH:MM]).")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="Output format.")
     parser.add_argument("--limit", type=int, default=None, help="At most this many runs (the newest).")
+    parser.add_argument(
+        "--pg-dsn", default=None, help="Read the runs the database keeps (firehose_run_summaries), not the local store."
+    )
 
 
 def selected(runs: list[StoredRun], label: str | None, user_class: str | None, since: str | None) -> list[StoredRun]:
@@ -41,7 +44,8 @@ def selected(runs: list[StoredRun], label: str | None, user_class: str | None, s
 
 def run(args: argparse.Namespace) -> int:
     try:
-        runs = selected(load_all(), args.label, args.user_class, args.since)
+        kept = load_database(args.pg_dsn) if args.pg_dsn is not None else load_all()
+        runs = selected(kept, args.label, args.user_class, args.since)
     except ValueError:
         sys.stderr.write(f"firehose runs: --since {args.since}: give a date, e.g. 2026-12-01\n")
         return 2
