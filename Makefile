@@ -11,7 +11,7 @@ EMBEDDED_PORT ?=
 EMBEDDED_DATA_DIR ?=
 EMBEDDED := $(if $(EMBEDDED_PORT),--embedded-port $(EMBEDDED_PORT)) $(if $(EMBEDDED_DATA_DIR),--embedded-data-dir $(EMBEDDED_DATA_DIR))
 
-.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants
+.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants capacity
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,10 +68,19 @@ SOAK_ARGS ?=
 soak: $(BIN)/.installed services
 	$(BIN)/firehose soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
+## capacity: per strategy (CAPACITY_STRATEGIES, default COPY, batched, naive), the largest population of engineers at
+## 1,900 events/day whose runs hold (p99 lag < 1 s, freshness p99 < 30 s, lost 0): doubling from 100,000 then
+## bisecting, 15 s per probe, with who ran out of CPU -> results/capacity-<timestamp>/ (capacity.md, .json, .png)
+## (CAPACITY_ARGS="--day-shape office --precision 0.05")
+CAPACITY_STRATEGIES ?= CopyEngineer,BatchedEngineer,NaiveEngineer
+CAPACITY_ARGS ?=
+capacity: $(BIN)/.installed
+	$(BIN)/firehose capacity --strategies $(CAPACITY_STRATEGIES) $(EMBEDDED) $(CAPACITY_ARGS)
+
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
-## TEST_WORKERS pytest-xdist workers (each with a PostgreSQL of its own), then the `serial` ones alone on the cores
-## (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
-TEST_WORKERS ?= 3
+## TEST_WORKERS pytest-xdist workers (default: cores + 1, each with a PostgreSQL of its own), then the `serial` ones
+## alone on the cores (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

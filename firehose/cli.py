@@ -17,6 +17,7 @@ COMMANDS = {
     "optimize": "firehose.tools.optimize.main",
     "chaos": "firehose.tools.chaos.main",
     "soak": "firehose.tools.soak.main",
+    "capacity": "firehose.tools.capacity.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
     "runs": "firehose.tools.runs.listing",

@@ -105,7 +105,13 @@ class EngineerTelemetry:
         anchor = int(time.time() * 1_000_000) if anchor_us is None else anchor_us
         self._window_us = window_s * 1_000_000
         self._start_us = anchor - self._window_us
-        self._profile = pools.profiles[self._rng.randrange(len(pools.profiles))]
+        profile = pools.profiles[self._rng.randrange(len(pools.profiles))]
+        self.speak_as(profile.members, profile.sessions, profile.team)
+
+    def speak_as(self, members: str, sessions: tuple[str, ...], team: str) -> None:
+        """Compose the next traces as this engineer (`EngineerProfile`'s fields: a gateway speaks for many engineers
+        of a population in turn, and makes no object for any of them)."""
+        self._members, self._sessions, self._team = members, sessions, team
 
     def traces(self, ids: EventIds) -> Iterator[TraceRows]:
         """The engineer's remaining traces, one at a time (the caller yields to other greenlets between them)."""
@@ -127,8 +133,8 @@ class EngineerTelemetry:
 
         trace_id = "%032x" % bits(128)
         span_ids = ["%016x" % bits(64) for _ in range(n_spans)]
-        sessions = self._profile.sessions
-        context = '"session.id":"%s",%s' % (sessions[int(rand() * len(sessions))], self._profile.members)
+        sessions = self._sessions
+        context = '"session.id":"%s",%s' % (sessions[int(rand() * len(sessions))], self._members)
         model, provider, usd_in, usd_out = MODELS[int(rand() * len(MODELS))]
         tokens_in = 50 + int(rand() * rand() * 8000)
         tokens_out = 20 + int(rand() * rand() * 2000)
@@ -255,5 +261,5 @@ class EngineerTelemetry:
                 )
             )
             event_id += 1
-        rows.facts = (topology, errors, model, self._profile.team, log_facts)
+        rows.facts = (topology, errors, model, self._team, log_facts)
         return rows

@@ -112,6 +112,9 @@ BAD_VALUES = [
     (["--engineer-rate", "100", "--ramp-step", "0"], "firehose: --ramp-step must be at least 0.1, got 0.0",
      "ramp_step"),
     (["--ramp-rate", "-1"], "firehose: --ramp-rate must be at least 0, got -1.0", "ramp_rate"),
+    (["--population", "-5"], "firehose: --population must be at least 0, got -5", "population"),
+    (["--population", "1000", "--engineer-rate", "5"], "firehose: --population sets each user's rate (its share of "
+     "the population's events): drop --engineer-rate", "engineer_rate"),
     (["--history=-1h"], "firehose: --history -1h: give a span of time longer than 0, e.g. 1h or 3d", "history"),
     (["--history=abc"], "firehose: --history abc: give a span of time longer than 0, e.g. 1h or 3d", "history"),
     (["-t", "0s", "--continuous"], "firehose: -t 0s with --continuous never ends (0 is no limit to Locust): give a "

@@ -27,7 +27,6 @@ def quick_bench(postgres, tmp_path_factory) -> Path:
     return json_path
 
 
-@pytest.mark.serial  # --quick times 3 s runs that include Locust's start: other tests on the cores leave them empty
 def test_quick_bench_writes_results(quick_bench):
     json_path = quick_bench
     results = json.loads(json_path.read_text())
@@ -50,7 +49,8 @@ def test_quick_bench_writes_results(quick_bench):
         assert strategies["server_cost"][name]["ours"]["disk_bytes_per_row"] > 0
     assert set(strategies["client_cpu_us_per_row"]) == set(results["profiles"]) == names
     # The stream's own server, Redis, is measured beside PostgreSQL, in the Locust run and in the profile.
-    assert strategies["server_cost"]["StreamEngineer"]["ours"]["redis_cpu_us_per_row"] > 0
+    assert strategies["server_cost"]["StreamEngineer"]["ours"]["redis_cpu_us_per_row"] >= 0  # 10 ms ticks of /proc
+    assert strategies["traces_per_user"] == 10 and strategies["duration"] is None  # --quick: fixed volumes
     stream = results["profiles"]["StreamEngineer"]
     assert stream["rows"] > 0 and stream["server_cpu_us_per_row"] > 0
     assert (
@@ -69,7 +69,6 @@ def test_quick_bench_writes_results(quick_bench):
     )
 
 
-@pytest.mark.serial  # the quick bench's results (see above)
 def test_strategy_picks_the_strategies_run_with_the_references_they_need(quick_bench):
     def names(picked: list[str] | None) -> list[str]:
         return [row.name for row in picked_strategies(picked)]

@@ -227,6 +227,7 @@ RUN_BY_THEIR_TOOLS_TESTS = {
     "chaos": "tests/test_chaos.py",
     "sweep": "tests/test_sweep.py",
     "soak": "tests/test_soak.py",
+    "capacity": "tests/test_capacity.py",
 }
 """README one-liners that their tool's own test runs (with its tiny sizes, checking every result), so they run once."""
 

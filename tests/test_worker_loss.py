@@ -28,13 +28,14 @@ pytestmark = pytest.mark.slow
 PACED = ("--engineer-rate", "200", "--copy-batch-size", "200")
 """A timed COPY run's engineers offer 200 events/s each in batches of 200 rows: its rows reach the database while
 they write, and the accounting is checked without the run spending its 20 s writing as fast as it can."""
-FIXED_VOLUME = ("-t", "240s", "--traces-per-engineer", "100", *PACED)
+FIXED_VOLUME = ("-t", "240s", "--traces-per-engineer", "100", "--worker-gone-after", "5", *PACED)
 """A fixed-volume run whose engineers take ~10 s each (1,900 events at 200/s), so the victim dies with
-unfinished engineers; small batches, so its rows reach the database while they write. The time limit is a
-safety net only: the test checks the run ended by its end check."""
+unfinished engineers; small batches, so its rows reach the database while they write; the dead worker dropped
+5 s after it goes missing (not Locust's 60). The time limit is a safety net only: the test checks the run ended
+by its end check."""
 RUN_TIMEOUT_S = 240
-"""Bound on the whole run: a fixed-volume one waits ~64 s for Locust to drop the dead worker and hand its
-users to the survivor, then ~10 s for them; a timed one 20 s, ~4 s to find the worker missing, the drain."""
+"""Bound on the whole run: a fixed-volume one waits ~9 s for Locust to drop the dead worker and hand its users to
+the survivor, then ~10 s for them; a timed one 20 s, ~4 s to find the worker missing, the drain."""
 
 
 def _group_alive(group: int) -> bool:
@@ -96,7 +97,9 @@ def test_a_fixed_volume_run_ends_by_itself_after_a_worker_is_killed(dsn, tmp_pat
     run = _killed(dsn, "CopyEngineer", tmp_path, *FIXED_VOLUME)
     _named_and_the_survivors_reconcile(run)
     assert "engineers have emitted their telemetry: ending the run" in run.output, run.output[-4000:]
-    # The dead worker's users came back on the survivor as new engineers: more than its own two.
+    # Dropped by Locust (--worker-gone-after), which handed its users to the survivor as new engineers: more than
+    # the survivor's own two.
+    assert run.summary["unaccounted"][0]["state"] == "gone", run.summary["unaccounted"]
     assert run.summary["open_model"]["engineers"] > 2, run.summary["open_model"]
 
 

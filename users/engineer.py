@@ -16,6 +16,7 @@ from locust.exception import StopUser
 from telemetry.faults import Faults
 from telemetry.generator import TraceRows
 from users.pacing import Pacing, Schedule
+from users.population import Population
 from users.run import Run, RunUser
 from writers.base import Writer
 from writers.batched import BatchedWriter
@@ -54,7 +55,11 @@ class Engineer(RunUser):
         pacing = run.part(Pacing)
         if pacing.active and self.schedule is None:
             self.schedule = pacing.schedule()
-        traces = run.engineer_telemetry(options.traces_per_engineer).traces(run.ids)
+        population = run.part(Population)
+        if population.active:  # a gateway: it speaks for its share of the population until the run ends
+            traces = population.traces()
+        else:
+            traces = run.engineer_telemetry(options.traces_per_engineer).traces(run.ids)
         try:
             self._hand_over(run, writer, traces)
         except StopUser:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import gevent
 from hdrh.histogram import HdrHistogram
 
+from users.population import gateway_rate
 from users.run import Part, Run
 from writers.base import new_histogram
 
@@ -91,7 +92,10 @@ class Pacing(Part):
     @classmethod
     def for_run(cls, run: Run) -> Pacing:
         options = run.options
-        return cls(options.engineer_rate, options.ramp_rate, options.ramp_step, options.lag_bound, run.anchor_us / 1e6)
+        rate = options.engineer_rate
+        if getattr(options, "population", 0):  # each user is a gateway: its share of the population's rate
+            rate = gateway_rate(options, run.users)
+        return cls(rate, options.ramp_rate, options.ramp_step, options.lag_bound, run.anchor_us / 1e6)
 
     @property
     def active(self) -> bool:

@@ -24,6 +24,7 @@ from locust.event import Events
 
 from telemetry.counts import GeneratedCounts
 from telemetry.generator import EngineerTelemetry, EventIds
+from telemetry.pools import Pools
 from writers.base import Writer
 
 P = TypeVar("P", bound="Part")
@@ -43,6 +44,11 @@ class Run(Protocol):
     anchor_us: int
     """Microseconds since the epoch: the end of the time window the run's telemetry falls in."""
     process_index: int
+    users: int
+    """Users the run was started with, in every process (with --population, its gateways)."""
+    processes: int
+    """Processes that run users (the workers, or 1)."""
+    pools: Pools
     conninfo: str
     """The run's database, as this process reaches it."""
     addresses: Mapping[str, str]

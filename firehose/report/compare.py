@@ -18,6 +18,7 @@ SHOWN_PER_QUERY = ("query_p95_ms",)
 COMPARABLE = (
     "classes",
     "users",
+    "population",
     "traces_per_engineer",
     "continuous",
     "run_time",

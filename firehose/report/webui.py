@@ -53,6 +53,8 @@ STRUCTURE = [
 INFO = "\u00bb "
 """Starts the tab's lines of text: Locust sorts the table by its first column, and these sort after the tables
 (among themselves, alphabetically)."""
+PACED_LINES = ("population:", "open model:")
+"""The summary's lines (users/population.py, users/pacing.py) the tab repeats at the end of a paced run."""
 HIDDEN_FROM_FORM = ("dsn", "url")
 """Options whose name has one of these stay out of the start form: addresses may carry passwords."""
 APPLIED_AT_START_ONLY = (
@@ -62,6 +64,7 @@ APPLIED_AT_START_ONLY = (
     "disk_budget",
     "disk_floor",
     "analysts",
+    "worker_gone_after",
 )
 """Options firehose applies once, when Locust starts (the embedded server, the tables' levers, the disk guard,
 the analysts' fixed count): the form does not offer them, since a value there would change nothing."""
@@ -191,6 +194,8 @@ def tab_rows(live: LiveTelemetry, *, continuous: bool = False) -> list[dict]:
     if summary is not None:
         text = summary["text"].splitlines()
         rows.append({"name": INFO + text[0]})  # "firehose run N (seed S) on ...: 9.8 s writing (...)"
+        # --population / --engineer-rate: the population, offered vs achieved events/s and the lag behind schedule
+        rows.extend({"name": INFO + line} for line in text if line.startswith(PACED_LINES))
         rows.append({"name": INFO + text[-1]})  # "reconciliation: lost = 0, duplicates = 0, ...  [OK]"
     elif live.ending and view["total"]["received"]:
         rows.append({"name": f"{INFO}running, or committing what is buffered: the end state follows here"})

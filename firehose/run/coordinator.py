@@ -147,7 +147,11 @@ class Coordinator:
         seed = int(given) if given not in (None, "") else random.getrandbits(62)
         label = " ".join(sorted(user_class.__name__ for user_class in user_classes))
         run_id = open_run(self.postgres, seed, label)
-        self.run = RunStart(run_id, seed, int(time.time() * 1e6), addresses)
+        writing_processes = self.environment.runner.worker_count if self.is_master else 1
+        self.run = RunStart(
+            run_id, seed, int(time.time() * 1e6), addresses, users=self.options.num_users or 0,
+            processes=max(writing_processes, 1),
+        )  # fmt: skip
         self.started_at, self.summary = time.time(), None
         self.reports, self.unaccounted = {}, []
         if self.workers is not None:

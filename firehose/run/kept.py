@@ -48,8 +48,8 @@ SELECT indexname FROM pg_indexes
 WHERE schemaname = current_schema() AND tablename = ANY(%s) AND indexname NOT LIKE '%%\\_pkey'
 ORDER BY indexname
 """
-POPULATION = ("num_users", "traces_per_engineer", "continuous", "run_time", "analysts", "engineer_rate")
-"""Options that set how much a run does, recorded with it (`users` is -u)."""
+POPULATION = ("num_users", "population", "traces_per_engineer", "continuous", "run_time", "analysts", "engineer_rate")
+"""Options that set how much a run does, recorded with it (`users_total` is -u; `population`: --population)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

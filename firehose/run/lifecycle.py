@@ -17,7 +17,7 @@ import signal
 from threading import Event
 
 import gevent
-from locust import User
+from locust import User, runners
 from locust.env import Environment
 from locust.event import Events
 from locust.runners import MasterRunner, WorkerRunner
@@ -69,6 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Seconds the master waits at the end for live workers' final reports (their buffered rows committed). "
         "A worker past it, or one Locust found missing (killed, unreachable), is named in the summary with what "
         "is known of its rows, and the run is INCOMPLETE (exit code 3). Locust's --stop-timeout does not bound it.",
+    )
+    parser.add_argument(
+        "--worker-gone-after",
+        type=int,
+        default=-runners.HEARTBEAT_DEAD_INTERNAL,
+        help="Seconds a worker Locust found missing may stay silent before the master drops it and gives its "
+        "users to the other workers (default: Locust's own wait). A fixed-volume run waits for those users' "
+        "engineers, so a lower value ends it sooner after a worker dies.",
     )
     tuning.add_arguments(parser)
     delivery.add_arguments(parser)
@@ -204,6 +212,8 @@ def register(events: Events, user_classes: list[type[User]]) -> None:
     @events.init.add_listener
     def _(environment: Environment, **_kwargs) -> None:
         workers = forked_workers() if getattr(environment.parsed_options, "processes", None) else []
+        if isinstance(environment.runner, MasterRunner):  # Locust has no option for it: its module's constant
+            runners.HEARTBEAT_DEAD_INTERNAL = -environment.parsed_options.worker_gone_after
         if not isinstance(environment.runner, WorkerRunner):  # the master's (or only) dispatcher spawns users
             for user_class in environment.user_classes:
                 if callable(configure := getattr(user_class, "configure", None)):

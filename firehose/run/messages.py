@@ -57,6 +57,10 @@ class RunStart:
     message, the master (a worker elsewhere refuses such addresses: firehose.run.reach)."""
     master: str = field(default_factory=master_identity)
     """Which master made the message (`master_identity`): a worker serves one master, never another run's."""
+    users: int = 0
+    """Users the run was started with (-u or the web form): with --population, the gateways that share it."""
+    processes: int = 1
+    """Processes that run users when the run started (the workers, or 1): with --population, its split."""
 
     def as_message(self) -> dict:
         return asdict(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from firehose.run.probe import MigrationProbe
 from users.analyst import QueryRunner
 from users.pacing import Pacing
+from users.population import Population
 from users.run import Part
 
-PARTS: tuple[type[Part], ...] = (Pacing, QueryRunner, MigrationProbe)
+PARTS: tuple[type[Part], ...] = (Pacing, QueryRunner, MigrationProbe, Population)

@@ -55,7 +55,10 @@ OPTION_MINIMUMS = {
     "analyst_pool_size": 1,
     "analysts": 0,
     "drain_timeout": 1,
+    "worker_gone_after": 1,
     "engineer_rate": 0,
+    "population": 0,
+    "events_per_engineer_day": 0.001,
     "ramp_rate": 0,
     "ramp_step": 0.1,
     "embedded_port": 1,
@@ -122,6 +125,7 @@ def check_options(options: argparse.Namespace) -> None:
             check_dsn(dsn, dest)
     check_history(getattr(options, "history", None))
     check_run_time(options)
+    check_population(options)
     disk_guard.check_options(options)
     kept.check_options(options)
     if (listen := getattr(options, "embedded_listen", None)) is not None:
@@ -183,6 +187,18 @@ def check_run_time(options: argparse.Namespace) -> None:
             f"-t {seconds}s with --continuous never ends (0 is no limit to Locust): give a run time above 0",
             "run_time",
         )
+
+
+def check_population(options: argparse.Namespace) -> None:
+    """--population sets each user's rate (a gateway's share): a rate or a ramp of its own would contradict it."""
+    if not getattr(options, "population", 0):
+        return
+    for dest in ("engineer_rate", "ramp_rate"):
+        if getattr(options, dest, 0):
+            raise Refused(
+                f"--population sets each user's rate (its share of the population's events): drop {_flag(dest)}",
+                dest,
+            )
 
 
 def check_user_classes(named: list[str], available: list[str]) -> None:

@@ -71,6 +71,8 @@ class ProcessRun:
         self.seed = run.seed
         self.anchor_us = run.anchor_us
         self.process_index = process_index
+        self.users = run.users
+        self.processes = run.processes
         self.history_s = parse_duration(options.history) if getattr(options, "history", None) else WINDOW_S
         """The span of time generated telemetry falls in, ending at the anchor (--history)."""
         self.pools = pools

@@ -130,16 +130,21 @@ def run_pgbench(
     rows: dict[str, list[str | None]],
     *,
     clients: int,
-    seconds: int,
+    seconds: int | None = None,
+    transactions: int | None = None,
     protocol: str = "prepared",
     through: str | None = None,
 ) -> ReferenceRun:
-    """pgbench with `kind`'s scripts (naive or batched) for `seconds`, `clients` connections, into `dsn`'s
-    tables (or through `through`, a pgBouncer in front of them); the rows it wrote counted in `dsn`."""
+    """pgbench with `kind`'s scripts (naive or batched) for `seconds`, or `transactions` per client (a fixed
+    volume), `clients` connections, into `dsn`'s tables (or through `through`, a pgBouncer in front of them); the
+    rows it wrote counted in `dsn`."""
+    if (seconds is None) == (transactions is None):
+        raise ValueError("run_pgbench takes either seconds or transactions")
     first_id = draw_first_id(dsn)
+    length = ["--time", str(seconds)] if seconds is not None else ["--transactions", str(transactions)]
     command = [
         pgbench_binary(), "--no-vacuum", "--protocol", protocol, "--client", str(clients),
-        "--jobs", str(min(PGBENCH_THREADS, clients)), "--time", str(seconds),
+        "--jobs", str(min(PGBENCH_THREADS, clients)), *length,
         "--define", f"first_id={first_id}", "--define", "n=0",
     ]  # fmt: skip
     for table in TABLES:
@@ -148,7 +153,8 @@ def run_pgbench(
             if column != "event_id" and value is not None:
                 command += ["--define", f"{table}_{column}={value}"]
     command.append(through or dsn)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + TIMEOUT_MARGIN_S)
+    bound = (seconds or 0) + TIMEOUT_MARGIN_S
+    done = subprocess.run(command, capture_output=True, text=True, timeout=bound)
     if done.returncode != 0:
         raise RuntimeError(f"pgbench {kind} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     transactions = {
@@ -211,12 +217,15 @@ def _psql() -> str:
     return str(bundled) if bundled.exists() else "psql"
 
 
-def _run_seconds(output: str, requested: int) -> float:
-    """The run's length as pgbench measured it ("duration: N s"; its tps excludes connecting)."""
+def _run_seconds(output: str, requested: int | None) -> float:
+    """The run's length as pgbench measured it (transactions / its tps, which excludes connecting); the requested
+    --time when the output has no tps (a fixed number of transactions must have one)."""
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
     processed = _ALL_TX.search(output)
     if tps and processed and float(tps.group(1)) > 0:
         return int(processed.group(1)) / float(tps.group(1))
+    if requested is None:
+        raise RuntimeError(f"pgbench reported no tps:\n{output[-3000:]}")
     return float(requested)
 
 
@@ -234,9 +243,17 @@ COPY_ROWS_PER_S = 15_000
 
 
 def run_reference(
-    kind: str, dsn: str, pools: Pools, seconds: int, *, scratch: Path, bouncer_dsn: str | None = None
+    kind: str,
+    dsn: str,
+    pools: Pools,
+    seconds: int,
+    *,
+    scratch: Path,
+    bouncer_dsn: str | None = None,
+    transactions: int | None = None,
 ) -> ReferenceRun:
-    """The C-client reference of `kind` (naive, batched, pooled, copy) for about `seconds`, into emptied tables."""
+    """The C-client reference of `kind` (naive, batched, pooled, copy) for about `seconds`, into emptied tables;
+    with `transactions`, pgbench's clients run that many each instead (a fixed volume; COPY's is one already)."""
     if kind == "copy":
         engineers = max(1, seconds * COPY_ROWS_PER_S // 1_900)
         files, rows = write_copy_files(scratch, pools, engineers, traces=100)
@@ -249,9 +266,10 @@ def run_reference(
                 path.unlink()
         return ReferenceRun(kind, RAW_CONNECTIONS, "psql \\copy", elapsed, rows, count_rows(dsn, first_id))
     rows = representative_rows(pools, COPY_SEED)
+    length = {"seconds": seconds} if transactions is None else {"transactions": transactions}
     if kind == "pooled":
         if bouncer_dsn is None:
             raise ValueError("the pooled reference needs a pgBouncer")
-        return run_pgbench(dsn, "batched", rows, clients=CLIENTS[kind], seconds=seconds, protocol="extended",
+        return run_pgbench(dsn, "batched", rows, clients=CLIENTS[kind], **length, protocol="extended",
                            through=bouncer_dsn)  # fmt: skip
-    return run_pgbench(dsn, kind, rows, clients=CLIENTS[kind], seconds=seconds)
+    return run_pgbench(dsn, kind, rows, clients=CLIENTS[kind], **length)

@@ -32,8 +32,8 @@ from services.ports import free_port
 CONTINUOUS = ("--continuous", "-t", "20s", "--traces-per-engineer", "20")
 """A timed run: the kill strikes within its first seconds."""
 RUN_TIMEOUT_S = 240
-"""Bound on the whole run once the victim is killed: Locust may take ~64 s to drop a dead worker and hand its users
-to the survivor, then the survivor's own drain."""
+"""Bound on the whole run once the victim is killed: Locust may take ~64 s (--worker-gone-after) to drop a dead
+worker and hand its users to the survivor, then the survivor's own drain."""
 
 JOINING_MASTER_ENV = {"LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "1"}
 """Locust's default, for a master a worker joins mid-run: Locust 2.47 handles the joiner's `client_ready` by

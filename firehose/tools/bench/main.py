@@ -38,7 +38,14 @@ from firehose.tools.bench.profiles import STREAM_PROFILE_TRACES, profile_client,
 from firehose.tools.bench.report import render_markdown
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.tools.headless import REPO, run_headless
-from firehose.tools.references import LABELS, raw_copy, representative_rows, run_pgbench, write_copy_files
+from firehose.tools.references import (
+    LABELS,
+    ROWS_PER_TRANSACTION,
+    raw_copy,
+    representative_rows,
+    run_pgbench,
+    write_copy_files,
+)
 from firehose.tools.server_cost import ServerCost, process_cpu_s
 from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
 from services.postgres import EmbeddedPostgres, add_embedded_arguments, redact
@@ -50,10 +57,11 @@ from telemetry.pools import CATALOGUE_SEED, Pools
 from writers.base import Writer
 from writers.stream import StreamWriter
 
-SIZES = {"engineers": 100, "repetitions": 3, "strategy_users": 50, "strategy_duration": "20s"}
+SIZES = {"engineers": 100, "repetitions": 3, "strategy_users": 50, "strategy_duration": "20s", "strategy_traces": 0}
 """The sizes of a full bench."""
-QUICK_SIZES = {"engineers": 3, "repetitions": 1, "strategy_users": 3, "strategy_duration": "3s"}
-"""The sizes of `--quick`: each applies unless given on the command line."""
+QUICK_SIZES = {"engineers": 3, "repetitions": 1, "strategy_users": 3, "strategy_duration": "3s", "strategy_traces": 10}
+"""The sizes of `--quick`: each applies unless given on the command line. Its strategy runs are fixed volumes, so a
+busy machine makes them slower, never empty."""
 LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("COPY batch 1,000 rows", ("--copy-batch-size", "1000")),
     ("COPY batch 20,000 rows", ("--copy-batch-size", "20000")),
@@ -66,6 +74,8 @@ LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("--pg-setting", "checkpoint_timeout=30min", "--pg-setting", "max_wal_size=16GB")),
     ("JSONB compression lz4", ("--jsonb-compression", "lz4")),
 )  # fmt: skip
+QUICK_LEVERS = ("1 flushing connection", "synchronous_commit=off", "JSONB compression lz4")
+"""The levers `--quick` measures: one of each kind (a client option, a server setting, a table change)."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: {SIZES['strategy_users']}).")  # fmt: skip
     parser.add_argument("--strategy-duration", default=None, help="Duration of each strategy run "
                         f"(default: {SIZES['strategy_duration']}).")  # fmt: skip
+    parser.add_argument("--strategy-traces", type=int, default=None, help="Instead of --strategy-duration, each "
+                        "strategy run writes this many traces per user and ends, and each pgbench reference a "
+                        "fixed number of transactions of about the same rows (default: 0, timed).")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help=f"A small, fast run (for tests): {sizes}, fewer "
-                        "rows per profile; a size given explicitly wins over --quick's.")  # fmt: skip
+                        "rows per profile, 3 of the levers; a size given explicitly wins over --quick's.")  # fmt: skip
     parser.add_argument(
         "--only",
         action="append",
@@ -169,7 +182,9 @@ class Bench:
         results: dict = {"machine": self.machine()}
         for part in PARTS:
             if part.name in wanted:
+                started = time.monotonic()
                 results[part.name] = part.measure(self, pools, results)
+                _progress(f"{part.name} measured in {time.monotonic() - started:.0f} s")
         return results
 
     def machine(self) -> dict:
@@ -237,6 +252,11 @@ class Bench:
         """Each strategy and its reference, back to back in each repetition, each into emptied tables, with the
         server's counters sampled around every run; our client's CPU per row from the profiles, when measured."""
         seconds = int(parse_duration(self.args.strategy_duration))
+        traces = self.args.strategy_traces
+        # A fixed volume ends by itself (its -t is a safety net); a timed run writes until -t.
+        volume, run_time = (
+            (["--traces-per-engineer", str(traces)], "10m") if traces else (["--continuous"], f"{seconds}s")
+        )
         picked = picked_strategies(self.args.strategy)
         names = [row.name for row in picked]
         rows = representative_rows(pools, BENCH_SEED)
@@ -258,8 +278,8 @@ class Bench:
                         self.fresh_tables()
                         before, redis_before = cost.sample(), process_cpu_s(redis_server.pid)
                         result = run_headless(
-                            name, self.args.strategy_users, pg_dsn=self.dsn, run_time=self.args.strategy_duration,
-                            extra=["--continuous", "--seed", str(BENCH_SEED), *services],
+                            name, self.args.strategy_users, pg_dsn=self.dsn, run_time=run_time,
+                            extra=[*volume, "--seed", str(BENCH_SEED), *services],
                         )  # fmt: skip
                         if not result.ok or result.summary["events"]["lost"]:
                             raise RuntimeError(f"{name} run failed or lost rows:\n{result.output}")
@@ -282,10 +302,15 @@ class Bench:
                             claimed, counted = copy_rows_total, count_all(self.dsn)
                         else:
                             pooled = row.reference == "pooled"
+                            kind = "batched" if pooled else row.reference
+                            length = (
+                                {"seconds": seconds}
+                                if not traces
+                                else {"transactions": max(1, written // (row.connections * ROWS_PER_TRANSACTION[kind]))}
+                            )  # the fixed volume: about the rows the strategy wrote
                             run = run_pgbench(
-                                self.dsn, "batched" if pooled else row.reference, rows, clients=row.connections,
-                                seconds=seconds, protocol="extended" if pooled else "prepared",
-                                through=bouncer.dsn if pooled else None,
+                                self.dsn, kind, rows, clients=row.connections, **length,
+                                protocol="extended" if pooled else "prepared", through=bouncer.dsn if pooled else None,
                             )  # fmt: skip
                             rate, claimed, counted = run.rows_per_s, run.rows_claimed, run.rows_counted
                         costs[name]["reference"].append(
@@ -300,7 +325,8 @@ class Bench:
         base = baseline().name
         return {
             "users": self.args.strategy_users,
-            "duration": self.args.strategy_duration,
+            "duration": self.args.strategy_duration if not traces else None,
+            "traces_per_user": traces or None,
             "rows_per_s": {name: figure.as_dict() for name, figure in ours.items()},
             "reference": {row.name: reference_label(row) for row in picked},
             "connections": {row.name: None if row.bench_reference else row.connections for row in picked},
@@ -357,6 +383,8 @@ class Bench:
         lz4 = self.supports_lz4()
         levers = {}
         for label, extra in LEVERS:
+            if self.args.quick and label not in QUICK_LEVERS:
+                continue
             if "lz4" in extra and not lz4:
                 levers[label] = {"skipped": "this server was built without lz4 (try --pg-bin)"}
                 continue

@@ -70,9 +70,14 @@ def _fig(data: dict) -> str:
 
 def _strategy_lines(strategies: dict) -> list[str]:
     """Ours vs the C client per strategy, the goal, and what each costs the server per row."""
+    length = (
+        f"{strategies['duration']} each, --continuous"
+        if strategies.get("traces_per_user") is None
+        else f"{strategies['traces_per_user']} traces each, a fixed volume"
+    )
     lines = [
-        f"Strategies against their C-client references ({strategies['users']} users, {strategies['duration']} "
-        "each, --continuous; the reference with the strategy's connection count, in the same run):",
+        f"Strategies against their C-client references ({strategies['users']} users, {length}; the reference with "
+        "the strategy's connection count, in the same run):",
         "",
         "| strategy | ours, rows/s | reference | reference, rows/s | ours / reference | goal | client us/row |",
         "|---|--:|---|--:|--:|---|--:|",

@@ -1,0 +1,1 @@
+"""`firehose capacity`: the largest population of engineers a PostgreSQL serves, per strategy."""
