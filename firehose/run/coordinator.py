@@ -87,6 +87,7 @@ class Coordinator:
         self.workers = WorkerLedger(environment.runner) if self.is_master else None
         self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
+        self._summary_kept = False
         self.summary_extras: dict[str, Callable[[], object]] = {
             "connection_budget": lambda: self.connection_budget,
             "disk_guard": self.disk_guard.report,
@@ -152,7 +153,7 @@ class Coordinator:
             run_id, seed, int(time.time() * 1e6), addresses, users=self.options.num_users or 0,
             processes=max(writing_processes, 1),
         )  # fmt: skip
-        self.started_at, self.summary = time.time(), None
+        self.started_at, self.summary, self._summary_kept = time.time(), None, False
         self.reports, self.unaccounted = {}, []
         if self.workers is not None:
             self.workers.begin(run_id)
@@ -322,8 +323,6 @@ class Coordinator:
         sys.stdout.flush()
         if self.options.summary_json:
             self.summary.write_json(self.options.summary_json)
-        if (ref := kept.keep(self.postgres, self.summary.as_dict())) is not None:
-            logger.info("run %d kept as %s (firehose runs, firehose compare)", self.run.run_id, ref)
         if self.options.junit:
             checks.write_junit(self.options.junit, check_results, f"run{self.run.run_id}")
         # Always set: Locust's own rule (failed requests -> 1) would count the round trips a restart broke.
@@ -333,6 +332,15 @@ class Coordinator:
         elif code is ExitCode.OK and (self._failures_not_retried() or self.environment.runner.exceptions):
             code = of_failures(self.options.exit_code_on_error)
         self.environment.process_exit_code = code
+
+    def keep_summary(self) -> None:
+        """Keep the run's summary (database and local store: firehose.run.kept), once; the lifecycle calls it after
+        the web UI shows the run's end, which it would otherwise delay."""
+        if self.summary is None or self._summary_kept:
+            return
+        self._summary_kept = True
+        if (ref := kept.keep(self.postgres, self.summary.as_dict())) is not None:
+            logger.info("run %d kept as %s (firehose runs, firehose compare)", self.run.run_id, ref)
 
     def _failures_not_retried(self) -> int:
         """Locust's failed requests but the round trips a lost connection broke (retried: not failures of the run)."""

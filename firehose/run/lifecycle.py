@@ -130,7 +130,7 @@ class Firehose:
 
     def on_test_stop(self) -> None:
         """Drain (the coordinator drains this process's users first, then the workers', and summarises), then
-        show the run's end in the web UI (which reports the run as running until then)."""
+        show the run's end in the web UI (which reports the run as running until then), then keep the summary."""
         if self.coordinator is None:
             self.process.drain()
             return
@@ -138,6 +138,7 @@ class Firehose:
             self.coordinator.on_test_stop()
         finally:
             self.telemetry.end(self.coordinator.summary)
+        self.coordinator.keep_summary()
 
     def on_spawning_complete(self) -> None:
         if self.coordinator is not None:
