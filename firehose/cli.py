@@ -23,6 +23,7 @@ COMMANDS = {
     "runs": "firehose.tools.runs.listing",
     "compare": "firehose.tools.runs.comparing",
     "run": "firehose.tools.runs.repeat",
+    "valve": "firehose.admin.valve",
 }
 """Subcommand name -> the module that implements it."""
 

@@ -13,7 +13,15 @@ from typing import Literal
 
 from locust import User
 
-from users import BatchedEngineer, CopyEngineer, NaiveEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer
+from users import (
+    BatchedEngineer,
+    CopyEngineer,
+    NaiveEngineer,
+    PooledEngineer,
+    StreamEngineer,
+    ValidatedCopyEngineer,
+    ValveEngineer,
+)
 from users.engineer import Engineer
 from writers.base import Writer
 
@@ -71,6 +79,7 @@ STRATEGIES: list[Strategy] = [
     Strategy(CopyEngineer, reference="copy", goal=0.85),
     Strategy(StreamEngineer, reference="copy", goal=0.80, bench_reference=CopyEngineer),
     Strategy(ValidatedCopyEngineer, reference="copy"),
+    Strategy(ValveEngineer, reference="copy", goal=0.90, bench_reference=CopyEngineer),
 ]
 """Every write strategy, the baseline (every ratio is taken against it) first, in the order reports list them."""
 

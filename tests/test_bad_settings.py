@@ -39,12 +39,14 @@ from users import (
     PooledEngineer,
     StreamEngineer,
     ValidatedCopyEngineer,
+    ValveEngineer,
 )
 
 REFUSAL_S = 10
 """The issue's bound on a refusal; a refused run starts nothing, so it takes about Locust's start-up."""
 USER_CLASSES = [
-    CopyEngineer, NaiveEngineer, BatchedEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer, Analyst
+    CopyEngineer, NaiveEngineer, BatchedEngineer, PooledEngineer, StreamEngineer, ValidatedCopyEngineer, ValveEngineer,
+    Analyst,
 ]  # fmt: skip
 """The user classes locustfile.py registers."""
 COMMON = ("--headless", "-u", "1", "-t", "30s")
@@ -123,6 +125,8 @@ BAD_VALUES = [
     (["--copy-batch-size", "0"], "firehose: --copy-batch-size must be at least 1, got 0", "copy_batch_size"),
     (["--disk-budget", "lots"], "firehose: --disk-budget: 'lots' is not a size: give bytes with a unit, e.g. 500MB "
      "or 2GB", "disk_budget"),
+    (["--valve-max-spool", "lots"], "firehose: --valve-max-spool: 'lots' is not a size: give bytes with a unit, e.g. "
+     "500MB or 2GB", "valve_max_spool"),
 ]  # fmt: skip
 """Item by item, the values of issue 18's item 11 (and sizes of earlier issues) with the line each gets."""
 
@@ -154,7 +158,7 @@ def test_an_unknown_class_name(capsys):
     line = _parse_refused(capsys, "CopyEngineer", "CopyEngineerz")
     assert line == (
         "firehose: unknown user class CopyEngineerz: choose from CopyEngineer, NaiveEngineer, BatchedEngineer, "
-        "PooledEngineer, StreamEngineer, ValidatedCopyEngineer, Analyst"
+        "PooledEngineer, StreamEngineer, ValidatedCopyEngineer, ValveEngineer, Analyst"
     )
 
 

@@ -35,13 +35,13 @@ def test_quick_bench_writes_results(quick_bench):
     e2e = results["end_to_end"]
     assert e2e["rows"] > 0 and e2e["raw_copy_rows_per_s"]["values"] and e2e["copy_engineer_rows_per_s"]["values"]
     strategies = results["strategies"]
-    names = {"NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer", "StreamEngineer"}
+    names = {"NaiveEngineer", "BatchedEngineer", "PooledEngineer", "CopyEngineer", "StreamEngineer", "ValveEngineer"}
     assert set(strategies["rows_per_s"]) == set(strategies["reference_rows_per_s"]) == names
     assert all(figure["values"] for figure in strategies["rows_per_s"].values())
     assert all(figure["values"] for figure in strategies["reference_rows_per_s"].values())
     assert set(strategies["ratio_to_reference"]) == set(strategies["goal"]) == names
     # Each C-client reference wrote at least the rows it claims (counted in the database afterwards).
-    for name in names - {"StreamEngineer"}:  # the stream's reference is CopyEngineer's run
+    for name in names - {"StreamEngineer", "ValveEngineer"}:  # their reference is CopyEngineer's run
         [check] = strategies["reference_rows"][name]
         assert 0 < check["rows_claimed"] <= check["rows_counted"], name
     for name in names:
@@ -57,6 +57,11 @@ def test_quick_bench_writes_results(quick_bench):
         stream["redis_cpu_us_per_row"] >= 0
     )  # read from /proc (None would fail): 10 ms ticks, a quick run may spend less
     assert stream["us_per_row"]["producer: XADDs (pipelined), payloads, round trips, request events"] > 0
+    # The valve's Redis too (its pointers), and its own profile: the spool's steps and the chunks' wait.
+    assert strategies["server_cost"]["ValveEngineer"]["ours"]["redis_cpu_us_per_row"] >= 0
+    valve = results["profiles"]["ValveEngineer"]
+    assert valve["rows"] > 0 and valve["spool_chunks"] > 0 and valve["spool_ms_per_chunk"] > 0
+    assert valve["us_per_row"]["consumer: rows read from the spool files"] > 0
     assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
     assert results["client_profile"]["client_cpu_us_per_row"] > 0
     assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0

@@ -29,6 +29,7 @@ LOCUST_OPTIONS = {
     "--pg-dsn": "FIREHOSE_PG_DSN",
     "--pgbouncer-dsn": "FIREHOSE_PGBOUNCER_DSN",
     "--redis-url": "FIREHOSE_REDIS_URL",
+    "--analyst-dsn": "FIREHOSE_ANALYST_DSN",
 }
 COMPOSE_TIMEOUT_S = 30
 _DEFAULTED = re.compile(r"\$\{(\w+):?-([^}]*)\}")
@@ -193,7 +194,9 @@ def test_start_order_waits_for_health(services):
         for dependency, condition in _depends_on(service).items():
             if condition == "service_healthy":
                 assert "healthcheck" in services[dependency], f"{name} waits for {dependency}, which has no healthcheck"
-    assert _depends_on(services["master"]) == dict.fromkeys(("postgres", "pgbouncer", "redis"), "service_healthy")
+    assert _depends_on(services["master"]) == dict.fromkeys(
+        ("postgres", "replica", "pgbouncer", "redis"), "service_healthy"
+    )
     assert _depends_on(services["worker"]) == {"master": "service_healthy"}
 
 

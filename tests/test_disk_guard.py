@@ -5,13 +5,16 @@ run on the budget."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import os
+import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import gevent
 import pytest
 
-from firehose.run.disk_guard import floor_bytes, parse_size
+from firehose.run.disk_guard import DiskGuard, floor_bytes, parse_size
 from firehose.run.exit_codes import ExitCode
 from firehose.tools.headless import locust_command, run_bounded
 from tests.conftest import load_summary, run_locust, spans_in
@@ -36,6 +39,29 @@ def test_a_floor_may_be_a_share_of_the_volume():
     assert floor_bytes("1GB", 200 * 1024**3) == 1024**3
     with pytest.raises(ValueError, match="not a size"):
         parse_size("lots")
+
+
+def _free(folder) -> int:
+    volume = os.statvfs(folder)
+    return volume.f_bavail * volume.f_frsize
+
+
+def test_the_floor_watches_the_valves_spool_on_its_own_volume(tmp_path):
+    """A spool on another volume than the data directory's (tmpfs here) counts in the floor: set between the two
+    volumes' free bytes, the floor is crossed on the spool's volume only."""
+    spool = Path(tempfile.mkdtemp(prefix="firehose-spool-", dir="/dev/shm"))
+    try:
+        if os.stat(spool).st_dev == os.stat(tmp_path).st_dev or _free(spool) >= _free(tmp_path):
+            pytest.skip("needs a spool volume with less free space than the data directory's")
+        floor = (_free(spool) + _free(tmp_path)) // 2
+        guard = DiskGuard("", budget=None, floor=str(floor), data_dir=tmp_path, on_crossed=lambda _: None)
+        assert guard._crossed(None) is None
+        guard.also_watch(spool)
+        assert f"free on the volume of {spool}, under --disk-floor" in guard._crossed(None)
+        guard.also_watch(tmp_path / "on-the-data-volume")  # the data directory's volume: watched already
+        assert guard.also_watched == [spool]
+    finally:
+        shutil.rmtree(spool)
 
 
 def _stopped_run(dsn: str, tmp_path, *guard: str) -> tuple[str, dict]:

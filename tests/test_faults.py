@@ -37,6 +37,7 @@ SMALL_BATCHES = {
     "CopyEngineer": ("--copy-batch-size", "200"),
     "NaiveEngineer": (),
     "PooledEngineer": ("--pooled-batch-size", "100"),
+    "ValveEngineer": (),
 }
 """Batches small enough that rows reach the database while the engineers write (one INSERT per event: naive)."""
 RUN_TIMEOUT_S = 240
@@ -87,6 +88,15 @@ def _reconciles(summary: dict) -> None:
 @pytest.mark.parametrize("strategy", ["CopyEngineer", "NaiveEngineer"])
 def test_a_postgresql_restart_mid_run_loses_nothing(postgres, dsn, tmp_path, mode, strategy):
     _reconciles(_run_with_fault(dsn, strategy, lambda _alive: postgres.restart(mode), tmp_path=tmp_path))
+
+
+def test_a_postgresql_immediate_restart_mid_valve_run_loses_nothing_and_empties_the_spool(postgres, dsn, tmp_path):
+    """The valve's consumers ride out crash recovery; their pointers settled, every chunk file is gone."""
+    spool = tmp_path / "spool"
+    options = ("--valve-spool", str(spool), "--valve-batch-size", "200")
+    restart = lambda _alive: postgres.restart("immediate")  # noqa: E731
+    _reconciles(_run_with_fault(dsn, "ValveEngineer", restart, *options, tmp_path=tmp_path))
+    assert not list(spool.iterdir()), "a chunk file outlived its pointer"
 
 
 def test_a_copy_run_across_two_processes_survives_two_restarts_and_exits_0(postgres, dsn, tmp_path):

@@ -136,6 +136,10 @@ def test_each_row_reads_its_writer():
         assert row.services == row.writer.services
         assert row.connections > 0, row.name
     assert strategies.baseline().own_reference
-    assert [row.name for row in STRATEGIES if not row.own_reference] == ["StreamEngineer", "ValidatedCopyEngineer"]
+    assert [row.name for row in STRATEGIES if not row.own_reference] == [
+        "StreamEngineer",
+        "ValidatedCopyEngineer",
+        "ValveEngineer",
+    ]
     with pytest.raises(ValueError, match="unknown strategies NoSuchEngineer"):
         strategies.strategy_named("NoSuchEngineer")

@@ -31,6 +31,7 @@ from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import TABLES
 from writers.delivery import RetryPolicy
+from writers.spool import chunk_files
 from writers.stream import StreamWriter
 
 pytestmark = pytest.mark.slow
@@ -66,13 +67,21 @@ def _run_key(client: redis.Redis) -> str:
     return client.keys("firehose:*:events")[0].decode()
 
 
-@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "kill-9"])
-def test_a_redis_restart_mid_run_loses_nothing(dsn, tmp_path, local_redis, kill):
-    summary_path = tmp_path / "summary.json"
+@pytest.mark.parametrize(
+    ("strategy", "kill"),
+    [("StreamEngineer", False), ("StreamEngineer", True), ("ValveEngineer", True)],
+    ids=["sigterm", "kill-9", "valve-kill-9"],
+)
+def test_a_redis_restart_mid_run_loses_nothing(dsn, tmp_path, local_redis, strategy, kill):
+    """The valve's pointers ride the restart as the stream's entries do; its spool is empty after the run."""
+    summary_path, spool = tmp_path / "summary.json", tmp_path / "spool"
+    options = {
+        "StreamEngineer": ("--stream-max-len", "500", "--stream-claim-idle", "1"),
+        "ValveEngineer": ("--valve-spool", str(spool), "--valve-claim-idle", "1"),
+    }
     command = locust_command(
-        "StreamEngineer", "-u", "10", "-r", "10", "-t", "12s", "--continuous",
-        "--stream-max-len", "500", "--stream-claim-idle", "1", "--pg-dsn", dsn, "--redis-url", local_redis.url,
-        "--summary-json", str(summary_path),
+        strategy, "-u", "10", "-r", "10", "-t", "12s", "--continuous", *options[strategy],
+        "--pg-dsn", dsn, "--redis-url", local_redis.url, "--summary-json", str(summary_path),
     )  # fmt: skip
     client = redis.Redis.from_url(local_redis.url)
     with tempfile.TemporaryFile("w+") as output:
@@ -95,6 +104,9 @@ def test_a_redis_restart_mid_run_loses_nothing(dsn, tmp_path, local_redis, kill)
     events = load_summary(summary_path)["events"]
     assert events["lost"] == 0 and events["duplicates"] == 0 and events["failed"] == 0, events
     assert events["acknowledged"] == events["in_database"] == events["generated"] > 0, events
+    assert not chunk_files(spool), "a chunk file outlived its pointer"
+    if strategy == "ValveEngineer":  # no pointer left unstored: nothing "spooled, not written"
+        assert load_summary(summary_path)["valve"] == []
 
 
 def _worker(port: int, dsn: str, redis_url: str, output) -> subprocess.Popen:

@@ -241,3 +241,9 @@ def test_a_short_sweep_writes_every_result_file(dsn, tmp_path):
     assert set(references) == {"NaiveEngineer", "CopyEngineer"}
     assert all(0 < ref["rows_claimed"] <= ref["rows_counted"] for ref in references.values())
     assert (out / "sweep.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_default_sweep_runs_the_valve_beside_the_stream_and_copy():
+    """Every strategy of the table is in the default sweep's grid (its table and chart), the valve included."""
+    strategies = plan_from_args(cli.build_parser().parse_args(["sweep"])).strategies
+    assert {"CopyEngineer", "StreamEngineer", "ValveEngineer"} <= set(strategies)

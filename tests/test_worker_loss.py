@@ -19,9 +19,11 @@ import pytest
 
 from firehose.run.exit_codes import ExitCode
 from firehose.tools.bench.crash_cost import CONTINUOUS, KilledWorkerRun, run_and_kill_a_worker
-from firehose.tools.locust_processes import wait_for
+from firehose.tools.locust_processes import rows_of_key, wait_for
 from firehose.tools.headless import locust_command
 from tests.conftest import REPO, load_summary, validate_summary
+from writers.spool import chunk_files, partial_files
+from writers.valve import flush_spool
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +117,22 @@ def test_a_stream_workers_crash_is_named_with_its_rows_and_nothing_else_is_lost(
     assert dead["lost_with_it_at_least"] == max(dead["received"] - dead["in_database"], 0)
     (survivor,) = summary["processes"]
     assert survivor["lost"] == 0 and summary["events"]["lost"] == 0 and summary["events"]["duplicates"] == 0
+
+
+def test_a_valve_workers_crash_costs_nothing_once_its_spool_is_flushed(dsn, tmp_path):
+    """The valve's crash bound: what the victim returned to its engineers is in chunk files on this disk; the
+    survivor stores what it pointed to (claimed), `flush_spool` the rest, each row once, and no chunk is left."""
+    spool = tmp_path / "spool"
+    valve = ("--valve-spool", str(spool), "--valve-claim-idle", "2")
+    run = _killed(dsn, "ValveEngineer", tmp_path, *CONTINUOUS, "-t", "8s", *valve)
+    summary = run.summary
+    assert run.returncode == ExitCode.INCOMPLETE and summary["run"]["verdict"] == "INCOMPLETE", run.output[-4000:]
+    (dead,) = summary["unaccounted"]
+    (survivor,) = summary["processes"]
+    assert survivor["lost"] == 0 and summary["events"]["duplicates"] == 0, summary["events"]
+    flush_spool(dsn, spool)
+    assert rows_of_key(dsn, run.victim_key) >= dead["received"] > 0, dead
+    assert not chunk_files(spool) and not partial_files(spool)
 
 
 def test_a_worker_past_the_drain_timeout_is_named_not_waited_for(dsn, tmp_path):

@@ -11,6 +11,7 @@ from users.engineer import (
     PooledEngineer,
     StreamEngineer,
     ValidatedCopyEngineer,
+    ValveEngineer,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "PooledEngineer",
     "StreamEngineer",
     "ValidatedCopyEngineer",
+    "ValveEngineer",
 ]

@@ -42,6 +42,8 @@ LATENCY_HIGHEST_US = 3_600_000_000
 """An HDR histogram's range, in microseconds: 1 us to an hour, far beyond any query's time."""
 LATENCY_DIGITS = 3
 """Significant digits the histogram keeps: 0.1 % error, where Locust's own figures keep about 2 digits."""
+RECOVERY_CONFLICT = "40001"
+"""SQLSTATE of a query a hot standby cancelled to replay WAL that conflicts with it (counted apart)."""
 PERCENTILE_METHOD = "HdrHistogram (3 significant digits), merged across processes"
 APPLICATION_NAME = "firehose analysts"
 """The analysts' connections' application_name: pg_stat_activity (and `firehose chaos`'s CPU accounting) tells
@@ -70,6 +72,8 @@ class QueryStats:
     rows: int = 0
     during_writes: int = 0
     """Executions while this process's writers committed rows (more were acknowledged after than before)."""
+    conflicts: int = 0
+    """Failures that were recovery conflicts: a hot standby cancelled the query (SQLSTATE 40001) so as to replay."""
     histogram: HdrHistogram = field(
         default_factory=lambda: HdrHistogram(LATENCY_LOWEST_US, LATENCY_HIGHEST_US, LATENCY_DIGITS)
     )
@@ -171,6 +175,7 @@ class QueryRunner(Part):
             stats.histogram.record_value(min(elapsed_us, LATENCY_HIGHEST_US))
         else:
             stats.failures += 1
+            stats.conflicts += getattr(error, "sqlstate", None) == RECOVERY_CONFLICT
         self.events.request.fire(
             request_type="SQL",
             name=name,
@@ -216,6 +221,7 @@ class QueryRunner(Part):
                 "failures": stats.failures,
                 "rows": stats.rows,
                 "during_writes": stats.during_writes,
+                "conflicts": stats.conflicts,
                 "histogram": stats.histogram.encode().decode("ascii"),
             }
             for name, stats in self.stats.items()
@@ -241,9 +247,9 @@ def merge_reports(reports: list[dict]) -> dict:
     histograms: dict[str, HdrHistogram] = {}
     for report in reports:
         for name, part in report.items():
-            total = merged.setdefault(name, {"count": 0, "failures": 0, "rows": 0, "during_writes": 0})
+            total = merged.setdefault(name, {"count": 0, "failures": 0, "rows": 0, "during_writes": 0, "conflicts": 0})
             for key in total:
-                total[key] += part[key]
+                total[key] += part.get(key, 0)
             histogram = histograms.setdefault(name, HdrHistogram(LATENCY_LOWEST_US, LATENCY_HIGHEST_US, LATENCY_DIGITS))
             histogram.decode_and_add(part["histogram"].encode("ascii"))
     for name, total in merged.items():
@@ -265,6 +271,10 @@ def render_queries(queries: dict) -> list[str]:
             f"{_ms(p50):>10}{_ms(p95):>10}{_ms(p99):>10}"
         )
     lines.append(f"query percentiles: {next(iter(queries.values()))['percentile_method']}")
+    if conflicts := sum(query["conflicts"] for query in queries.values()):
+        lines.append(
+            f"recovery conflicts (queries the replica cancelled, SQLSTATE 40001; among the failed): {conflicts:,}"
+        )
     return lines
 
 

@@ -25,6 +25,7 @@ from writers.naive import NaiveWriter
 from writers.pooled import PooledWriter
 from writers.stream import StreamWriter
 from writers.validated import ValidatedCopyWriter
+from writers.valve import ValveWriter
 
 
 class Engineer(RunUser):
@@ -127,6 +128,13 @@ class StreamEngineer(Engineer):
     """Writes each trace to a Redis Stream; the process's consumer greenlets COPY batches of 5,000 rows from it."""
 
     writer_class = StreamWriter
+
+
+class ValveEngineer(Engineer):
+    """Writes each trace to a local spool file (fsynced) and a pointer to it in Redis; the process's consumers COPY
+    the pointed-to rows from the spool (Redis as the valve, not the store)."""
+
+    writer_class = ValveWriter
 
 
 class ValidatedCopyEngineer(Engineer):

@@ -36,7 +36,7 @@ from telemetry.layout import TABLES
 from writers.base import OnFatal, Writer, WriterContext
 from writers.copy import copy_data
 from writers.delivery import RetryPolicy, SetupError
-from writers.stream_consumer import HANDED_AT, StreamConsumers, StreamKeys
+from writers.stream_consumer import HANDED_AT, Entry, StreamConsumers, StreamKeys
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,12 @@ class StreamWriter(Writer):
     services = ("redis",)
     default_pool_size = CONSUMERS
     lost_connection_errors = (redis.ConnectionError, redis.TimeoutError)
+    senders = SENDERS
+    """Sender greenlets per process (see SENDERS)."""
+    pipeline_traces = PIPELINE_TRACES
+    """Traces a sender takes from the queue at once (see PIPELINE_TRACES)."""
+    rows_per_entry = ROWS_PER_ENTRY
+    """Rows in one stream entry on average: turns --stream-batch-size into XREADGROUP's COUNT."""
 
     def __init__(
         self,
@@ -97,7 +103,7 @@ class StreamWriter(Writer):
     ) -> None:
         super().__init__(events, on_fatal, retry_policy)
         self.tally.track_hand_over = False  # rows are acknowledged by whichever process consumes them
-        self.keys = StreamKeys.of_run(run_id)
+        self.keys = self.stream_keys(run_id)
         self.stream, self.group, self.refused_stream = self.keys.stream, self.keys.group, self.keys.refused
         self.max_len = max_len
         self.claim_idle_ms = max(1, round(claim_idle_s * 1000))
@@ -113,12 +119,12 @@ class StreamWriter(Writer):
         self._last_id: tuple[int, int] | None = None
         self._outbox: Queue = Queue()
         """Traces waiting for a sender: (payload, rows, the engineer's AsyncResult); None stops a sender."""
-        self._senders = [gevent.spawn(self._send_forever) for _ in range(SENDERS)]
+        self._senders = [gevent.spawn(self._send_forever) for _ in range(self.senders)]
         self._polling = Semaphore()
         self._closing = False
         self._writes = 0
         """`write` calls under way, waiting for room included: `close` waits for them before judging the stream."""
-        self._consumers = StreamConsumers(self, conninfo, consumers, per_read=max(1, batch_size // ROWS_PER_ENTRY))
+        self._consumers = StreamConsumers(self, conninfo, consumers, per_read=max(1, batch_size // self.rows_per_entry))
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -216,14 +222,18 @@ class StreamWriter(Writer):
         self._wait_until(lambda: self.given_up() or self.redis.xlen(self.stream) == 0, self.stream)
         self._consumers.stop()
         if self.retry_policy.gone is not None:
-            try:
-                left = self.redis.xlen(self.stream)
-            except redis.RedisError:
-                left = "its"
-            logger.error(
-                "the database is gone: %s entries stay in Redis stream %s, not written to PostgreSQL", left, self.stream
-            )
+            self._report_left()
         self._redis_pool.disconnect()
+
+    def _report_left(self) -> None:
+        """Say what stays behind, not written, once the database is gone."""
+        try:
+            left = self.redis.xlen(self.stream)
+        except redis.RedisError:
+            left = "its"
+        logger.error(
+            "the database is gone: %s entries stay in Redis stream %s, not written to PostgreSQL", left, self.stream
+        )
 
     def gauges(self) -> dict[str, int]:
         """The run's stream now: entries waiting (length) and entries read but not yet acknowledged (pending)."""
@@ -245,6 +255,17 @@ class StreamWriter(Writer):
         self.tally.receive(rows)
         for table, lines in rows.by_table():
             self.tally.failed[table] += len(lines)
+
+    def stream_keys(self, run_id: int) -> StreamKeys:
+        """The Redis keys this writer produces to and consumes from: the run's one stream."""
+        return StreamKeys.of_run(run_id)
+
+    def read_entries(self, entries: list[Entry]) -> list[Entry]:
+        """The entries a consumer read, with their rows (a stream entry holds them: as they are)."""
+        return entries
+
+    def entries_settled(self, entries: list[Entry]) -> None:
+        """Called once a consumer has settled these entries (stored and acknowledged)."""
 
     def create_group(self) -> None:
         """The run's consumer group (and stream), unless another process (or this one, before a restart) made it."""
@@ -288,16 +309,20 @@ class StreamWriter(Writer):
             with self._polling:
                 while self._backlog() >= self.max_len:
                     added = self._added
-                    length = self._with_redis(lambda: self.redis.xlen(self.stream))
+                    length = self._measure_backlog()
                     self._length = length + self._added - added  # own XADDs that completed meanwhile
                     if self._backlog() >= self.max_len:
                         gevent.sleep(ROOM_POLL_S)
+
+    def _measure_backlog(self) -> int:
+        """The backlog now, in the unit of `max_len`: the stream's length."""
+        return self._with_redis(lambda: self.redis.xlen(self.stream))
 
     def _send_forever(self) -> None:
         """XADD the queued traces, up to PIPELINE_TRACES per round trip, until told to stop."""
         while (first := self._outbox.get()) is not None:
             batch = [first]
-            while len(batch) < PIPELINE_TRACES:
+            while len(batch) < self.pipeline_traces:
                 try:
                     item = self._outbox.get_nowait()
                 except Empty:

@@ -173,6 +173,7 @@ class StreamConsumers:
 
     def _process(self, entries: list[Entry], *, claimed: bool) -> None:
         """COPY a batch table by table, then settle its entries. Claimed ones may be in the database already."""
+        entries = self.writer.read_entries(entries)
         refused = []
         for batch in by_table(entries):
             outcome = self._copy(batch, deduplicate=claimed)
@@ -181,6 +182,7 @@ class StreamConsumers:
             if outcome is Outcome.REFUSED:
                 refused.append(batch.table)
         acked = settle(self.writer.redis, self.writer.keys, entries, keep_refused=bool(refused))
+        self.writer.entries_settled(entries)
         if refused:
             logger.error(
                 "%d entries refused by %s kept in %s", len(entries), ", ".join(refused), self.writer.keys.refused

@@ -2,8 +2,9 @@
 
 `firehose reset` empties the telemetry tables and the runs' bookkeeping (TRUNCATE: the space goes back to the
 volume at once) and gives back the write-ahead log's space too (`give_back_wal`); `--remove` deletes the data
-directory whole (the next run creates a fresh one). Either refuses, with one line and exit code 2, while the
-server runs (its postmaster.pid names a live process): a run is using it.
+directory whole (the next run creates a fresh one). Either also removes the `--replica` made of it (its directory
+beside it, and its replication slot, which would keep the WAL from being given back). Either refuses, with one line
+and exit code 2, while the server or its replica runs (its postmaster.pid names a live process): a run is using it.
 `make clean` calls `firehose reset --remove`. A run says at start how large the data directory is once it passes
 2 GB, with this command.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import psycopg
 
 from firehose.run.disk_guard import directory_size, pretty
+from services import replica
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres, default_data_dir
 
@@ -66,10 +68,12 @@ def running_pid(data_dir: Path) -> int | None:
 
 
 def empty(data_dir: Path) -> None:
-    """Start the server on a free port of its own, TRUNCATE what runs left, give the WAL back, stop it."""
+    """Start the server on a free port of its own, TRUNCATE what runs left, remove its replica (and slot), give the
+    WAL back, stop it."""
     server = EmbeddedPostgres(data_dir, port=free_port(), settings=SMALL_WAL)
     dsn = server.start()
     try:
+        replica.remove(replica.default_replica_dir(data_dir), dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {', '.join(TABLES)}")
             give_back_wal(conn)
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if not (data_dir / "PG_VERSION").exists():
         sys.stdout.write(f"firehose reset: no embedded database in {data_dir}: nothing to do\n")
         return 0
-    if (pid := running_pid(data_dir)) is not None:
+    standby_dir = replica.default_replica_dir(data_dir)
+    if (pid := running_pid(data_dir) or running_pid(standby_dir)) is not None:
         sys.stderr.write(
             f"firehose reset: the embedded PostgreSQL in {data_dir} is running (pid {pid}) for another run: "
             f"end that run first (a server a killed run left behind: kill {pid})\n"
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         server = EmbeddedPostgres(data_dir)
         for leftover in (server.log_file, data_dir.parent / f".{data_dir.name}.lock"):
             leftover.unlink(missing_ok=True)
+        replica.remove(standby_dir, None)  # its slot went with the primary's directory
         sys.stdout.write(f"firehose reset: removed {data_dir} ({pretty(before)})\n")
     else:
         empty(data_dir)

@@ -24,4 +24,10 @@ def progress_line(view: dict, started_at: float) -> str:
         line += f", failed {total['failed']:,}, quarantined {total['quarantined']:,}, retries {total['retries']:,}"
     if (length := view["gauges"].get("stream_length")) is not None:
         line += f", stream {length:,} entries ({view['gauges'].get('stream_pending', 0):,} pending)"
+    if (pointers := view["gauges"].get("valve_pointers")) is not None:
+        gauges = view["gauges"]
+        line += f", valve {pointers:,} pointers ({gauges.get('valve_pending', 0):,} pending), spool "
+        line += f"{gauges.get('spool_bytes', 0) / 1e6:,.0f} MB"
+    if (lag := view["gauges"].get("replica_replay_lag_ms")) is not None:
+        line += f", replica replay lag {lag:,} ms ({view['gauges'].get('replica_behind_bytes', 0):,} bytes behind)"
     return line

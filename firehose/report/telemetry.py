@@ -38,6 +38,8 @@ class Telemetry:
         self.live = LiveTelemetry(local=local)
         self.history = HistoryFile(self.options.csv_prefix) if getattr(self.options, "csv_prefix", None) else None
         self._sampler: gevent.Greenlet | None = None
+        self.gauges: Callable[[], dict[str, int]] = dict
+        """Gauges of the master's own (the analysts' replica lag), added to the processes' in each view."""
         self._last_progress = 0.0
         self.progress = bool(getattr(self.options, "headless", False)) and not getattr(
             self.options, "only_summary", False
@@ -68,6 +70,7 @@ class Telemetry:
         view = self.live.sample()
         if view is None:
             return None
+        view["gauges"].update(self.gauges())
         if self.history is not None:
             self.history.offer(self.live.history[-1], final=final)
         if self.progress and not final and time.time() - self._last_progress >= PROGRESS_S:

@@ -189,7 +189,7 @@ def tab_rows(live: LiveTelemetry, *, continuous: bool = False) -> list[dict]:
     rows.append(total)
     rows.append({"name": INFO + rate_line(view, summary) + "; " + engineers_line(view, continuous)})
     if view["gauges"]:
-        rows.append({"name": f"{INFO}stream: " + ", ".join(f"{k} {v:,}" for k, v in view["gauges"].items())})
+        rows.append({"name": f"{INFO}gauges: " + ", ".join(f"{k} {v:,}" for k, v in view["gauges"].items())})
     rows.extend({"name": INFO + line} for line in query_lines((summary or view).get("queries")))
     if summary is not None:
         text = summary["text"].splitlines()

@@ -25,16 +25,18 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import gevent
 import psycopg
+import redis
 from locust import User
 from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
 from locust.stats import StatsError
 
 from firehose.report import checks
-from firehose.run import budget, disk_guard, kept, preflight, tuning
+from firehose.run import budget, disk_guard, kept, preflight, replica, tuning
 from firehose.run.endpoints import RunServices
 from firehose.run.exit_codes import ExitCode, of_failures, of_verdict
 from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, WRITER_KEY, RunStart
@@ -45,6 +47,7 @@ from firehose.run.worker_ledger import WorkerLedger
 from firehose.strategies import class_names, writer_classes
 from services.postgres import redact
 from writers.delivery import RetriedRoundTrip
+from writers.valve import ValveWriter, left_in_spools
 
 logger = logging.getLogger("firehose")
 
@@ -77,6 +80,9 @@ class Coordinator:
             raise preflight.Refused(f"--pg-setting / --jsonb-compression refused: {reason}{needs}") from None
         embedded_dir = self.services.embedded.data_dir if self.services.embedded is not None else None
         self.disk_guard = disk_guard.DiskGuard.from_options(self.postgres, self.options, embedded_dir, self.on_fatal)
+        if self._valve_selected():  # the spool's bytes count in the floor, on whichever volume it is
+            self.disk_guard.also_watch(Path(self.options.valve_spool))
+        self.disk_guard.count_wal = self.replica_how == "--replica"
         self.run: RunStart | None = None
         self.started_at = 0.0
         self.fatal: str | None = None
@@ -88,11 +94,15 @@ class Coordinator:
         self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
         self._summary_kept = False
+        self.replica_watch: replica.ReplicaWatch | None = None
         self.summary_extras: dict[str, Callable[[], object]] = {
             "connection_budget": lambda: self.connection_budget,
             "disk_guard": self.disk_guard.report,
+            "valve": self._left_in_spools,
         }
         """Sections other parts add to the summary (the lifecycle: the live totals), computed when it is made."""
+        if self.replica_how is not None:
+            self.summary_extras["replica"] = lambda: self.replica_watch.report() if self.replica_watch else None
         if self.is_master:
             environment.runner.register_message(DRAINED, self._on_drained)
             environment.runner.register_message(WRITER_KEY, self._on_writer_key)
@@ -100,11 +110,26 @@ class Coordinator:
             environment.runner.register_message(REFUSED, self._on_refused)
             environment.runner.register_message(JOIN, self._on_join)
 
+    def _valve_selected(self) -> bool:
+        writers = [getattr(user, "writer_class", None) for user in self.environment.user_classes]
+        return any(writer is not None and issubclass(writer, ValveWriter) for writer in writers)
+
+    def _left_in_spools(self) -> list[dict] | None:
+        """The valve's pointers nobody stored, per spool (None when no ValveEngineer ran, or Redis is gone)."""
+        if self.run is None or "redis" not in self.run.addresses or not self._valve_selected():
+            return None
+        try:
+            return left_in_spools(self.run.addresses["redis"], self.run.run_id)
+        except redis.RedisError as error:
+            logger.warning("valve: the run's Redis could not say what its spools hold (%s)", error)
+            return None
+
     def _check_and_start_database(self) -> None:
         """Refuse settings that cannot work (firehose.run.preflight) before anything starts, then start the database."""
         given = self.services.given
         preflight.check_options(self.options)
         disk_guard.check_options(self.options)
+        replica.check_options(self.options, given)
         if "postgres" in given:
             preflight.check_database(given["postgres"])  # before the schema step: no table of another shape touched
         if "redis" in given:
@@ -116,7 +141,10 @@ class Coordinator:
         self.connection_budget: dict | None = None
         """The run's connection budget (firehose.run.budget): checked here when headless with the classes named, else
         at each test start."""
+        self.replica_how: str | None = None
+        """How the analysts' server is a replica of the target: "--replica", "--analyst-dsn", or None (it is not)."""
         try:
+            self._start_replica(given)
             if self.services.embedded is not None:
                 disk_guard.warn_if_large(self.services.embedded.data_dir)
                 with psycopg.connect(self.services.postgres, autocommit=True) as conn:
@@ -126,6 +154,22 @@ class Coordinator:
         except preflight.Refused:
             self.services.stop()
             raise
+
+    def _start_replica(self, given: dict[str, str]) -> None:
+        """--replica: start the embedded server's replica; else an --analyst-dsn standby of the target is one."""
+        if getattr(self.options, "replica", False):
+            try:
+                self.services.start_replica(self.options.replica_port, self.options.replica_data_dir)
+            except (RuntimeError, psycopg.Error) as error:
+                reason = str(error).strip().splitlines()[0]
+                raise preflight.Refused(f"--replica could not start: {reason}", "replica") from None
+            self.replica_how = "--replica"
+        elif "analysts" in given and replica.is_replica_of(self.services.postgres, given["analysts"]):
+            self.replica_how = "--analyst-dsn"
+
+    def replica_gauges(self) -> dict[str, int]:
+        """The replica's latest lag for the live view; none without a replica."""
+        return self.replica_watch.gauges() if self.replica_watch is not None else {}
 
     def _check_budget(self, user_classes: list[type[User]]) -> dict:
         bouncer_here = "pgbouncer" not in self.services.given
@@ -158,6 +202,12 @@ class Coordinator:
         if self.workers is not None:
             self.workers.begin(run_id)
         self.disk_guard.start()
+        if self.replica_how is not None:
+            backup = self.services.replica.backup if self.services.replica is not None else None
+            self.replica_watch = replica.ReplicaWatch(
+                self.postgres, addresses["analysts"], run_id, self.replica_how, backup
+            )
+            self.replica_watch.start()
         if self.is_master:  # before Locust's spawn messages: workers have it when their test_start fires
             self.environment.runner.send_message(RUN_START, self.run.as_message())
         elif self.local is not None:
@@ -234,6 +284,8 @@ class Coordinator:
             self.reports[report["writer_key"]] = report
         if self.is_master:
             self._collect_worker_reports()
+        if self.replica_watch is not None:
+            self.replica_watch.finish(self.options.replica_catch_up)
         self._summarise()
 
     def _on_drained(self, environment: Environment, msg) -> None:
@@ -327,7 +379,9 @@ class Coordinator:
             checks.write_junit(self.options.junit, check_results, f"run{self.run.run_id}")
         # Always set: Locust's own rule (failed requests -> 1) would count the round trips a restart broke.
         code = of_verdict(self.summary.verdict())
-        if code is ExitCode.OK and not all(result["passed"] for result in check_results):
+        if code is ExitCode.OK and self.replica_watch is not None and self.replica_watch.went_away:
+            code = ExitCode.REPLICA_LOST
+        elif code is ExitCode.OK and not all(result["passed"] for result in check_results):
             code = ExitCode.CHECKS_FAILED
         elif code is ExitCode.OK and (self._failures_not_retried() or self.environment.runner.exceptions):
             code = of_failures(self.options.exit_code_on_error)

@@ -1,7 +1,8 @@
 """The disk guard: stop writing before a run spends its byte budget, or fills the server's volume.
 
 A greenlet of the coordinator checks every `CHECK_S`:
-- `--disk-budget SIZE`: the growth of `pg_database_size` since the run started (any server);
+- `--disk-budget SIZE`: the growth of `pg_database_size` since the run started (any server), with the WAL in
+  pg_wal (`pg_ls_waldir`) when a replica's slot may hold it back (`count_wal`: --replica);
 - `--disk-floor SIZE` (default `DEFAULT_FLOOR`): the free bytes on the volume of the server's data directory, for a
   server on this machine only (the embedded one, or one reached over loopback whose `SHOW data_directory` is a local
   folder). SIZE may be a share of the volume (`5%`); 0 turns the floor off.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from firehose.run.preflight import CONNECT_TIMEOUT_S, Refused
 from services.postgres import default_data_dir
+from writers.spool import parse_size  # the one size parser (the valve's --valve-max-spool reads sizes too)
 
 logger = logging.getLogger("firehose")
 
@@ -40,8 +41,6 @@ DEFAULT_FLOOR = "1GB"
 it) and for the server to shut down cleanly."""
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", ""}
 """libpq hosts that are this machine (empty: the default Unix socket)."""
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,14 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="For a server on this machine (embedded, or over loopback): stop writing once its data directory's "
         f"volume has less free space than this (e.g. 2GB, or 5%% of the volume; 0: off). Default: {DEFAULT_FLOOR}.",
     )
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as `500MB`, `2 GB`, `1.5g`, `4096` (kB, MB, GB, TB in powers of 1024, as PostgreSQL)."""
-    match = _SIZE.match(str(text))
-    if match is None:
-        raise ValueError(f"{text!r} is not a size: give bytes with a unit, e.g. 500MB or 2GB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def floor_bytes(text: str, volume_bytes: int) -> int:
@@ -83,6 +74,7 @@ def check_options(options: argparse.Namespace) -> None:
     for flag, dest, parse in (
         ("--disk-budget", "disk_budget", parse_size),
         ("--disk-floor", "disk_floor", lambda text: floor_bytes(text, 0)),
+        ("--valve-max-spool", "valve_max_spool", parse_size),
     ):
         value = getattr(options, dest, None)
         if value in (None, ""):  # the web UI's form sends "" for an empty field
@@ -180,6 +172,8 @@ class DiskGuard:
         )
         """Why a floor asked for is not watched (None when it is, or none was asked for)."""
         self.on_crossed = on_crossed
+        self.also_watched: list[Path] = []
+        """Other folders whose volume the floor watches too (the valve's spool: its bytes count in the floor)."""
         self._greenlet: gevent.Greenlet | None = None
         self.growth: int | None = None
         """The database's growth at the last look (None before the first)."""
@@ -189,6 +183,8 @@ class DiskGuard:
         """Seconds the guard could not read the database's size, summed over its outages."""
         self.blind_since: float | None = None
         """monotonic() when its current outage began; None while it watches."""
+        self.count_wal = False
+        """Count pg_wal's size with the database's: a replication slot (--replica) keeps WAL the replica needs."""
 
     @classmethod
     def from_options(
@@ -203,6 +199,12 @@ class DiskGuard:
             data_dir=data_dir if data_dir is not None else local_data_dir(conninfo),
             on_crossed=on_crossed,
         )
+
+    def also_watch(self, folder: Path) -> None:
+        """Watch the floor on `folder`'s volume too, unless it is the data directory's (watched already)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.data_dir is not None and folder.stat().st_dev != self.data_dir.stat().st_dev:
+            self.also_watched.append(folder)
 
     @property
     def active(self) -> bool:
@@ -235,7 +237,9 @@ class DiskGuard:
         }
 
     def _watch(self) -> None:
-        size = "SELECT pg_database_size(current_database())"
+        size = "SELECT pg_database_size(current_database())" + (
+            " + (SELECT coalesce(sum(size), 0)::bigint FROM pg_ls_waldir())" if self.count_wal else ""
+        )
         baseline: int | None = None
         while True:
             try:
@@ -277,12 +281,12 @@ class DiskGuard:
                 f"disk budget spent: the database grew by {pretty(growth)} since the run started, past "
                 f"--disk-budget {pretty(self.budget)}"
             )
-        if self.floor is not None:
-            volume = os.statvfs(self.data_dir)
+        for folder in (self.data_dir, *self.also_watched) if self.floor is not None else ():
+            volume = os.statvfs(folder)
             free = volume.f_bavail * volume.f_frsize
             if free < self.floor:
                 return (
-                    f"disk floor reached: {pretty(free)} free on the volume of {self.data_dir}, under --disk-floor "
+                    f"disk floor reached: {pretty(free)} free on the volume of {folder}, under --disk-floor "
                     f"{self.floor_text} ({pretty(self.floor)})"
                 )
         return None

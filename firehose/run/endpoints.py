@@ -31,6 +31,7 @@ from services.postgres import (
     redact,
 )
 from services.redis_server import LocalRedis
+from services.replica import StreamingReplica
 from services.watchdog import Watchdog
 
 logger = logging.getLogger("firehose")
@@ -165,6 +166,7 @@ class RunServices:
         self.password = secrets.token_urlsafe(PASSWORD_BYTES) if listen else None
         self.addresses: dict[str, str] = {}
         self.embedded: EmbeddedPostgres | None = None
+        self.replica: StreamingReplica | None = None
         self.watchdog = Watchdog()
         """Stops what was started here, and removes its directories, if this process dies without `stop`."""
         self._stops: list[Callable[[], None]] = []
@@ -204,6 +206,17 @@ class RunServices:
                 self._stops.append(self.embedded.stop)
                 logger.info("embedded PostgreSQL on %s (data in %s)", redact(self.postgres), self.embedded.data_dir)
         return self.postgres
+
+    def start_replica(self, port: int | None, data_dir: str | None) -> str:
+        """A streaming replica of the embedded server (services.replica), the analysts' address from now on."""
+        if self.replica is None:
+            self.replica = StreamingReplica(self.embedded, port or free_port(), data_dir, self.watchdog)
+            self.addresses["analysts"] = self.replica.start()
+            self._stops.append(self.replica.stop)
+            logger.info(
+                "replica of the embedded PostgreSQL on %s (data in %s)", redact(self.replica.dsn), self.replica.data_dir
+            )
+        return self.addresses["analysts"]
 
     def start(self, names: Iterable[str]) -> dict[str, str]:
         """Make sure each named service has an address (given, or started now); returns all addresses, the ones

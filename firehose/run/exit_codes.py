@@ -24,7 +24,10 @@ class ExitCode(IntEnum):
     """The rows reconciled, but requests failed for another reason than a lost connection (an analyst's query, rows
     the server refused) or a user's code raised: Locust's Failures and Exceptions tabs. Locust's own rule, with its
     default code 1 moved here (1 says rows were lost); `--exit-code-on-error N` (N other than 1) still wins."""
-    CHECKS_FAILED = 6
+    REPLICA_LOST = 6
+    """The rows reconciled, but the analysts' replica (--replica, or an --analyst-dsn standby) went away during the run:
+    its queries failed from then on (counted in the summary), and what it served was no longer the run's data."""
+    CHECKS_FAILED = 7
     """The rows reconciled, but a `--check` or the `--baseline` comparison failed (firehose.run.kept): each check's
     line says which, with its figure."""
 

@@ -67,14 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="EXPR",
             help='A figure the run must reach, e.g. "rows_per_s >= 15000", "freshness_p99_ms <= 3000", '
             '"query_p95_ms[service_dependency_map] <= 800" (docs/runs.md lists the figures). Repeatable; '
-            "lost == 0 is always checked; a failed check exits 6.",
+            "lost == 0 is always checked; a failed check exits 7.",
         ),
         parser.add_argument(
             "--baseline",
             default=None,
             metavar="RUN|LABEL",
             help="A stored run (its reference in `firehose runs`, or a run id) or label to compare rows/s with: "
-            "the run fails (exit 6) when it is more than --max-regression below it.",
+            "the run fails (exit 7) when it is more than --max-regression below it.",
         ),
         parser.add_argument(
             "--max-regression",

@@ -24,7 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
 from firehose.report.telemetry import Telemetry
-from firehose.run import budget, disk_guard, endpoints, kept, parts, tuning
+from firehose.run import budget, disk_guard, endpoints, kept, parts, replica, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused, check_options
@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_arguments(parser)
     disk_guard.add_arguments(parser)
     kept.add_arguments(parser)
+    replica.add_arguments(parser)
     for part in parts.PARTS:
         part.add_arguments(parser)
 
@@ -101,6 +102,7 @@ class Firehose:
             self.telemetry = telemetry = Telemetry(
                 environment, self._local_snapshot if self.process else None, check_form_options
             )
+            telemetry.gauges = coordinator.replica_gauges
             coordinator.summary_extras["live"] = lambda: telemetry.final_totals(coordinator.reports.values())
             # The target is the database: Locust's Host field shows it (redacted), and its "no host" warning goes.
             environment.host = redact(coordinator.postgres)

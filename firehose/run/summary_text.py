@@ -7,7 +7,7 @@ last (the web UI shows that line on its own).
 
 from __future__ import annotations
 
-from firehose.run import disk_guard, parts
+from firehose.run import disk_guard, parts, replica
 
 
 def render(figures: dict, ended_at: float) -> str:
@@ -52,6 +52,14 @@ def render(figures: dict, ended_at: float) -> str:
         lines.append("the database could not be reached to count the rows: in database = acknowledged")
     if guard := figures.get("disk_guard"):
         lines.extend(disk_guard.render(guard))
+    for spool in figures.get("valve") or ():
+        host, _, directory = spool["spool"].partition(":")
+        lines.append(
+            f"spooled, not written: {spool['rows']:,} rows behind {spool['pointers']:,} pointers in spool "
+            f"{directory} on {host} (load them there with `firehose valve flush --spool {directory}`)"
+        )
+    if section := figures.get("replica"):
+        lines.extend(replica.render(section))
     if run["stopped_by"]:
         lines.append(f"stopped by an error of the setup: {run['stopped_by']}; {events['lost']:,} rows not written")
     for worker in figures["unaccounted"]:

@@ -25,6 +25,9 @@ SAMPLE_S = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_CLASSES = ("server: writers' backends", "server: analysts' backends", "server: background")
 CLIENT_CLASS = "client: Locust processes"
+REPLICA_CLASSES = ("replica: startup and walreceiver", "replica: analysts' backends", "replica: background")
+"""A streaming replica's processes on this machine: replaying WAL (startup) and receiving it, serving the analysts,
+and the rest (checkpointer, ...)."""
 
 
 def _cpu_ticks(pid: int) -> int | None:
@@ -46,11 +49,14 @@ def _busy_ticks() -> tuple[int, int]:
 class CpuUsage:
     """Samples who used the CPU from `start` to `stop`; `as_dict` gives CPU seconds per class of process."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, replica_dsn: str | None = None) -> None:
+        """`replica_dsn`: a streaming replica on this machine too, its processes counted apart."""
         self.dsn = dsn
+        self.replica_dsn = replica_dsn
         self._ticks: dict[int, tuple[str, int]] = {}
         self._baseline: dict[int, int] = {}
         self._greenlet: gevent.Greenlet | None = None
+        self._replica_greenlet: gevent.Greenlet | None = None
         self._started = 0.0
         self._elapsed = 0.0
         self._busy_start = (0, 0)
@@ -65,10 +71,12 @@ class CpuUsage:
         }
         self._started, self._busy_start = time.monotonic(), _busy_ticks()
         self._greenlet = gevent.spawn(self._sample_forever)
+        self._replica_greenlet = gevent.spawn(self._sample_replica_forever) if self.replica_dsn else None
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
+        for greenlet in (self._greenlet, self._replica_greenlet):
+            if greenlet is not None:
+                greenlet.kill()
         self._sample_clients()
         self._elapsed, self._busy_end = time.monotonic() - self._started, _busy_ticks()
 
@@ -86,6 +94,19 @@ class CpuUsage:
                         kind = SERVER_CLASSES[1] if application == APPLICATION_NAME else SERVER_CLASSES[0]
                     self._record(pid, kind)
                 self._sample_clients()
+                gevent.sleep(SAMPLE_S)
+
+    def _sample_replica_forever(self) -> None:
+        with psycopg.connect(self.replica_dsn, autocommit=True) as conn:
+            own = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            while True:
+                for pid, backend_type in conn.execute("SELECT pid, backend_type FROM pg_stat_activity").fetchall():
+                    if pid == own:
+                        continue
+                    if backend_type in ("startup", "walreceiver"):
+                        self._record(pid, REPLICA_CLASSES[0])
+                    else:
+                        self._record(pid, REPLICA_CLASSES[1 if backend_type == "client backend" else 2])
                 gevent.sleep(SAMPLE_S)
 
     def _sample_clients(self) -> None:
@@ -109,7 +130,7 @@ class CpuUsage:
 
     def as_dict(self) -> dict:
         """CPU seconds per class, the machine's busy share of all cores, and the run's wall time."""
-        seconds = dict.fromkeys((*SERVER_CLASSES, CLIENT_CLASS), 0.0)
+        seconds = dict.fromkeys((*SERVER_CLASSES, *(REPLICA_CLASSES if self.replica_dsn else ()), CLIENT_CLASS), 0.0)
         for kind, ticks in self._ticks.values():
             seconds[kind] += ticks / CLOCK_TICKS
         busy = self._busy_end[0] - self._busy_start[0]

@@ -25,9 +25,10 @@ from pathlib import Path
 from psycopg.conninfo import make_conninfo
 
 from firehose.run.exit_codes import describe
-from firehose.strategies import available_strategies
+from firehose.strategies import available_strategies, strategy_named
 from firehose.tools.locust_processes import DEADLINE_S, rows_of_key, start_locust, wait_for, writer_key_of
 from services.ports import free_port
+from writers.valve import ValveWriter, flush_spool
 
 CONTINUOUS = ("--continuous", "-t", "20s", "--traces-per-engineer", "20")
 """A timed run: the kill strikes within its first seconds."""
@@ -107,12 +108,18 @@ def run_and_kill_a_worker(
 
 def measure(dsn: str, strategies: list[str] | None = None, progress: Callable[[str], None] = print) -> dict:
     """Each strategy's crash (default: every strategy): what the dead worker had received and acknowledged at its
-    last report, its rows in the database at the end, and the lower bound of what was lost with it."""
+    last report, its rows in the database at the end, and the lower bound of what was lost with it. A valve's
+    spool (in the run's scratch directory, on the same disk) is flushed after the run, as its user would, and its
+    rows counted after that."""
     costs = {}
     for strategy in strategies or list(available_strategies()):
         progress(f"crash cost: {strategy}")
         with tempfile.TemporaryDirectory(prefix="firehose-crash-") as scratch:
-            run = run_and_kill_a_worker(dsn, strategy, Path(scratch), *CONTINUOUS)
+            spool = Path(scratch) / "spool"
+            spooled = issubclass(strategy_named(strategy).writer, ValveWriter)
+            extra = ("--valve-spool", str(spool)) if spooled else ()
+            run = run_and_kill_a_worker(dsn, strategy, Path(scratch), *CONTINUOUS, *extra)
+            flushed = flush_spool(dsn, spool) if spooled else None
         if run.summary is None or len(run.summary["unaccounted"]) != 1:
             costs[strategy] = {"failed": f"exit code {describe(run.returncode)}: {run.output[-300:]}"}
             continue
@@ -120,6 +127,13 @@ def measure(dsn: str, strategies: list[str] | None = None, progress: Callable[[s
         costs[strategy] = {
             field: dead[field] for field in ("received", "acknowledged", "in_database", "lost_with_it_at_least")
         }
+        if flushed is not None:
+            in_database = rows_of_key(dsn, run.victim_key)
+            costs[strategy].update(
+                in_database=in_database,
+                lost_with_it_at_least=max(dead["received"] - in_database, 0),
+                flushed_rows=flushed.rows,
+            )
     return costs
 
 
@@ -135,8 +149,11 @@ def markdown_lines(costs: dict) -> list[str]:
         if "failed" in cost:
             lines.append(f"| {strategy} | failed: {cost['failed']} | | | |")
         else:
+            flushed = (
+                f" (after `firehose valve flush`: {cost['flushed_rows']:,} rows)" if "flushed_rows" in cost else ""
+            )
             lines.append(
-                f"| {strategy} | {cost['received']:,} | {cost['acknowledged']:,} | {cost['in_database']:,} "
+                f"| {strategy} | {cost['received']:,} | {cost['acknowledged']:,} | {cost['in_database']:,}{flushed} "
                 f"| {cost['lost_with_it_at_least']:,} |"
             )
     return lines

@@ -34,7 +34,13 @@ from firehose.strategies import Strategy, all_strategies, baseline
 from firehose.tools.bench import crash_cost
 from firehose.tools.bench.figures import BENCH_SEED, END_TO_END, Figure, median_costs
 from firehose.tools.bench.generator import time_dict_orjson, time_faker_per_event, time_generator
-from firehose.tools.bench.profiles import STREAM_PROFILE_TRACES, profile_client, profile_stream, profile_writer
+from firehose.tools.bench.profiles import (
+    STREAM_PROFILE_TRACES,
+    profile_client,
+    profile_stream,
+    profile_valve,
+    profile_writer,
+)
 from firehose.tools.bench.report import render_markdown
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
 from firehose.tools.headless import REPO, run_headless
@@ -56,6 +62,7 @@ from telemetry.layout import TABLES
 from telemetry.pools import CATALOGUE_SEED, Pools
 from writers.base import Writer
 from writers.stream import StreamWriter
+from writers.valve import ValveWriter
 
 SIZES = {"engineers": 100, "repetitions": 3, "strategy_users": 50, "strategy_duration": "20s", "strategy_traces": 0}
 """The sizes of a full bench."""
@@ -129,8 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         choices=[row.name for row in bench_strategies()],
         default=None,
-        help="In the strategies part, run only this strategy and its reference (repeatable; default: all). A "
-        "strategy whose reference is another strategy's run brings that strategy.",
+        help="In the strategies and profiles parts, run only this strategy and its reference (repeatable; default: "
+        "all). A strategy whose reference is another strategy's run brings that strategy.",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
 
@@ -361,11 +368,13 @@ class Bench:
 
         try:
             profiles = {}
-            for row in bench_strategies():
-                if issubclass(row.writer, StreamWriter):
-                    redis_server.start()
+            for row in picked_strategies(self.args.strategy):
+                if issubclass(row.writer, StreamWriter):  # the stream, or the valve (its pointers in a stream)
+                    if redis_server.pid is None:
+                        redis_server.start()
                     stream_traces = STREAM_PROFILE_TRACES if not self.args.quick else traces
-                    profiles[row.name] = profile_stream(self.dsn, redis_server, pools, engineers, stream_traces)
+                    profile = profile_valve if issubclass(row.writer, ValveWriter) else profile_stream
+                    profiles[row.name] = profile(self.dsn, redis_server, pools, engineers, stream_traces)
                 else:  # COPY writers send COPY text; the others turn it into values
                     values = row.reference != "copy"
                     profiles[row.name] = profile_writer(self.dsn, maker(row), pools, engineers, traces, values=values)

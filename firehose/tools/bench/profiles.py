@@ -7,8 +7,10 @@ the process's CPU clock: waiting for a server costs none), then each step runs o
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import gevent
 import psycopg
@@ -29,6 +31,8 @@ from writers.copy import CopyWriter, copy_rows
 from writers.stream import BATCH_SIZE as STREAM_BATCH
 from writers.stream import ROWS_PER_ENTRY, StreamWriter
 from writers.stream_consumer import by_table, next_batch, settle
+from writers.valve import BATCH_SIZE as VALVE_BATCH
+from writers.valve import ValveWriter
 
 STREAM_PROFILE_TRACES = 20
 """Traces per engineer in the stream's profile (50 engineers: ~19,000 rows): the SQL profiles' 4 would fill
@@ -226,6 +230,97 @@ def profile_stream(dsn: str, redis_server: LocalRedis, pools: Pools, engineers: 
     return per_row_profile(rows, wall, cpu, steps, "gevent, pools, delivery loop, tallies (the rest)") | {
         "redis_cpu_us_per_row": redis_cpu / max(rows, 1) * 1e6,
         "server_cpu_us_per_row": server["server_cpu_us_per_row"],
+    }
+
+
+def profile_valve(dsn: str, redis_server: LocalRedis, pools: Pools, engineers: int, traces: int) -> dict:
+    """As `profile_stream`, for the valve: the whole path in this process (engineers spooling, the writer's
+    consumers COPYing from the spool) with Redis's and PostgreSQL's CPU per row, then each step on its own: the
+    same rows spooled by a spool-only writer (chunk files written and fsynced in the thread pool, one XADD each),
+    the pointers read back in the consumers' batches, their rows read from the spool, joined per table, COPYed,
+    settled and their chunks deleted. The wall time a chunk waits for its fsync is beside the CPU (it is latency
+    an engineer waits, not CPU)."""
+    empty_tables(dsn)
+    events, stats = listened_events()
+    cost = ServerCost(dsn)
+    with tempfile.TemporaryDirectory(prefix="firehose-valve-profile-") as scratch:
+        writer = ValveWriter(
+            dsn, events, redis_url=redis_server.url, run_id=1, spool=Path(scratch) / "whole", max_spool=2 * 1024**3
+        )
+        ids = EventIds(6)
+        server_before, redis_before = cost.sample(), process_cpu_s(redis_server.pid)
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        run_engineers(writer, pools, engineers, ids, traces)
+        writer.flush()
+        cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
+        redis_cpu = process_cpu_s(redis_server.pid) - redis_before
+        writer.close()
+        rows = sum(writer.tally.acknowledged.values())
+        server = cost.per_row(server_before, cost.sample(server_before), rows)
+        spooled = stats.get(str(writer.spool), "SPOOL")
+
+        start = time.process_time()
+        by_engineer = compose_all(pools, engineers, ids, traces)
+        compose = time.process_time() - start
+        producer = ValveWriter(
+            dsn, Events(), redis_url=redis_server.url, run_id=2, spool=Path(scratch) / "steps",
+            max_spool=2 * 1024**3, consumers=0,
+        )  # fmt: skip
+
+        def produce_traces(traces: list[TraceRows]) -> None:
+            for trace in traces:
+                producer.write(trace)
+
+        start = time.process_time()
+        gevent.joinall([gevent.spawn(produce_traces, traces) for traces in by_engineer])
+        produce = time.process_time() - start
+        client = redis.Redis.from_url(redis_server.url)
+        batches, per_read = [], max(1, VALVE_BATCH // ValveWriter.rows_per_entry)
+        start = time.process_time()
+        while True:
+            _, entries, _ = next_batch(
+                client, producer.keys, "profile", count=per_read, claim_idle_ms=producer.claim_idle_ms, block_ms=None
+            )
+            if not entries:
+                break
+            batches.append(entries)
+        read = time.process_time() - start
+        start = time.process_time()
+        batches = [producer.read_entries(entries) for entries in batches]
+        read_spool = time.process_time() - start
+        start = time.process_time()
+        copies = [table_batch for entries in batches for table_batch in by_table(entries)]
+        join = time.process_time() - start
+        empty_tables(dsn)
+        with psycopg.connect(dsn) as conn:
+            start = time.process_time()
+            for table_batch in copies:
+                with conn.transaction():
+                    copy_rows(conn, copy_statement(table_batch.table), table_batch.data)
+            copy = time.process_time() - start
+        start = time.process_time()
+        for entries in batches:
+            settle(client, producer.keys, entries)
+            producer.entries_settled(entries)
+        settled = time.process_time() - start
+        producer.close()
+        client.delete(writer.stream, producer.stream)
+        client.close()
+    steps = {
+        COMPOSE: compose,
+        "spooler: chunk joined, written + fsynced (thread pool), pointer XADDed, request events": produce,
+        "consumer: XAUTOCLAIM + XREADGROUP of pointers": read,
+        "consumer: rows read from the spool files": read_spool,
+        "consumer: join COPY text per table": join,
+        "consumer: COPY through psycopg and libpq": copy,
+        "consumer: XACK + XDEL (one MULTI), chunk files deleted": settled,
+    }
+    return per_row_profile(rows, wall, cpu, steps, "gevent, pools, delivery loop, tallies (the rest)") | {
+        "redis_cpu_us_per_row": redis_cpu / max(rows, 1) * 1e6,
+        "server_cpu_us_per_row": server["server_cpu_us_per_row"],
+        "spool_chunks": spooled.num_requests,
+        "spool_ms_per_chunk": spooled.avg_response_time,
+        "rows_per_chunk": rows / max(spooled.num_requests, 1),
     }
 
 

@@ -137,6 +137,13 @@ def _profile_lines(profile: dict) -> list[str]:
             f"{profile['redis_cpu_us_per_row']:.1f} us/row, PostgreSQL {_cost(profile['server_cpu_us_per_row'], 1)} "
             "us/row.",
         ]
+    if "spool_chunks" in profile:
+        lines += [
+            "",
+            f"The spool: {profile['spool_chunks']:,} chunks of {profile['rows_per_chunk']:,.0f} rows on average, "
+            f"each {profile['spool_ms_per_chunk']:,.1f} ms from its spooler taking it to its fsync's end (wall "
+            "time an engineer waits, not CPU).",
+        ]
     return lines
 
 

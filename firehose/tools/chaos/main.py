@@ -8,6 +8,10 @@ On one PostgreSQL, twice, from the same starting point:
    time, the reference's "8 analytical queries");
 3. after each run, run every query once more over a window covering all the data and check its counts against
    the prefill's counts plus the run's `generated_counts` (only meaningful with lost = 0 and nothing quarantined).
+With --replica, a third phase after the same emptying and prefill: the analysts on a streaming replica of the
+embedded server (services.replica, given to Locust as --analyst-dsn: measured as a replica), its retention beside
+the primary-only figure, its lag and visible freshness, its processes' CPU apart, and the checks run on the replica
+once it replayed everything.
 Prints and writes (results/chaos-<timestamp>/chaos.md, chaos.json): rows/s alone and with analysts, the retention
 ratio, queries served per second of writing, per query count, during_writes and p50/p95/p99 ms (HDR), each
 check, table sizes before and after, who used the CPU (firehose.tools.cpu_usage), the machine's cores, and the
@@ -37,6 +41,7 @@ from firehose.tools.headless import RUN_OVERHEAD_S, run_headless
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
 from services.postgres import redact
+from services.replica import wait_caught_up
 from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.durations import parse_duration
 from telemetry.generator import EngineerTelemetry, EventIds, TraceRows, engineer_seed
@@ -65,6 +70,8 @@ RECENT_ERRORS_LIMIT = 50
 """recent_errors' LIMIT (queries/recent_errors.sql)."""
 TRACE_SPANS = (5, 12)
 """Spans a trace has (telemetry.pools' topologies): what trace_lookup must find."""
+CATCH_UP_S = 120
+"""How long the replica may take to replay the prefill (or a run's tail) before a phase, or its checks, go on."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--analysts", type=int, default=ANALYSTS, help="Analysts of the second phase (default: 8).")
     parser.add_argument("--processes", type=int, default=0, help="Locust --processes of each run (default: one).")
     add_target_arguments(parser)
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="A third phase: the analysts on a streaming replica of the embedded PostgreSQL (Locust's --replica, "
+        "given as --analyst-dsn), beside the primary-only figures.",
+    )
+    parser.add_argument("--replica-port", type=int, default=None, help="Port of the replica (default: a free one).")
+    parser.add_argument("--replica-data-dir", default=None, help="The replica's data directory (default: beside).")
     parser.add_argument("--out", default=None, help="Results directory (default: results/chaos-<timestamp>).")
     parser.add_argument(
         "locust_args",
@@ -104,22 +119,33 @@ def run(args: argparse.Namespace) -> int:
         if (refusal := refusal_to_empty(dsn, "chaos", args.yes)) is not None:
             sys.stderr.write(refusal + "\n")
             return 2
+        replica_dsn = None
+        if args.replica:
+            if services.embedded is None:
+                sys.stderr.write("firehose chaos: --replica makes a replica of the embedded PostgreSQL: no --pg-dsn\n")
+                return 2
+            replica_dsn = services.start_replica(args.replica_port, args.replica_data_dir)
         needed = [name for name in strategy_named(args.strategy).services if FLAGS[name] not in locust_args]
         addresses = services.start(needed)  # once for both phases, like the sweep
         service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
-        result = measure(dsn, args, history_s, [*service_args, *locust_args])
+        result = measure(dsn, args, history_s, [*service_args, *locust_args], replica_dsn)
     finally:
         services.stop()
     write_report(out, "chaos", render_markdown(result), result)
     return 0 if result["ok"] else 1
 
 
-def measure(dsn: str, args: argparse.Namespace, history_s: int, locust_args: list[str]) -> dict:
-    """Both phases, as the JSON document written to chaos.json."""
+def measure(
+    dsn: str, args: argparse.Namespace, history_s: int, locust_args: list[str], replica_dsn: str | None = None
+) -> dict:
+    """Both phases (three with a replica), as the JSON document written to chaos.json."""
     anchor_us = int(time.time()) * 1_000_000
     phases = {}
-    for phase, analysts in (("alone", 0), ("with_analysts", args.analysts)):
-        phases[phase] = result = run_phase(dsn, args, history_s, anchor_us, analysts, locust_args)
+    plan = [("alone", 0, None), ("with_analysts", args.analysts, None)]
+    if replica_dsn is not None:
+        plan.append(("with_analysts_on_replica", args.analysts, replica_dsn))
+    for phase, analysts, replica in plan:
+        phases[phase] = result = run_phase(dsn, args, history_s, anchor_us, analysts, locust_args, replica)
         failed = [name for name, check in result["checks"].items() if check["ok"] is False]
         print(  # at once, even into a pipe (make): a phase takes a minute
             f"{phase}: {result['rows_per_s']:,.0f} rows/s, lost {result['events'].get('lost', '?')}, "
@@ -130,6 +156,15 @@ def measure(dsn: str, args: argparse.Namespace, history_s: int, locust_args: lis
     retention = mixed["rows_per_s"] / alone["rows_per_s"] if alone["rows_per_s"] else None
     queries = mixed["queries"]
     total_queries = sum(query["count"] for query in queries.values())
+    on_replica = phases.get("with_analysts_on_replica")
+    replica_figures = None
+    if on_replica is not None:
+        served = sum(query["count"] for query in on_replica["queries"].values())
+        replica_figures = {
+            "retention": round(on_replica["rows_per_s"] / alone["rows_per_s"], 3) if alone["rows_per_s"] else None,
+            "queries_served": served,
+            "queries_per_s": round(served / on_replica["writing_s"], 1) if on_replica["writing_s"] else None,
+        }
     return {
         "settings": {
             "strategy": args.strategy,
@@ -148,14 +183,22 @@ def measure(dsn: str, args: argparse.Namespace, history_s: int, locust_args: lis
         "retention": round(retention, 3) if retention is not None else None,
         "queries_served": total_queries,
         "queries_per_s": round(total_queries / mixed["writing_s"], 1) if mixed["writing_s"] else None,
+        "on_replica": replica_figures,
         "ok": all(phase["ok"] for phase in phases.values()),
     }
 
 
 def run_phase(
-    dsn: str, args: argparse.Namespace, history_s: int, anchor_us: int, analysts: int, locust_args: list[str]
+    dsn: str,
+    args: argparse.Namespace,
+    history_s: int,
+    anchor_us: int,
+    analysts: int,
+    locust_args: list[str],
+    replica_dsn: str | None = None,
 ) -> dict:
-    """Empty, prefill, run the writer (with `analysts` analysts), then check every query's counts."""
+    """Empty, prefill, run the writer (with `analysts` analysts, on the replica when one is given), then check every
+    query's counts (on the replica, once it replayed the run)."""
     empty_tables(dsn)
     prefill_counts = prefill(dsn, args.prefill, history_s, anchor_us)
     before = table_sizes(dsn)
@@ -163,7 +206,10 @@ def run_phase(
     extra = ["--continuous", "--history", args.history, "--seed", str(RUN_SEED), *locust_args]
     if analysts:
         extra += ["--analysts", str(analysts)]
-    cpu = CpuUsage(dsn)
+    if replica_dsn is not None:
+        wait_caught_up(dsn, replica_dsn, CATCH_UP_S)  # the analysts start on the same prefill
+        extra += ["--analyst-dsn", replica_dsn]
+    cpu = CpuUsage(dsn, replica_dsn)
     cpu.start()
     try:
         outcome = run_headless(
@@ -182,7 +228,9 @@ def run_phase(
     events = summary.get("events", {})
     expected = merge_counts([prefill_counts, summary.get("generated_counts", {})])
     window = (anchor_us - (history_s + CHECK_MARGIN_S) * 1_000_000, int((time.time() + CHECK_MARGIN_S) * 1_000_000))
-    checks = check_queries(dsn, expected, window) if outcome.ok else {}
+    if replica_dsn is not None:
+        wait_caught_up(dsn, replica_dsn, CATCH_UP_S)
+    checks = check_queries(replica_dsn or dsn, expected, window) if outcome.ok else {}
     clean = outcome.ok and events.get("lost") == 0 and not events.get("quarantined") and not events.get("duplicates")
     return {
         "user_classes": user_classes,
@@ -195,6 +243,7 @@ def run_phase(
         "tables_before": before,
         "tables_after": after,
         "cpu": cpu.as_dict(),
+        "replica": summary.get("replica"),
         "checks": checks,
         "ok": clean and bool(checks) and all(check["ok"] is not False for check in checks.values()),
     }

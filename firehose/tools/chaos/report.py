@@ -95,6 +95,8 @@ def render_markdown(result: dict) -> str:
     )
     if not mixed["cpu"]["server_measured"]:
         lines += ["", "The server is not on this machine: its processes' CPU could not be read."]
+    if result.get("on_replica"):
+        lines += render_replica(result)
     verdict = "all checks passed, no row lost" if result["ok"] else "**a check failed, a run failed or rows were lost**"
     lines += ["", f"Result: {verdict}."]
     return "\n".join(lines) + "\n"
@@ -121,3 +123,69 @@ def _verdict(ok: bool | None) -> str:
 
 def _row(*cells: str) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def render_replica(result: dict) -> list[str]:
+    """The third phase beside the second: the same analysts on a streaming replica instead of the primary."""
+    phases, figures = result["phases"], result["on_replica"]
+    alone, mixed, on_replica = phases["alone"], phases["with_analysts"], phases["with_analysts_on_replica"]
+    replica = on_replica["replica"] or {}
+    lag, fresh = replica.get("lag", {}), replica.get("visible_freshness", {})
+    end = replica.get("end") or {}
+    replay = lag.get("replay_ms", {})
+    lines = [
+        "",
+        "## The analysts on a streaming replica (same invocation, same prefill)",
+        "",
+        "| figure | analysts on the primary | analysts on the replica |",
+        "|---|---:|---:|",
+        f"| write rows/s (alone: {alone['rows_per_s']:,.0f}) | {mixed['rows_per_s']:,.0f} "
+        f"| {on_replica['rows_per_s']:,.0f} |",
+        f"| retention (with / alone) | {_num(result['retention'], '{:.2f}')} "
+        f"| {_num(figures['retention'], '{:.2f}')} |",
+        f"| queries served (per s of writing) | {result['queries_served']:,} "
+        f"({_num(result['queries_per_s'], '{:,.1f}')}/s) | {figures['queries_served']:,} "
+        f"({_num(figures['queries_per_s'], '{:,.1f}')}/s) |",
+        f"| replication replay lag p50 / p95 / max | - | {_num(replay.get('p50'), '{:,.1f}')} / "
+        f"{_num(replay.get('p95'), '{:,.1f}')} / {_num(replay.get('max'), '{:,.1f}')} ms |",
+        f"| replica behind p95 / max | - | {_mb(lag.get('behind_bytes', {}).get('p95'))} / "
+        f"{_mb(lag.get('behind_bytes', {}).get('max'))} |",
+        f"| visible on the replica after commit p50 / p95 / p99 | immediate | {_num(fresh.get('p50_ms'), '{:,.1f}')} / "
+        f"{_num(fresh.get('p95_ms'), '{:,.1f}')} / {_num(fresh.get('p99_ms'), '{:,.1f}')} ms "
+        f"({fresh.get('samples', 0):,} samples, resolution {_num(fresh.get('resolution_ms'), '{:g}')} ms) |",
+        f"| replica at the end | - | {'caught up' if end.get('caught_up') else 'NOT caught up'} in "
+        f"{_num(end.get('waited_s'), '{:.2f}')} s |",
+        f"| recovery conflicts (SQLSTATE 40001), hot_standby_feedback {replica.get('hot_standby_feedback')} | - "
+        f"| {sum(query.get('conflicts', 0) for query in on_replica['queries'].values()):,} |",
+        f"| lost rows | {mixed['events'].get('lost', '?')} | {on_replica['events'].get('lost', '?')} |",
+        "",
+        "| query | p95 ms on the primary | p95 ms on the replica | failures on the replica | checked on the replica |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, query in on_replica["queries"].items():
+        primary_p95 = mixed["queries"].get(name, {}).get("p95_ms")
+        lines.append(
+            _row(
+                name,
+                _num(primary_p95, "{:,.1f}"),
+                _num(query["p95_ms"], "{:,.1f}"),
+                f"{query['failures']:,}",
+                _verdict(on_replica["checks"].get(name, {}).get("ok")),
+            )
+        )
+    lines += ["", "Who used the CPU (seconds of CPU during each run):", ""]
+    lines += ["| process | analysts on the primary | analysts on the replica |", "|---|---:|---:|"]
+    for kind, seconds in on_replica["cpu"]["cpu_s"].items():
+        lines.append(_row(kind, _num(mixed["cpu"]["cpu_s"].get(kind), "{:,.1f}"), f"{seconds:,.1f}"))
+    lines.append(
+        _row(
+            "machine busy (all cores)",
+            f"{_num(mixed['cpu']['machine_busy_share'], '{:.0%}')}",
+            f"{_num(on_replica['cpu']['machine_busy_share'], '{:.0%}')}",
+        )
+    )
+    return lines
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f} MB"
