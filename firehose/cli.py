@@ -20,6 +20,9 @@ COMMANDS = {
     "capacity": "firehose.tools.capacity.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
+    "runs": "firehose.tools.runs.listing",
+    "compare": "firehose.tools.runs.comparing",
+    "run": "firehose.tools.runs.repeat",
     "valve": "firehose.admin.valve",
 }
 """Subcommand name -> the module that implements it."""

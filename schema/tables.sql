@@ -76,5 +76,12 @@ ALTER TABLE firehose_writer_keys
     ADD COLUMN IF NOT EXISTS application_name text DEFAULT current_setting('application_name'),
     ADD COLUMN IF NOT EXISTS client_addr      inet DEFAULT inet_client_addr();
 
+-- Each run's summary JSON (what --summary-json writes), kept with its run: what `firehose runs` and
+-- `firehose compare` read back (the local store keeps the same).
+CREATE TABLE IF NOT EXISTS firehose_run_summaries (
+    run_id      bigint PRIMARY KEY REFERENCES firehose_runs ON DELETE CASCADE,
+    summary     jsonb  NOT NULL
+);
+
 -- The schema's version: firehose applies this file only when it differs (a role without DDL rights can run).
-COMMENT ON TABLE firehose_runs IS 'firehose schema 2';
+COMMENT ON TABLE firehose_runs IS 'firehose schema 3';

@@ -62,7 +62,7 @@ def dsn_from_environment() -> str | None:
     return "" if any(os.environ.get(name) for name in PG_ENVIRONMENT) else None
 
 
-SCHEMA_VERSION = "firehose schema 2"
+SCHEMA_VERSION = "firehose schema 3"
 """The comment schema/tables.sql puts on firehose_runs: a database that has it needs no DDL."""
 _SCHEMA_IN_PLACE = "SELECT obj_description(to_regclass('firehose_runs'), 'pg_class') = %s"
 

@@ -51,6 +51,29 @@ def load_summary(path: Path) -> dict:
     return validate_summary(json.loads(Path(path).read_text()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_runs_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The store of kept runs (firehose.report.store) for the whole session: module- and session-scoped fixtures
+    that start Locust (set up before any test's own `runs_store`) keep their runs here, never in the user's."""
+    store = tmp_path_factory.mktemp("session-runs")
+    before = os.environ.get("FIREHOSE_RUNS_DIR")
+    os.environ["FIREHOSE_RUNS_DIR"] = str(store)
+    yield store
+    if before is None:
+        os.environ.pop("FIREHOSE_RUNS_DIR", None)
+    else:
+        os.environ["FIREHOSE_RUNS_DIR"] = before
+
+
+@pytest.fixture(autouse=True)
+def runs_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test keeps the summaries of the runs it starts (firehose.report.store) in an empty store of its own
+    (FIREHOSE_RUNS_DIR, which Locust subprocesses inherit), never in the user's."""
+    store = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("FIREHOSE_RUNS_DIR", str(store))
+    return store
+
+
 @pytest.fixture(scope="session")
 def postgres(template_data_dir):
     """An embedded PostgreSQL started for this test session (a copy of the template), stopped (and its data

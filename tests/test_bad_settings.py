@@ -383,7 +383,8 @@ def test_a_role_missing_a_privilege(dsn):
             conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
-        conn.execute(f"GRANT INSERT ON spans, logs, quarantine, firehose_runs, firehose_writer_keys TO {role}")
+        bookkeeping = "quarantine, firehose_runs, firehose_writer_keys, firehose_run_summaries"
+        conn.execute(f"GRANT INSERT ON spans, logs, {bookkeeping} TO {role}")
     try:
         refused, elapsed = _refused("CopyEngineer", "--pg-dsn", make_conninfo(dsn, user=role))
     finally:

@@ -126,6 +126,7 @@ def writer_role(dsn):
     grants = f"""
         CREATE ROLE {role} LOGIN;
         GRANT SELECT, INSERT ON spans, metrics, logs, quarantine, firehose_runs, firehose_writer_keys TO {role};
+        GRANT SELECT, INSERT ON firehose_run_summaries TO {role};
         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
         GRANT TEMP ON DATABASE firehose TO {role};
     """

@@ -27,7 +27,7 @@ from services.postgres import EmbeddedPostgres, default_data_dir
 
 logger = logging.getLogger("firehose")
 
-TABLES = ("spans", "metrics", "logs", "quarantine", "firehose_writer_keys", "firehose_runs")
+TABLES = ("spans", "metrics", "logs", "quarantine", "firehose_writer_keys", "firehose_run_summaries", "firehose_runs")
 """What runs leave behind: the telemetry, the quarantine, and the runs' bookkeeping."""
 SMALL_WAL = {"wal_recycle": "off", "min_wal_size": "32MB", "max_wal_size": "64MB"}
 """The server's settings while it resets (its next start has the usual ones again): segments a checkpoint no longer

@@ -3,11 +3,11 @@
     firehose roles --pg-dsn "host=... user=admin dbname=..."      # as a role that may create roles
 
 The writer role may do exactly what a run does: INSERT into the telemetry tables, the quarantine and the run
-bookkeeping (firehose_runs, firehose_writer_keys), SELECT on them (the end-of-run reconciliation counts rows,
-and INSERT ... RETURNING reads what it wrote), USAGE on their sequences (writer keys, run ids, quarantine ids),
-and TEMP on the database (a COPY retried after a lost connection goes through a temporary staging table). The
-analyst role may only SELECT the telemetry tables. Neither may create tables: run the schema step
-(schema/tables.sql, or one run as an owner) first. Server levers (`--pg-setting`, `--jsonb-compression`) need a
+bookkeeping (firehose_runs, firehose_writer_keys, firehose_run_summaries), SELECT on them (the end-of-run
+reconciliation counts rows, and INSERT ... RETURNING reads what it wrote), USAGE on their sequences (writer keys,
+run ids, quarantine ids), and TEMP on the database (a COPY retried after a lost connection goes through a temporary
+staging table). The analyst role may only SELECT the telemetry tables. Neither may create tables: run the schema
+step (schema/tables.sql, or one run as an owner) first. Server levers (`--pg-setting`, `--jsonb-compression`) need a
 superuser and stay out of both. Passwords are read from the environment (FIREHOSE_WRITER_PASSWORD,
 FIREHOSE_ANALYST_PASSWORD), never from the command line; no password is printed.
 """
@@ -25,7 +25,7 @@ from firehose.run.endpoints import given_addresses
 from services.postgres import apply_schema, redact
 from telemetry.layout import TABLES
 
-BOOKKEEPING = ("quarantine", "firehose_runs", "firehose_writer_keys")
+BOOKKEEPING = ("quarantine", "firehose_runs", "firehose_writer_keys", "firehose_run_summaries")
 SEQUENCES = ("firehose_writer_key", "firehose_runs_run_id_seq", "quarantine_id_seq")
 PASSWORD_VARIABLES = {"writer": "FIREHOSE_WRITER_PASSWORD", "analyst": "FIREHOSE_ANALYST_PASSWORD"}
 

@@ -13,6 +13,7 @@
 - The chart page, `/telemetry` on Locust's own Flask app: the same figures, a chart of rows/s over the run
   (an inline SVG drawn by a few lines of inline script; nothing from the internet, so it works offline) and
   the end-of-run summary. It polls `/telemetry/data` (JSON) every second.
+- The Runs page, `/runs` (runs_page.py): the kept runs, a chart of rows/s across them, two or more compared.
 - The start form: its values are checked like the command line's before Locust starts anything (form.py);
   its labels show each option's help as text (defaults filled in, no format codes, short enough to fit); and
   the report of `/stats/report` gets the same firehose section as `--html` (html.py).
@@ -31,7 +32,7 @@ from locust.argument_parser import default_args_dict, get_parser
 from locust.env import Environment
 from locust.runners import STATE_RUNNING, STATE_SPAWNING
 
-from firehose.report import form, html
+from firehose.report import form, html, runs_page
 from firehose.report.live import LiveTelemetry, percentiles_ms
 
 TAB = "telemetry"
@@ -265,7 +266,10 @@ def install(environment: Environment, live: LiveTelemetry, check: form.OptionChe
     web_ui = environment.web_ui
     web_ui.template_args["extended_tabs"] = [{"title": "Telemetry", "key": TAB}]
     web_ui.template_args["extended_tables"] = [{"key": TAB, "structure": STRUCTURE}]
-    web_ui.template_args["extended_csv_files"] = [{"href": f".{PAGE}", "title": "Telemetry: rows/s chart (page)"}]
+    web_ui.template_args["extended_csv_files"] = [
+        {"href": f".{PAGE}", "title": "Telemetry: rows/s chart (page)"},
+        {"href": f".{runs_page.PAGE}", "title": "Runs: kept runs compared (page)"},
+    ]
     app = web_ui.app
 
     @app.before_request
@@ -311,6 +315,7 @@ def install(environment: Environment, live: LiveTelemetry, check: form.OptionChe
 
     app.add_url_rule(PAGE, "firehose_telemetry", telemetry_page)
     app.add_url_rule(f"{PAGE}/data", "firehose_telemetry_data", telemetry_data)
+    runs_page.install(web_ui)
 
 
 PAGE_HTML = """<!doctype html>

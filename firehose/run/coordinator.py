@@ -14,7 +14,8 @@
   it (REFUSED, one line here and there) and quits, and the run goes on without it.
 - an error of the setup anywhere (`writers.delivery.SetupError`) stops the run with one clear line.
 - the exit code says how the run ended (firehose.run.exit_codes): the summary's verdict, whatever Locust counted
-  as failed requests (a round trip a restart broke is retried, not failed), or STOPPED.
+  as failed requests (a round trip a restart broke is retried, not failed), or STOPPED; a failed --check turns
+  an OK run's into CHECKS_FAILED (firehose.run.kept: the summary kept and checked).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from locust.env import Environment
 from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunner
 from locust.stats import StatsError
 
-from firehose.run import budget, disk_guard, preflight, replica, tuning
+from firehose.report import checks
+from firehose.run import budget, disk_guard, kept, preflight, replica, tuning
 from firehose.run.endpoints import RunServices
 from firehose.run.exit_codes import ExitCode, of_failures, of_verdict
 from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, WRITER_KEY, RunStart
@@ -91,6 +93,7 @@ class Coordinator:
         self.workers = WorkerLedger(environment.runner) if self.is_master else None
         self._end_watch: gevent.Greenlet | None = None
         self.summary: RunSummary | None = None
+        self._summary_kept = False
         self.replica_watch: replica.ReplicaWatch | None = None
         self.summary_extras: dict[str, Callable[[], object]] = {
             "connection_budget": lambda: self.connection_budget,
@@ -194,7 +197,7 @@ class Coordinator:
             run_id, seed, int(time.time() * 1e6), addresses, users=self.options.num_users or 0,
             processes=max(writing_processes, 1),
         )  # fmt: skip
-        self.started_at, self.summary = time.time(), None
+        self.started_at, self.summary, self._summary_kept = time.time(), None, False
         self.reports, self.unaccounted = {}, []
         if self.workers is not None:
             self.workers.begin(run_id)
@@ -364,17 +367,34 @@ class Coordinator:
             class_names=class_names(self.environment.user_classes),
             extras={name: section() for name, section in self.summary_extras.items()},
         )
+        user_counts = dict(self.environment.runner.target_user_classes_count or {})
+        self.summary.extras["context"] = kept.context(self.postgres, self.options, self.started_at, user_counts)
+        check_results = self.summary.extras["checks"] = kept.judge(self.summary.as_dict(), self.options)
         sys.stdout.write(self.summary.render() + "\n")
+        sys.stdout.write("".join(result["line"] + "\n" for result in check_results))
         sys.stdout.flush()
         if self.options.summary_json:
             self.summary.write_json(self.options.summary_json)
+        if self.options.junit:
+            checks.write_junit(self.options.junit, check_results, f"run{self.run.run_id}")
         # Always set: Locust's own rule (failed requests -> 1) would count the round trips a restart broke.
         code = of_verdict(self.summary.verdict())
         if code is ExitCode.OK and self.replica_watch is not None and self.replica_watch.went_away:
             code = ExitCode.REPLICA_LOST
+        elif code is ExitCode.OK and not all(result["passed"] for result in check_results):
+            code = ExitCode.CHECKS_FAILED
         elif code is ExitCode.OK and (self._failures_not_retried() or self.environment.runner.exceptions):
             code = of_failures(self.options.exit_code_on_error)
         self.environment.process_exit_code = code
+
+    def keep_summary(self) -> None:
+        """Keep the run's summary (database and local store: firehose.run.kept), once; the lifecycle calls it after
+        the web UI shows the run's end, which it would otherwise delay."""
+        if self.summary is None or self._summary_kept:
+            return
+        self._summary_kept = True
+        if (ref := kept.keep(self.postgres, self.summary.as_dict())) is not None:
+            logger.info("run %d kept as %s (firehose runs, firehose compare)", self.run.run_id, ref)
 
     def _failures_not_retried(self) -> int:
         """Locust's failed requests but the round trips a lost connection broke (retried: not failures of the run)."""

@@ -27,6 +27,9 @@ class ExitCode(IntEnum):
     REPLICA_LOST = 6
     """The rows reconciled, but the analysts' replica (--replica, or an --analyst-dsn standby) went away during the run:
     its queries failed from then on (counted in the summary), and what it served was no longer the run's data."""
+    CHECKS_FAILED = 7
+    """The rows reconciled, but a `--check` or the `--baseline` comparison failed (firehose.run.kept): each check's
+    line says which, with its figure."""
 
 
 _OF_VERDICT = {

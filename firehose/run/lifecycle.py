@@ -24,7 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
 from firehose.report.telemetry import Telemetry
-from firehose.run import budget, disk_guard, endpoints, parts, replica, tuning
+from firehose.run import budget, disk_guard, endpoints, kept, parts, replica, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused, check_options
@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     delivery.add_arguments(parser)
     budget.add_arguments(parser)
     disk_guard.add_arguments(parser)
+    kept.add_arguments(parser)
     replica.add_arguments(parser)
     for part in parts.PARTS:
         part.add_arguments(parser)
@@ -131,7 +132,7 @@ class Firehose:
 
     def on_test_stop(self) -> None:
         """Drain (the coordinator drains this process's users first, then the workers', and summarises), then
-        show the run's end in the web UI (which reports the run as running until then)."""
+        show the run's end in the web UI (which reports the run as running until then), then keep the summary."""
         if self.coordinator is None:
             self.process.drain()
             return
@@ -139,6 +140,7 @@ class Firehose:
             self.coordinator.on_test_stop()
         finally:
             self.telemetry.end(self.coordinator.summary)
+        self.coordinator.keep_summary()
 
     def on_spawning_complete(self) -> None:
         if self.coordinator is not None:

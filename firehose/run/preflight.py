@@ -11,6 +11,7 @@ database:
 - a role missing a privilege the run needs (named, with the tables);
 - a Redis given with --redis-url that does not answer, or is older than 7;
 - pgBouncer or Redis to be started here for a strategy named on the command line, without its binary;
+- a --check naming no figure, a --baseline naming no stored run, a --max-regression that is no percentage;
 - an --embedded-listen that is not an IP address of this machine other than loopback or a wildcard.
 """
 
@@ -72,7 +73,10 @@ DSN_OPTIONS = ("pg_dsn", "pgbouncer_dsn", "analyst_dsn")
 """Options holding a libpq DSN, parsed before anything starts (a DSN libpq cannot parse fails only at connect)."""
 _QUOTED = re.compile(r'"([^"]*)"')
 PRIVILEGES = (
-    ("INSERT", ("spans", "metrics", "logs", "quarantine", "firehose_runs", "firehose_writer_keys")),
+    (
+        "INSERT",
+        ("spans", "metrics", "logs", "quarantine", "firehose_runs", "firehose_writer_keys", "firehose_run_summaries"),
+    ),
     ("SELECT", ("spans", "metrics", "logs", "firehose_writer_keys")),
 )
 """What a run does to each table: writes, and counts its rows at the end."""
@@ -104,7 +108,7 @@ class Refused(Exception):
 def check_options(options: argparse.Namespace) -> None:
     """The values themselves, before anything starts (the command line, locust.conf, the environment, the web
     form): numbers finite and within their bounds, DSNs libpq parses, durations that parse, a run that can end."""
-    from firehose.run import disk_guard  # it imports Refused from here
+    from firehose.run import disk_guard, kept  # they import Refused from here
 
     if getattr(options, "headless", False) and getattr(options, "num_users", None) == 0:
         raise Refused("-u 0 starts no user: a headless run needs at least 1 (-u N)", "num_users")
@@ -126,6 +130,7 @@ def check_options(options: argparse.Namespace) -> None:
     check_run_time(options)
     check_population(options)
     disk_guard.check_options(options)
+    kept.check_options(options)
     if (listen := getattr(options, "embedded_listen", None)) is not None:
         check_listen_address(listen)
 

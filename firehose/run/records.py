@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from firehose.run.preflight import CONNECT_TIMEOUT_S
 
@@ -24,3 +25,12 @@ def register_writer_key(conninfo: str, run_id: int) -> int:
             " VALUES (nextval('firehose_writer_key'), %s) RETURNING writer_key",
             [run_id],
         ).fetchone()[0]
+
+
+def store_summary(conninfo: str, run_id: int, summary: dict) -> None:
+    """Keep the run's summary JSON with its run (`firehose_run_summaries`)."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        conn.execute(
+            "INSERT INTO firehose_run_summaries (run_id, summary) VALUES (%s, %s) ON CONFLICT (run_id) DO NOTHING",
+            [run_id, Jsonb(summary)],
+        )

@@ -14,7 +14,9 @@ from telemetry.layout import TABLES
 logger = logging.getLogger("firehose")
 
 TABLES_TO_EMPTY = (*TABLES, "quarantine")
-FIREHOSE_TABLES = frozenset({*TABLES_TO_EMPTY, "firehose_runs", "firehose_writer_keys", "firehose_datasets"})
+FIREHOSE_TABLES = frozenset(
+    {*TABLES_TO_EMPTY, "firehose_runs", "firehose_writer_keys", "firehose_run_summaries", "firehose_datasets"}
+)
 """The tables firehose creates: a database holding any other is someone else's, and is not emptied unasked."""
 
 
