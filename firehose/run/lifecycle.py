@@ -37,6 +37,9 @@ from users.run import RunUser
 from writers import delivery
 from writers.delivery import SetupError
 
+LOCUST_WORKER_GONE_AFTER_S = -runners.HEARTBEAT_DEAD_INTERNAL
+"""Locust's own wait before it drops a missing worker, read once: --worker-gone-after changes the constant."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """firehose's own options (each writer adds its own)."""
@@ -73,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worker-gone-after",
         type=int,
-        default=-runners.HEARTBEAT_DEAD_INTERNAL,
+        default=LOCUST_WORKER_GONE_AFTER_S,
         help="Seconds a worker Locust found missing may stay silent before the master drops it and gives its "
         "users to the other workers (default: Locust's own wait). A fixed-volume run waits for those users' "
         "engineers, so a lower value ends it sooner after a worker dies.",
