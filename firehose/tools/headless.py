@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -34,6 +35,16 @@ class HeadlessRun:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and self.summary is not None
+
+
+def passed_to_locust(locust_args: list[str]) -> list[str]:
+    """A tool's trailing arguments for Locust, without the `--` that separates them from the tool's own."""
+    return locust_args[1:] if locust_args[:1] == ["--"] else locust_args
+
+
+def results_dir(out: str | None, tool: str) -> Path:
+    """Where a tool writes its results: `out`, else results/<tool>-<timestamp>."""
+    return Path(out or Path("results") / f"{tool}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
 def locust_command(*args: str, processes: int = 0) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from pathlib import Path
 
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
 from firehose.strategies import strategy_named
@@ -27,7 +26,7 @@ from firehose.tools.capacity.report import render_chart, render_markdown
 from firehose.tools.capacity.search import Probe, SearchResult, search
 from firehose.tools.cpu_usage import CLIENT_CLASS, SERVER_CLASSES, CpuUsage
 from firehose.tools.database import add_target_arguments, empty_tables, refusal_to_empty
-from firehose.tools.headless import RUN_OVERHEAD_S, run_headless
+from firehose.tools.headless import RUN_OVERHEAD_S, passed_to_locust, results_dir, run_headless
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
 from services.postgres import redact
@@ -98,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if args.start < 1 or args.users < 1 or args.precision <= 0 or args.max_probes < 1:
         sys.stderr.write("firehose capacity: --start, --users, --max-probes must be at least 1, --precision above 0\n")
         return 2
-    out = Path(args.out or Path("results") / f"capacity-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    out = results_dir(args.out, "capacity")
+    locust_args = passed_to_locust(args.locust_args)
     services = RunServices(
         given_addresses(args), embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir
     )

@@ -21,11 +21,9 @@ reference's figures beside ours. Exit 1 when a check fails, a run failed, or row
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 from locust.event import Events
@@ -37,7 +35,7 @@ from firehose.tools.chaos.report import render_markdown
 from firehose.tools.cpu_usage import CpuUsage
 from firehose.tools.database import add_target_arguments, empty_tables, refusal_to_empty
 from firehose.tools.dataset import own_ids
-from firehose.tools.headless import RUN_OVERHEAD_S, run_headless
+from firehose.tools.headless import RUN_OVERHEAD_S, passed_to_locust, results_dir, run_headless
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
 from services.postgres import redact
@@ -109,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         sys.stderr.write(f"firehose chaos: {error}\n")
         return 2
-    out = Path(args.out or Path("results") / f"chaos-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    out = results_dir(args.out, "chaos")
+    locust_args = passed_to_locust(args.locust_args)
     services = RunServices(
         given_addresses(args), embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir
     )

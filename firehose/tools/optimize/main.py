@@ -15,12 +15,10 @@ perf_counter, in microseconds (Locust would round them).
 from __future__ import annotations
 
 import argparse
-import datetime
 import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import psycopg
 from locust.event import Events
@@ -28,6 +26,7 @@ from locust.event import Events
 from firehose.run.endpoints import RunServices, given_addresses
 from firehose.tools.database import add_target_arguments, refusal_to_empty
 from firehose.tools.dataset import Dataset, load, own_ids, recorded, sample
+from firehose.tools.headless import results_dir
 from firehose.tools.machine import machine_info
 from firehose.tools.optimize.report import render_markdown
 from firehose.tools.results import write_report
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         sys.stderr.write(f"firehose optimize: {error}\n")
         return 2
-    out = Path(args.out or Path("results") / f"optimize-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out = results_dir(args.out, "optimize")
     given = given_addresses(args)
     services = RunServices(given, embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir)
     try:

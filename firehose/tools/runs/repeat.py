@@ -15,7 +15,7 @@ import time
 
 from firehose.report.compare import Group, comparison, render
 from firehose.report.store import resolve
-from firehose.tools.headless import locust_command, run_bounded
+from firehose.tools.headless import locust_command, passed_to_locust, run_bounded
 
 RUN_TIMEOUT_S = 3600
 """A bound on each run (Locust's own -t ends it long before): a run that hangs is killed, not waited for forever."""
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"firehose run: --repeat must be at least 1, got {args.repeat}\n")
         return 2
     label = args.label or time.strftime("repeat-%Y%m%dT%H%M%S")
-    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    locust_args = passed_to_locust(args.locust_args)
     code = 0
     for n in range(1, args.repeat + 1):
         sys.stdout.write(f"firehose run: run {n} of {args.repeat}, label {label!r}\n")

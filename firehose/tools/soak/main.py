@@ -34,7 +34,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from firehose.strategies import class_names, strategy_named
-from firehose.tools.headless import RUN_OVERHEAD_S
+from firehose.tools.headless import RUN_OVERHEAD_S, passed_to_locust, results_dir
 from firehose.tools.locust_processes import DEADLINE_S, start_locust, wait_for, writer_key_of
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
@@ -175,7 +175,7 @@ class Settings:
             if not 0 < gaps[0] <= gaps[1]:
                 raise ValueError("--min-gap must be more than 0 and at most --max-gap")
             plan = schedule(seed, kinds, duration_s - TAIL_S, gaps) if kinds else []
-        locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+        locust_args = passed_to_locust(args.locust_args)
         return cls(duration_s, strategies, args.users, seed, kinds, plan, services, list(locust_args))
 
 
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         sys.stderr.write(f"firehose soak: {error}\n")
         return 2
-    out = Path(args.out or Path("results") / f"soak-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out = results_dir(args.out, "soak")
     out.mkdir(parents=True, exist_ok=True)
     print(
         f"soak schedule (seed {settings.seed}, --duration {settings.duration_s} s): "

@@ -35,7 +35,7 @@ from firehose.run.budget import SHRINK_FLAG
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
 from firehose.strategies import all_strategies, available_strategies, resolve_strategies, strategy_named
 from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
-from firehose.tools.headless import RUN_OVERHEAD_S, locust_command, run_bounded
+from firehose.tools.headless import RUN_OVERHEAD_S, locust_command, passed_to_locust, results_dir, run_bounded
 from firehose.tools.machine import machine_info
 from firehose.tools.references import run_reference
 from firehose.tools.server_cost import ServerCost
@@ -299,10 +299,10 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         strategies=[name.strip() for name in args.strategies.split(",") if name.strip()],
         user_counts=parse_user_counts(args.users),
         duration=args.duration,
-        out=Path(args.out or Path("results") / f"sweep-{datetime.datetime.now():%Y%m%d-%H%M%S}"),
+        out=results_dir(args.out, "sweep"),
         dsn=args.pg_dsn,
         processes=args.processes,
-        locust_args=args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args,
+        locust_args=passed_to_locust(args.locust_args),
         cell_timeout_s=args.cell_timeout,
         embedded_port=args.embedded_port,
         embedded_data_dir=args.embedded_data_dir,
