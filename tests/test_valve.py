@@ -20,6 +20,7 @@ from locust.event import Events
 from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import TABLES
+from writers import stream_consumer
 from writers.spool import chunk_files, spool_bytes, spooled_rows
 from writers.valve import ValveWriter, flush_spool, left_in_spools
 
@@ -86,6 +87,29 @@ def test_rows_land_once_and_the_spool_is_empty_after(empty_tables, redis_url, po
     (group,) = client.xinfo_groups(writer.stream)
     assert client.xlen(writer.stream) == 0 and group["pending"] == 0
     assert 0 < group["entries-read"] < 80, "one pointer per chunk of several traces, not one per trace"
+
+
+def test_a_settle_whose_reply_is_lost_still_deletes_its_chunk(empty_tables, redis_url, pools, tmp_path, monkeypatch):
+    """Redis killed -9 between writing a consumer's XACK + XDEL to its append-only file and replying: the pointers
+    are gone from Redis, so nothing would settle them later; the consumer retries the settle (idempotent) and only
+    then deletes the chunks."""
+    dsn, spool = empty_tables, tmp_path / "spool"
+    lost = []
+
+    def settle_then_lose_the_reply(client, keys, entries, **options):
+        answer = real_settle(client, keys, entries, **options)
+        if not lost:
+            lost.append(entries)
+            raise redis.ConnectionError("the reply was lost (Redis killed after its append-only file's fsync)")
+        return answer
+
+    real_settle = stream_consumer.settle
+    monkeypatch.setattr(stream_consumer, "settle", settle_then_lose_the_reply)
+    writer = ValveWriter(dsn, Events(), redis_url=redis_url, run_id=4, spool=spool, max_spool=MAX_SPOOL, consumers=1)
+    written = _write(writer, pools, range(2), EventIds(34))
+    writer.close()
+    assert lost and _in_database(dsn) == written and not writer.tally.failed
+    assert list(spool.iterdir()) == [], "a chunk file outlived its pointer"
 
 
 def test_a_spool_nobody_consumes_is_counted_then_flushed_once(empty_tables, redis_url, pools, tmp_path):

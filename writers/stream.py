@@ -270,12 +270,12 @@ class StreamWriter(Writer):
     def create_group(self) -> None:
         """The run's consumer group (and stream), unless another process (or this one, before a restart) made it."""
         try:  # from id 0: entries another process added before the group existed are delivered too
-            self._with_redis(lambda: self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
+            self.with_redis(lambda: self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):  # BUSYGROUP: another process of the run created it first
                 raise
 
-    def _with_redis(self, call: Callable[[], T], name: str | None = None) -> T:
+    def with_redis(self, call: Callable[[], T], name: str | None = None) -> T:
         """`call()`, retried through a Redis restart (lost connections) until the outage deadline.
 
         Redis retries and blocked seconds are tallied under `name` (the stream), when given.
@@ -316,7 +316,7 @@ class StreamWriter(Writer):
 
     def _measure_backlog(self) -> int:
         """The backlog now, in the unit of `max_len`: the stream's length."""
-        return self._with_redis(lambda: self.redis.xlen(self.stream))
+        return self.with_redis(lambda: self.redis.xlen(self.stream))
 
     def _send_forever(self) -> None:
         """XADD the queued traces, up to PIPELINE_TRACES per round trip, until told to stop."""
@@ -346,7 +346,7 @@ class StreamWriter(Writer):
 
         try:
             # A re-sent XADD may duplicate an entry whose reply a restart cut: its rows are stored once (see above).
-            *entry_ids, length = self._with_redis(xadd, self.stream)
+            *entry_ids, length = self.with_redis(xadd, self.stream)
         except Exception as error:
             for _, rows, _ in batch:
                 for table in TABLES:

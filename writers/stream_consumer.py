@@ -181,7 +181,15 @@ class StreamConsumers:
                 return
             if outcome is Outcome.REFUSED:
                 refused.append(batch.table)
-        acked = settle(self.writer.redis, self.writer.keys, entries, keep_refused=bool(refused))
+        # Retried through a Redis restart (XACK and XDEL are idempotent): a MULTI that Redis wrote to its append-only
+        # file just before it died has no reply, and its entries would leave no trace to settle them by later.
+        try:
+            acked = self.writer.with_redis(
+                lambda: settle(self.writer.redis, self.writer.keys, entries, keep_refused=bool(refused))
+            )
+        except SetupError as error:  # Redis gone past the outage deadline: the run stops, the entries stay pending
+            self.writer.fail(error)
+            return
         self.writer.entries_settled(entries)
         if refused:
             logger.error(

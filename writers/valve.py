@@ -115,7 +115,7 @@ class ValveWriter(StreamWriter):
         self._length = spool_bytes(self.spool)
         spool_id = self.stream.split(":")[3]
         where = f"{socket.gethostname()}:{self.spool}"  # for the summary's "spooled, not written" (`left_in_spools`)
-        self._with_redis(lambda: self.redis.hset(spools_key(run_id), spool_id, where))
+        self.with_redis(lambda: self.redis.hset(spools_key(run_id), spool_id, where))
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -202,7 +202,7 @@ class ValveWriter(StreamWriter):
                 with self.timed("XADD", self.stream, len(pointer)):
                     return self.redis.xadd(self.stream, pointer)
 
-            entry_id = self._with_redis(xadd, self.stream)
+            entry_id = self.with_redis(xadd, self.stream)
         except Exception as error:
             path.unlink(missing_ok=True)
             path.with_suffix(PARTIAL_SUFFIX).unlink(missing_ok=True)  # a write cut short (e.g. the disk full)
