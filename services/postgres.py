@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import warnings
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -67,19 +68,61 @@ SCHEMA_VERSION = "firehose schema 3"
 _SCHEMA_IN_PLACE = "SELECT obj_description(to_regclass('firehose_runs'), 'pg_class') = %s"
 
 
-def apply_schema(conninfo: str) -> None:
-    """Create or upgrade the tables and bookkeeping unless the database has this version of them (idempotent).
+def apply_schema(conninfo: str, layout: str = "plain") -> None:
+    """Create or upgrade the tables and bookkeeping unless the database has this version of them (idempotent), the
+    telemetry tables in `layout` (LAYOUTS); LayoutMismatch when they exist in the other one.
 
     Checked first, so a role without DDL rights (a least-privilege writer) can run against a prepared database.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        if conn.execute(_SCHEMA_IN_PLACE, [SCHEMA_VERSION]).fetchone()[0]:
-            return
-        conn.execute("SELECT pg_advisory_lock(7415)")  # two processes creating the schema at once
-        try:
-            conn.execute(SCHEMA_SQL.read_text())
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(7415)")
+        if not conn.execute(_SCHEMA_IN_PLACE, [SCHEMA_VERSION]).fetchone()[0]:
+            conn.execute("SELECT pg_advisory_lock(7415)")  # two processes creating the schema at once
+            try:
+                if layout == "partitioned":
+                    conn.execute(PARTITIONED_SQL.read_text())
+                conn.execute(SCHEMA_SQL.read_text())
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(7415)")
+        found = table_layout(conn)
+        if found != layout:
+            raise LayoutMismatch(found, layout)
+
+
+LAYOUTS = ("plain", "partitioned")
+"""--layout: the telemetry tables as schema/tables.sql makes them, or range-partitioned on time (partitioned.sql)."""
+PARTITIONED_SQL = REPO / "schema" / "partitioned.sql"
+_RELKINDS = "SELECT relkind FROM pg_class WHERE relname IN ('spans', 'metrics', 'logs') AND pg_table_is_visible(oid)"
+
+
+class LayoutMismatch(ValueError):
+    """The database's telemetry tables are in another layout than the one asked for."""
+
+    def __init__(self, found: str, wanted: str) -> None:
+        self.found, self.wanted = found, wanted
+        super().__init__(
+            f"the database's telemetry tables are {found}, not {wanted}: run with --layout {found}, or recreate "
+            f"them (their rows are lost) with `firehose reset --layout {wanted}` (the embedded server) or by "
+            f"dropping spans, metrics and logs"
+        )
+
+
+def table_layout(conn: psycopg.Connection) -> str:
+    """The layout of the telemetry tables: "partitioned" when all three are partitioned tables, "plain" when none
+    is, "mixed" otherwise (no run writes to such a database)."""
+    kinds = {row[0] for row in conn.execute(_RELKINDS)}
+    if kinds == {"p"}:
+        return "partitioned"
+    return "plain" if "p" not in kinds else "mixed"
+
+
+def create_partitions(conninfo: str, start: datetime, end: datetime, interval_s: float) -> list[str]:
+    """The partitions (of each table, one per `interval_s`, aligned) covering [start, end) that were missing,
+    created now (schema/partitioned.sql's firehose_create_partitions)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT firehose_create_partitions(%s, %s, make_interval(secs => %s))", [start, end, interval_s]
+        ).fetchall()
+    return [row[0] for row in rows]
 
 
 def server_settings() -> dict[str, str]:
@@ -175,9 +218,10 @@ class EmbeddedPostgres:
     def log_file(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def start(self) -> str:
-        """Start the server unless it already runs; create the database and schema. Returns the DSN for clients:
-        `listen_dsn` when listening beyond loopback, else `dsn`."""
+    def start(self, layout: str = "plain") -> str:
+        """Start the server unless it already runs; create the database and schema (the telemetry tables in
+        `layout`: LayoutMismatch when they exist in the other). Returns the DSN for clients: `listen_dsn` when
+        listening beyond loopback, else `dsn`."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.socket_dir is not None:
             self.socket_dir.mkdir(parents=True, exist_ok=True)
@@ -202,7 +246,7 @@ class EmbeddedPostgres:
         self._create_database()
         if self.listen:
             self._open_to_listen_address()
-        apply_schema(self.dsn)
+        apply_schema(self.dsn, layout)
         return self.listen_dsn if self.listen else self.dsn
 
     def stop(self) -> None:

@@ -17,7 +17,9 @@ import pytest
 
 from collections.abc import Callable, Iterator
 
-from services.postgres import EmbeddedPostgres
+from psycopg.conninfo import make_conninfo
+
+from services.postgres import EmbeddedPostgres, apply_schema
 from firehose.tools.headless import locust_command, run_bounded
 from services.ports import free_port
 from telemetry.pools import Pools
@@ -148,6 +150,28 @@ def dsn(postgres):
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE spans, metrics, logs, quarantine")
     return postgres.dsn
+
+
+PARTITIONED_DATABASE = "firehose_partitioned"
+"""The session server's second database: the telemetry tables in the partitioned layout (schema/partitioned.sql)."""
+
+
+@pytest.fixture(scope="session")
+def partitioned_database(postgres) -> str:
+    """The DSN of a database of the session's server whose telemetry tables are partitioned, created once."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {PARTITIONED_DATABASE}")
+    partitioned = make_conninfo(postgres.dsn, dbname=PARTITIONED_DATABASE)
+    apply_schema(partitioned, "partitioned")
+    return partitioned
+
+
+@pytest.fixture
+def partitioned_dsn(partitioned_database):
+    """As `dsn`, in the partitioned layout: its telemetry tables emptied (their partitions kept)."""
+    with psycopg.connect(partitioned_database, autocommit=True) as conn:
+        conn.execute("TRUNCATE spans, metrics, logs, quarantine")
+    return partitioned_database
 
 
 def run_locust(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

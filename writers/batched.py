@@ -35,7 +35,7 @@ MAX_PARAMETERS = 65_535
 class BatchedWriter(BufferedWriter):
     """Batches rows per table and sends each batch as one multi-row INSERT, committed on its own.
 
-    Every INSERT says `ON CONFLICT (event_id) DO NOTHING`, not only retries: it costs less than the run-to-run
+    Every INSERT says `ON CONFLICT DO NOTHING`, not only retries: it costs less than the run-to-run
     noise (docs/performance-notes.md), and one statement text keeps psycopg's automatic prepared statement for
     first tries and retries alike.
     """
@@ -96,10 +96,10 @@ class BatchedWriter(BufferedWriter):
 
 @lru_cache(maxsize=64)
 def insert_statement(table: str, rows: int) -> str:
-    """`INSERT INTO table (columns) VALUES ($1, ...), ... ON CONFLICT (event_id) DO NOTHING` for `rows` rows."""
+    """`INSERT INTO table (columns) VALUES ($1, ...), ... ON CONFLICT DO NOTHING` for `rows` rows."""
     columns = COLUMNS[table]
     width = len(columns)
     values = ", ".join(
         "(" + ", ".join(f"${row * width + column}" for column in range(1, width + 1)) + ")" for row in range(rows)
     )
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT (event_id) DO NOTHING"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON CONFLICT DO NOTHING"

@@ -63,6 +63,6 @@ def copy_deduplicated(conn: psycopg.Connection, table: str, data: bytes) -> int:
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
     copy_rows(conn, copy_statement(table, staging), data)
     inserted = conn.execute(
-        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT (event_id) DO NOTHING"
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT DO NOTHING"
     )
     return inserted.rowcount

@@ -121,4 +121,4 @@ _INSERT = {
     table: f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(f'${n}' for n, _ in enumerate(columns, 1))})"
     for table, columns in COLUMNS.items()
 }
-_INSERT_DEDUPLICATED = {table: f"{statement} ON CONFLICT (event_id) DO NOTHING" for table, statement in _INSERT.items()}
+_INSERT_DEDUPLICATED = {table: f"{statement} ON CONFLICT DO NOTHING" for table, statement in _INSERT.items()}

@@ -3,7 +3,7 @@
 `ValidatedCopyWriter` buffers and batches exactly like `CopyWriter`; only sending a batch differs:
 
 1. writers.checks sorts the batch: clean rows are COPYed; suspicious ones (valid but unusual) go by
-   `INSERT ... ON CONFLICT (event_id) DO NOTHING`; malformed ones are quarantined with their reason.
+   `INSERT ... ON CONFLICT DO NOTHING`; malformed ones are quarantined with their reason.
 2. When the server still refuses a COPY (an event_id an earlier batch committed, a CHECK), the
    batch is split where COPY's error names the failing line: the rows before it are sent again and
    commit, that row is quarantined with the server's error, the rows after it are sent again. An
@@ -203,7 +203,7 @@ class ValidatedCopyWriter(CopyWriter):
         def insert(conn: psycopg.Connection, rows: list[bytes], retry: bool) -> None:
             statement = (
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholders] * len(rows))}"
-                " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+                " ON CONFLICT DO NOTHING RETURNING event_id"
             )
             values = [value for row in rows for value in parse_row(row.decode())]
             stored = {event_id for (event_id,) in conn.execute(statement, values)}

@@ -1,5 +1,5 @@
 -- BatchedEngineer's round trip for spans, from a C client: one INSERT of 500 rows, a transaction each,
--- with the batched writer's ON CONFLICT (event_id) DO NOTHING (no event_id repeats, so it skips none).
+-- with the batched writer's ON CONFLICT DO NOTHING (no event_id repeats, so it skips none).
 -- `firehose bench` runs it with pgbench -M prepared (direct) or -M extended (through pgBouncer 1.18, which
 -- cannot keep prepared statements: the pooled writer does not prepare either), -D first_id=... -D n=0, and one
 -- generated row's values as -D spans_<column>=...
@@ -23,4 +23,4 @@ SELECT :first::bigint + g,
        NULL,
        (CASE WHEN g >= 0 THEN :spans_attributes END)::jsonb
 FROM generate_series(0, 499) AS g
-ON CONFLICT (event_id) DO NOTHING;
+ON CONFLICT DO NOTHING;
