@@ -23,11 +23,13 @@ from telemetry.layout import COLUMNS, TABLES, TIME_COLUMN, copy_statement
 from writers.batched import BatchedWriter
 from writers.copy import CopyWriter, copy_data, copy_deduplicated, copy_rows
 from writers.naive import NaiveWriter
-from writers.partitions import outside_reason
+from writers.delivery import open_pool
+from writers.partitions import outside_reason, rows_outside_partitions
 from writers.pooled import PooledWriter
 from writers.stream import StreamWriter
 from writers.validated import ValidatedCopyWriter
 from writers.valve import ValveWriter
+from tests.conftest import load_summary, run_locust
 
 pytestmark = pytest.mark.slow
 
@@ -150,6 +152,18 @@ def test_a_row_outside_every_partition_fails_alone_and_its_batch_commits(partiti
         assert writer.tally.failed == dict.fromkeys(TABLES, 1) and not writer.tally.quarantined
 
 
+def test_only_the_partitioned_layout_splits_a_check_violation(dsn, partitioned, pools):
+    """A CHECK constraint raises the same SQLSTATE: on a table that is not partitioned no row is split out."""
+    lines = [_with_time("logs", line, OUTSIDE) for line in _traces(pools)[0].logs]
+    refusal = psycopg.errors.CheckViolation("refused")
+    for conninfo, outside in ((dsn, []), (partitioned, list(range(len(lines))))):
+        writer = CopyWriter(conninfo, Events(), pool_size=1)
+        with open_pool(conninfo, 1, "check") as pool:
+            assert rows_outside_partitions(writer, pool, "logs", lines, refusal) == outside
+            assert rows_outside_partitions(writer, pool, "logs", lines, psycopg.errors.UniqueViolation()) == []
+        writer.close()
+
+
 def test_a_retried_batch_stores_nothing_twice_and_a_forced_duplicate_is_counted(partitioned, pools):
     traces = _traces(pools)
     with psycopg.connect(partitioned) as conn:
@@ -181,3 +195,24 @@ def test_the_duplicate_id_fault_is_refused_by_the_primary_key(request, pools, la
             duplicate = corrupt_row(table, other, "duplicate_id", donor=donor)
             with pytest.raises(psycopg.errors.UniqueViolation):
                 copy_rows(conn, copy_statement(table), copy_data([duplicate]))
+
+
+ENGINEERS = (
+    "CopyEngineer", "BatchedEngineer", "NaiveEngineer", "PooledEngineer", "StreamEngineer", "ValveEngineer",
+    "ValidatedCopyEngineer",
+)  # fmt: skip
+"""Every writing class, one user each, in one run per layout."""
+
+
+@pytest.mark.parametrize("layout", ["plain", "partitioned"])
+def test_every_strategy_at_once_reconciles_on_each_layout(request, tmp_path, layout):
+    dsn = request.getfixturevalue("dsn" if layout == "plain" else "partitioned_dsn")
+    summary = tmp_path / "summary.json"
+    result = run_locust(
+        *ENGINEERS, "-u", str(len(ENGINEERS)), "-r", str(len(ENGINEERS)), "-t", "60s", "--traces-per-engineer", "3",
+        "--pg-dsn", dsn, "--valve-spool", str(tmp_path / "spool"), "--summary-json", str(summary),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    events = load_summary(summary)["events"]
+    assert events["lost"] == 0 and events["duplicates"] == 0 and events["failed"] == 0, events
+    assert events["acknowledged"] == events["in_database"] == events["generated"] > len(ENGINEERS) * 3 * 15, events
