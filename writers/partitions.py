@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from telemetry.layout import COLUMNS, NULL, TIME_COLUMN
-from writers.delivery import Connections, Outcome
+from writers.delivery import Connections, Outcome, SetupError
 
 if TYPE_CHECKING:
     from writers.base import Writer
@@ -39,18 +39,13 @@ _LEAF_CONSTRAINTS = (
 )
 
 
-def refused_for_partition(error: Exception | None) -> bool:
-    """The server refused the rows with SQLSTATE 23514: a row outside every partition (or a CHECK constraint)."""
-    return isinstance(error, psycopg.errors.CheckViolation)
-
-
 def rows_outside_partitions(
     writer: Writer, pool: Connections, table: str, rows: Sequence[str | bytes], error: Exception | None
 ) -> list[int]:
     """The positions in `rows` (COPY text rows of `table`) of those whose time no partition of `table` takes, after
     the server refused them with `error`; [] when the refusal is not SQLSTATE 23514, the table is not partitioned,
     or every row has its partition (a CHECK constraint refused them: the refusal stands)."""
-    if not refused_for_partition(error):
+    if not isinstance(error, psycopg.errors.CheckViolation):  # SQLSTATE 23514
         return []
     times = [_time_of(table, row) for row in rows]
     outside: list[int] = []
@@ -59,8 +54,12 @@ def rows_outside_partitions(
         outside[:] = _outside(conn, table, times)
 
     # Through the delivery loop: a lost connection is retried, and a time the server cannot even read (a row the
-    # COPY would also have refused) leaves the refusal standing.
-    delivery = writer.deliver(pool, CHECK_VERB, table, 0, check)
+    # COPY would also have refused) leaves the refusal standing, as does a check the server will not run.
+    try:
+        delivery = writer.deliver(pool, CHECK_VERB, table, 0, check)
+    except SetupError as failure:
+        logger.warning("the partitions of %s could not be checked (%s): its batch fails whole", table, failure)
+        return []
     if delivery.outcome is not Outcome.COMMITTED:
         return []
     if outside:
