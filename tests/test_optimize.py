@@ -4,6 +4,7 @@ dataset, and the refusal to touch a database that holds other tables (no timing 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import json
+import re
 
 import psycopg
 import pytest
@@ -89,8 +90,9 @@ def test_optimize_on_partitioned_tables_creates_drops_and_sizes_the_indexes_of_e
         assert all(query["identical"] and query["non_empty"] for query in result["queries"].values())
         assert all(index["bytes"] > 0 for index in result["indexes"].values())
         assert all(size > 0 for size in result["dataset"]["table_bytes"].values())
-        scans = result["queries"]["recent_errors"]["after"]["scans"]
-        assert any(scan.startswith("Index Scan firehose_spans_errors_recent on spans (") for scan in scans), scans
+        scans = result["queries"]["recent_errors"]["after"]["scans"]  # a partition's index named as its table's
+        assert any(" firehose_spans_errors_recent" in scan for scan in scans), scans
+        assert any(re.fullmatch(r".* on spans \(\d+ partitions?\)", scan) for scan in scans), scans
         assert "tables partitioned by time, one partition per 1h" in (tmp_path / "optimize.md").read_text()
     finally:
         with psycopg.connect(partitioned_dsn, autocommit=True) as conn:

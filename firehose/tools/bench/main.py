@@ -32,6 +32,7 @@ from pathlib import Path
 import psycopg
 from locust.event import Events
 
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.strategies import Strategy, all_strategies, baseline
 from firehose.tools.bench import crash_cost, layouts
 from firehose.tools.bench.figures import BENCH_SEED, END_TO_END, Figure, median_costs
@@ -162,8 +163,8 @@ def apply_sizes(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     apply_sizes(args)
     try:
-        parse_duration(args.partition_interval)
-    except ValueError as error:
+        partition_interval_s(args)
+    except Refused as error:
         sys.stderr.write(f"firehose bench: {error}\n")
         return 2
     if args.pg_dsn is not None and (refusal := refusal_to_empty(args.pg_dsn, "bench", args.yes)) is not None:

@@ -32,6 +32,7 @@ from locust.event import Events
 from psycopg.rows import dict_row
 
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.strategies import strategy_named
 from firehose.tools.chaos.report import render_markdown
 from firehose.tools.cpu_usage import CpuUsage
@@ -113,15 +114,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         parse_duration(args.duration)
         history_s = parse_duration(args.history)
-        parse_duration(args.partition_interval)
+        partition_interval_s(args)
         strategy_named(args.strategy)
-    except ValueError as error:
+    except (ValueError, Refused) as error:
         sys.stderr.write(f"firehose chaos: {error}\n")
         return 2
     out = results_dir(args.out, "chaos")
     locust_args = passed_to_locust(args.locust_args)
     services = RunServices(
-        given_addresses(args), embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir
+        given_addresses(args),
+        embedded_port=args.embedded_port,
+        embedded_data_dir=args.embedded_data_dir,
+        layout=args.layout,
     )
     try:
         dsn = services.start_postgres()
@@ -138,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         addresses = services.start(needed)  # once for both phases, like the sweep
         service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
         result = measure(dsn, args, history_s, [*service_args, *locust_args], replica_dsn)
-    except LayoutMismatch as error:
+    except (LayoutMismatch, Refused) as error:  # the tables in the other layout
         sys.stderr.write(f"firehose chaos: {error}\n")
         return 2
     finally:
@@ -302,7 +306,9 @@ def table_sizes(dsn: str) -> dict[str, dict[str, int]]:
             table: {
                 "rows": conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0],
                 "bytes": conn.execute(
-                    "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(%s::regclass)", [table]
+                    "SELECT pg_total_relation_size(%(table)s) + (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)"
+                    " FROM pg_partition_tree(%(table)s) WHERE relid <> %(table)s::regclass)::bigint",
+                    {"table": table},
                 ).fetchone()[0],
             }
             for table in TABLES

@@ -31,6 +31,7 @@ import psycopg
 from locust.event import Events
 
 from firehose.run.endpoints import RunServices, given_addresses
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.tools.database import add_layout_arguments, add_target_arguments, prepare_layout, refusal_to_empty
 from firehose.tools.dataset import Dataset, load, own_ids, recorded, sample
 from firehose.tools.headless import results_dir
@@ -59,6 +60,11 @@ FLOAT_DIGITS = 9
 OUR_INDEXES = "schemaname = current_schema() AND tablename = ANY(%s) AND indexname LIKE 'firehose\\_%%'"
 """pg_indexes' rows of firehose's own indexes on the telemetry tables (bound with TABLES)."""
 _INDEX_NAME = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+)", re.IGNORECASE)
+PARTITIONS_TOTAL = (
+    "SELECT coalesce(sum(%s(relid)), 0)::bigint FROM pg_partition_tree(%%(table)s) WHERE relid <> %%(table)s::regclass"
+)
+"""The size (by the function named) of a table's or index's partitions, all levels: a partitioned table or index has
+no storage of its own, a plain one no partitions."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,20 +88,22 @@ def run(args: argparse.Namespace) -> int:
     """Measure, write the results, print the table; 2 when refused, 1 when a result changed or came back empty."""
     try:
         history_s, window_s = parse_duration(args.history), parse_duration(args.window)
-        parse_duration(args.partition_interval)
-    except ValueError as error:
+        partition_interval_s(args)
+    except (ValueError, Refused) as error:
         sys.stderr.write(f"firehose optimize: {error}\n")
         return 2
     out = results_dir(args.out, "optimize")
     given = given_addresses(args)
-    services = RunServices(given, embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir)
+    services = RunServices(
+        given, embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir, layout=args.layout
+    )
     try:
         dsn = services.start_postgres()
         if (refusal := refusal_to_empty(dsn, "optimize", args.yes)) is not None:
             sys.stderr.write(refusal + "\n")
             return 2
         result = measure(dsn, args, history_s, window_s)
-    except LayoutMismatch as error:
+    except (LayoutMismatch, Refused) as error:  # the tables in the other layout
         sys.stderr.write(f"firehose optimize: {error}\n")
         return 2
     finally:
@@ -240,7 +248,7 @@ def partition_parents(conn: psycopg.Connection) -> dict[str, str]:
 def table_size(conn: psycopg.Connection, table: str) -> int:
     """Bytes of a table with its TOAST and indexes, its partitions' added up (a partitioned table has none itself)."""
     return conn.execute(
-        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) FROM pg_partition_tree(%s::regclass)", [table]
+        f"SELECT pg_total_relation_size(%(table)s) + ({PARTITIONS_TOTAL % 'pg_total_relation_size'})", {"table": table}
     ).fetchone()[0]
 
 
@@ -266,12 +274,14 @@ def compare(before: dict, after: dict) -> dict:
 def index_sizes(conn: psycopg.Connection) -> dict[str, dict]:
     """Each firehose_ index of the telemetry tables: its table, size and definition."""
     rows = conn.execute(
-        "SELECT indexname, tablename, (SELECT coalesce(sum(pg_relation_size(relid)), 0)"
-        "   FROM pg_partition_tree(format('%%I.%%I', schemaname, indexname)::regclass)), indexdef"
-        f" FROM pg_indexes WHERE {OUR_INDEXES} ORDER BY tablename, indexname",
+        f"SELECT indexname, tablename, indexdef FROM pg_indexes WHERE {OUR_INDEXES} ORDER BY tablename, indexname",
         [list(TABLES)],
     ).fetchall()
-    return {name: {"table": table, "bytes": size, "definition": definition} for name, table, size, definition in rows}
+    size = f"SELECT pg_relation_size(%(table)s) + ({PARTITIONS_TOTAL % 'pg_relation_size'})"
+    return {
+        name: {"table": table, "bytes": conn.execute(size, {"table": name}).fetchone()[0], "definition": definition}
+        for name, table, definition in rows
+    }
 
 
 def timed_sample_copy(dsn: str, dataset: Dataset, rows: int) -> dict:

@@ -33,6 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from firehose.run.budget import SHRINK_FLAG
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.strategies import all_strategies, available_strategies, resolve_strategies, strategy_named
 from firehose.tools.database import (
     DEFAULT_PARTITION_INTERVAL,
@@ -103,7 +104,9 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     timeout = plan.cell_timeout_s or parse_duration(plan.duration) + RUN_OVERHEAD_S
     (plan.out / "cells").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    services = RunServices(_given(plan), embedded_port=plan.embedded_port, embedded_data_dir=plan.embedded_data_dir)
+    services = RunServices(
+        _given(plan), embedded_port=plan.embedded_port, embedded_data_dir=plan.embedded_data_dir, layout=plan.layout
+    )
     try:
         dsn = services.start_postgres()
         now = datetime.datetime.now(datetime.UTC)  # the references write rows of their last hour; a sweep: hours
@@ -329,7 +332,7 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
     if args.migration_probe:
         plan.locust_args += ["--migration-probe", str(args.migration_probe)]
     plan.locust_args += layout_arguments(args)
-    parse_duration(args.partition_interval)
+    partition_interval_s(args)
     parse_duration(plan.duration)
     resolve_strategies(plan.strategies)
     if SHRINK_FLAG in plan.locust_args:
@@ -341,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the sweep, write its results, print the table; 0 when every cell of the grid is clean."""
     try:
         plan = plan_from_args(args)
-    except ValueError as error:
+    except (ValueError, Refused) as error:
         sys.stderr.write(f"firehose sweep: {error}\n")
         return 2
     given = _given(plan).get("postgres")  # the embedded server holds firehose's tables only
@@ -350,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = run_sweep(plan)
-    except LayoutMismatch as error:
+    except (LayoutMismatch, Refused) as error:  # the tables in the other layout
         sys.stderr.write(f"firehose sweep: {error}\n")
         return 2
     paths = write_results(result, plan.out)
