@@ -19,7 +19,7 @@ from locust.event import Events
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from firehose.tools.bench.figures import BENCH_SEED, Figure
+from firehose.tools.bench.figures import BENCH_SEED, END_TO_END, Figure
 from firehose.tools.bench.generator import ANCHOR_US
 from firehose.tools.database import empty_tables
 from services.postgres import LAYOUTS, apply_schema, create_partitions
@@ -123,9 +123,9 @@ def markdown_lines(layouts: dict) -> list[str]:
     """The section: both layouts' rows/s and the ratio."""
     rates = layouts["rows_per_s"]
     return [
-        f"COPY into each layout ({layouts['rows']:,} rows of the last hour, the COPY writer as a CopyEngineer process "
-        f"has it; partitions of {layouts['partition_interval_s'] / 3600:g} h, {layouts['partitions_written']} of "
-        "them written per table; same server, back to back):",
+        f"COPY into each layout ({layouts['rows']:,} rows of the last hour, the COPY writer as an {END_TO_END} "
+        f"process has it; partitions of {layouts['partition_interval_s'] / 3600:g} h, "
+        f"{layouts['partitions_written']} of them written per table; same server, back to back):",
         "",
         "| layout | rows/s |",
         "|---|--:|",
