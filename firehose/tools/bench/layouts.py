@@ -123,7 +123,7 @@ def markdown_lines(layouts: dict) -> list[str]:
     """The section: both layouts' rows/s and the ratio."""
     rates = layouts["rows_per_s"]
     return [
-        f"COPY into each layout ({layouts['rows']:,} rows of the last hour, the COPY writer as an {END_TO_END} "
+        f"COPY into each layout ({layouts['rows']:,} rows of the last hour, the COPY writer as {END_TO_END}'s "
         f"process has it; partitions of {layouts['partition_interval_s'] / 3600:g} h, "
         f"{layouts['partitions_written']} of them written per table; same server, back to back):",
         "",
