@@ -2,8 +2,8 @@
 
 The same rows (the bench's engineers, their last hour before a fixed time), composed beforehand, are written by
 the COPY writer (writers.copy, as a CopyEngineer's process has it: its batch size and flushing connections) into a
-database in each layout on the same server, back to back in every repetition, each time into emptied tables after
-a checkpoint. The bench's own database is one of the two (its layout, `--layout`); the other is a database of the
+database in each layout on the same server, back to back in every repetition (each layout first in turn), each
+time into emptied tables after a checkpoint. The bench's own database is one of the two (its layout, `--layout`); the other is a database of the
 bench's own beside it, `firehose_bench_<layout>`, created when missing (the role needs CREATEDB) and emptied after.
 Every row is counted in the database afterwards: a row refused (a time outside every partition) fails the part.
 """
@@ -55,8 +55,8 @@ def measure(
     written = sum(map(len, rows))
     figures = {name: Figure() for name in LAYOUTS}
     try:
-        for _ in range(repetitions):
-            for name in LAYOUTS:  # interleaved, so drift hits both alike
+        for repetition in range(repetitions):
+            for name in LAYOUTS if repetition % 2 == 0 else LAYOUTS[::-1]:  # interleaved, each first in turn
                 figures[name].values.append(timed_copy(targets[name], rows, written))
                 progress(f"COPY into {name} tables: {figures[name].values[-1]:,.0f} rows/s")
         with psycopg.connect(targets["partitioned"]) as conn:
