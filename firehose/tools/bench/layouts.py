@@ -3,8 +3,9 @@
 The same rows (the bench's engineers, their last hour before a fixed time), composed beforehand, are written by
 the COPY writer (writers.copy, as a CopyEngineer's process has it: its batch size and flushing connections) into a
 database in each layout on the same server, back to back in every repetition (each layout first in turn), each
-time into emptied tables after a checkpoint. The bench's own database is one of the two (its layout, `--layout`); the other is a database of the
-bench's own beside it, `firehose_bench_<layout>`, created when missing (the role needs CREATEDB) and emptied after.
+time into emptied tables after a checkpoint. The bench's own database is one of the two (its layout, `--layout`);
+the other is a database of the bench's own beside it, `firehose_bench_<layout>`, created when missing (the role
+needs CREATEDB) and emptied after.
 Every row is counted in the database afterwards: a row refused (a time outside every partition) fails the part.
 """
 
