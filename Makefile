@@ -43,6 +43,7 @@ sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 ## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4;
 ## "--only crash_cost" measures what a worker killed -9 loses, per strategy)
 BENCH_ARGS ?=
+## "--layout partitioned": every run of the bench on partitioned tables; its layouts part compares COPY into both)
 bench: $(BIN)/.installed services
 	$(BIN)/firehose bench $(EMBEDDED) $(BENCH_ARGS)
 
