@@ -43,9 +43,10 @@ STRADDLING_TRACES = 30
 in the window with a parent before it, which the dependency map's bound on the parents must keep."""
 PARTITION = timedelta(hours=1)
 """Hourly partitions from a day before ANCHOR to an hour after it: a 1 h window needs 2 of the 25 per table."""
-PARTITIONED_DATABASE = "firehose_queries_partitioned"
-"""A database of this module's own, so its hourly partitions never meet another test's partitions of other sizes
-(conftest's partitioned database keeps every test's partitions for the session)."""
+DATABASES = {"plain": "firehose_queries_plain", "partitioned": "firehose_queries_partitioned"}
+"""Databases of this module's own on the session's server, one per layout, loaded once per session: no other test
+empties them between two of ours (tests run in the order of their durations, modules mixed), and the hourly
+partitions never meet another test's partitions of other sizes (conftest's partitioned database keeps them all)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -121,28 +122,25 @@ class Generated:
         return [span for span in self.spans if in_window(span["start_us"])]
 
 
-@pytest.fixture(scope="module")
-def partitioned_database(postgres) -> str:
-    """The DSN of a fresh database of the session's server in the partitioned layout, with hourly partitions."""
+def fresh_database(postgres, layout: str) -> str:
+    """The DSN of a new database of the session's server with the tables in `layout` (hourly partitions over the
+    day before ANCHOR and the hour after it)."""
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {PARTITIONED_DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {PARTITIONED_DATABASE}")
-    partitioned = make_conninfo(postgres.dsn, dbname=PARTITIONED_DATABASE)
-    apply_schema(partitioned, "partitioned")
-    create_partitions(partitioned, ANCHOR - timedelta(days=1), ANCHOR + PARTITION, PARTITION.total_seconds())
-    return partitioned
+        conn.execute(f"DROP DATABASE IF EXISTS {DATABASES[layout]} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASES[layout]}")
+    dsn = make_conninfo(postgres.dsn, dbname=DATABASES[layout])
+    apply_schema(dsn, layout)
+    if layout == "partitioned":
+        create_partitions(dsn, ANCHOR - timedelta(days=1), ANCHOR + PARTITION, PARTITION.total_seconds())
+    return dsn
 
 
-@pytest.fixture(scope="module")
-def loaded(postgres, partitioned_database, pools) -> tuple[dict[str, str], Generated]:
+@pytest.fixture(scope="session")
+def loaded(postgres, pools) -> tuple[dict[str, str], Generated]:
     """ENGINEERS engineers' telemetry over HISTORY_S before ANCHOR, plus STRADDLING_TRACES across the window's
-    start, loaded with CopyWriter into both layouts (the same rows), and parsed."""
-    targets = {"plain": postgres.dsn, "partitioned": partitioned_database}
-    writers = []
-    for dsn in targets.values():
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("TRUNCATE spans, metrics, logs")
-        writers.append(CopyWriter(dsn, Events(), batch_size=2000, pool_size=2))
+    start, loaded with CopyWriter into a database of each layout (the same rows), and parsed."""
+    targets = {layout: fresh_database(postgres, layout) for layout in DATABASES}
+    writers = [CopyWriter(dsn, Events(), batch_size=2000, pool_size=2) for dsn in targets.values()]
     ids = EventIds(21)
     engineers = [
         EngineerTelemetry(pools, seed, anchor_us=epoch_us(ANCHOR), window_s=HISTORY_S) for seed in range(ENGINEERS)
