@@ -16,19 +16,26 @@ import psycopg
 
 from telemetry.layout import TABLES
 
-LEAVES = " UNION ALL ".join(f"SELECT relid FROM pg_partition_tree('{table}') WHERE isleaf" for table in TABLES)
-"""Every table that holds telemetry rows: the three tables, or their partitions."""
+LEAVES = " UNION ALL ".join(
+    f"SELECT oid AS relid FROM pg_class WHERE oid = '{table}'::regclass AND relkind = 'r'"
+    f" UNION ALL SELECT relid FROM pg_partition_tree('{table}') WHERE isleaf"
+    for table in TABLES
+)
+"""Every table that holds telemetry rows: the three plain tables, or their partitions."""
 SIZES = f"""
 SELECT coalesce(sum(pg_table_size(relid)), 0)::bigint, coalesce(sum(pg_indexes_size(relid)), 0)::bigint,
-       count(*) FILTER (WHERE pg_partition_root(relid) IS NOT NULL)::int
+       count(*) FILTER (WHERE pg_partition_root(relid) IS NOT NULL AND pg_table_size(relid) > 0)::int
 FROM ({LEAVES}) AS leaves
 """
-"""Bytes of the tables (their TOAST included) and of their indexes, and how many partitions hold them."""
+"""Bytes of the tables (their TOAST included) and of their indexes, and how many partitions hold rows."""
 ROWS = f"SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables WHERE relid IN ({LEAVES})"
 """Rows inserted into the telemetry tables since the server's statistics began (a backend reports within ~1 s)."""
 NEWEST = "SELECT max(start_time), (array_agg(trace_id ORDER BY event_id DESC))[1] FROM ({newest}) AS newest"
 NEWEST_SPANS = "SELECT start_time, trace_id, event_id FROM spans ORDER BY event_id DESC LIMIT 1000"
 """The newest spans by event id (numbered as composed: a backward scan of the primary key, cheap in both layouts)."""
+SHORTEST_PHASE_S = 1.0
+"""A phase shorter than this has no rate: rows arrive by whole COPY batches (a first mark passed by the first
+commits of a small --step)."""
 
 
 def lsn_bytes(lsn: str) -> int:
@@ -85,7 +92,7 @@ class Counters:
         return {
             "seconds": round(seconds, 1),
             "rows": rows,
-            "rows_per_s": round(rows / seconds, 1) if seconds > 0 else None,
+            "rows_per_s": round(rows / seconds, 1) if seconds >= SHORTEST_PHASE_S else None,
             "wal_bytes": self.wal_bytes - before.wal_bytes,
             "checkpoints_timed": self.checkpoints_timed - before.checkpoints_timed,
             "checkpoints_requested": self.checkpoints_requested - before.checkpoints_requested,

@@ -165,13 +165,11 @@ def render_chart(document: dict, path: Path) -> None:
     for style, (layout, result) in zip(LINE_STYLES, document["layouts"].items(), strict=False):
         steps = result["steps"]
         sizes = [step["size_bytes"] / GB for step in steps]
-        rates.plot(sizes, [step["writing"]["rows_per_s"] for step in steps], style, marker="o", label=layout)
+        rates.plot(sizes, [_value(step["writing"]["rows_per_s"]) for step in steps], style, marker="o", label=layout)
         for name in steps[0]["burst"]["queries"] if steps else ():
-            p95 = [step["burst"]["queries"][name]["p95_ms"] for step in steps]
-            (line,) = latencies.plot(
-                sizes, [value if value is not None else float("nan") for value in p95], style, marker=".",
-                color=colors.get(name), label=f"{name} ({layout})",
-            )  # fmt: skip
+            p95 = [_value(step["burst"]["queries"][name]["p95_ms"]) for step in steps]
+            label = None if name in colors else name  # each query once: the line style says the layout
+            (line,) = latencies.plot(sizes, p95, style, marker=".", color=colors.get(name), label=label)
             colors.setdefault(name, line.get_color())
     machine = document["machine"]
     for axes in (rates, latencies):
@@ -184,10 +182,10 @@ def render_chart(document: dict, path: Path) -> None:
     rates.set_ylabel("rows/s written (between the analysts' bursts)")
     rates.set_ylim(bottom=0)
     rates.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
-    rates.legend()
     latencies.set_yscale("log")
-    latencies.set_ylabel("query p95, ms (log)")
-    latencies.legend(fontsize=6, ncol=2)
+    latencies.set_ylabel("query p95, ms (log; the line style is the layout's, as on the left)")
+    for axes in (rates, latencies) if colors else ():
+        axes.legend(fontsize=7)
     settings = document["settings"]
     figure.suptitle(
         f"firehose grow: {settings['strategy']} x {settings['users']}, {document['date'][:10]}, "
@@ -196,6 +194,11 @@ def render_chart(document: dict, path: Path) -> None:
     )
     figure.tight_layout()
     figure.savefig(path)
+
+
+def _value(value: float | None) -> float:
+    """A figure to plot: a missing one (no execution finished, a phase too short) leaves a gap."""
+    return float("nan") if value is None else value
 
 
 def _window(seconds: int) -> str:
