@@ -67,8 +67,9 @@ WRITING_DEADLINE_S = 120
 INDEXES_SQL = REPO / "schema" / "indexes.sql"
 STOPS = "firehose stops the run: "
 """What a run logs when a guard (the disk budget or floor) or an error of the setup stops it."""
-BUDGET_MARGIN = 1.25
-"""The run's --disk-budget by default: --to and a quarter more (WAL is not in it; the database's growth is)."""
+BUDGET_MARGIN_SHARE, BUDGET_MARGIN_BYTES = 0.25, 1024**3
+"""The run's --disk-budget by default: --to and a quarter more, at least 1 GB more (the database's growth, WAL not
+in it): the last burst writes on past --to, and a budget crossed during it would stop the run as grow stops it."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disk-budget",
         default=None,
-        help="The writing run's --disk-budget, the database's growth (default: --to and a quarter more).",
+        help="The writing run's --disk-budget, the database's growth (default: --to and a quarter more, at least 1GB).",
     )
     parser.add_argument(
         "--max-time", default="3h", help="Stop a layout that has not reached --to after this long (%(default)s)."
@@ -170,12 +171,16 @@ class Settings:
             window_s=_parsed("--window", parse_duration, args.window),
             dependency_window_s=_parsed("--dependency-window", parse_duration, args.dependency_window),
             indexes=args.indexes,
-            budget_bytes=_parsed("--disk-budget", parse_size, budget) if budget else int(to_bytes * BUDGET_MARGIN),
+            budget_bytes=_parsed("--disk-budget", parse_size, budget) if budget else _default_budget(to_bytes),
             max_time_s=_parsed("--max-time", parse_duration, args.max_time),
             data_dir=data_dir,
             port=args.embedded_port or free_port(),
             locust_args=passed_to_locust(args.locust_args),
         )
+
+
+def _default_budget(to_bytes: int) -> int:
+    return to_bytes + max(int(to_bytes * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES)
 
 
 def _parsed(flag: str, parse, text: str) -> int:
@@ -192,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         sys.stderr.write(f"firehose grow: {error}\n")
         return 2
-    out = results_dir(args.out, "grow")
+    out = results_dir(args.out, "grow").resolve()  # the writing runs start in the repository's folder
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
     layouts, machine = {}, {}
