@@ -5,6 +5,11 @@ import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is i
 
 import csv
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +21,19 @@ MB = 1024**2
 TO_MB, STEP_MB = 20, 10
 
 
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A folder the server's user may enter (pytest's own temporary folders are private to their owner, and another
+    session may make them so again at any time)."""
+    root = Path(tempfile.mkdtemp(prefix="firehose-grow-test-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_grow_records_each_step_and_stops_at_the_size(tmp_path):
-    out, data = tmp_path / "out", tmp_path / "data"
+def test_grow_records_each_step_and_stops_at_the_size(scratch, tmp_path):
+    out, data = tmp_path / "out", scratch / "data"
     code = cli.main(
         ["grow", "--layout", "partitioned", "--to", f"{TO_MB}MB", "--step", f"{STEP_MB}MB", "--burst", "1s",
          "--users", "4", "--partition-interval", "1h", "--data-dir", str(data), "--out", str(out),
