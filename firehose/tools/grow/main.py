@@ -48,13 +48,14 @@ from services.ports import free_port
 from services.postgres import LAYOUTS, REPO, EmbeddedPostgres
 from services.watchdog import Watchdog
 from telemetry.durations import parse_duration
+from users import CopyEngineer
 from writers.spool import parse_size
 
 DEFAULT_TO = "30GB"
 """Past this machine's RAM (24 GB): the tables no longer fit the page cache."""
 DEFAULT_STEP = "2GB"
 DEFAULT_USERS = 50
-"""CopyEngineer at 50 engineers writes ~17-20k rows/s here (docs/performance.md): the server's CPU is the wall."""
+"""COPY at 50 engineers writes ~17-20k rows/s here (docs/performance.md): the server's CPU is the wall."""
 DEFAULT_TIME_SCALE = 600
 """A run's second stands for ten minutes of data: at ~10k rows/s (~26 MB/s), 30 GB take ~20 min and span ~8 days,
 so a 1 h window is a small share of the data and the daily partitions are several."""
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--to", default=DEFAULT_TO, help="Grow the tables and indexes to this size (%(default)s).")
     parser.add_argument("--step", default=DEFAULT_STEP, help="Record figures each time this much more is written.")
-    parser.add_argument("--strategy", default="CopyEngineer", help="The engineer class that writes (%(default)s).")
+    parser.add_argument("--strategy", default=CopyEngineer.__name__, help="The engineer class writing (%(default)s).")
     parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="Engineers writing (%(default)s).")
     parser.add_argument(
         "--time-scale",
