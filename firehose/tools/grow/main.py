@@ -203,12 +203,22 @@ def run(args: argparse.Namespace) -> int:
     started = datetime.datetime.now(datetime.UTC)
     layouts, machine = {}, {}
     for layout in settings.layouts:
-        layouts[layout], machine = Growth(settings, layout, out).run()
-    document = as_document(settings, started, machine, layouts)
+        growth = Growth(settings, layout, out)
+        try:
+            layouts[layout], machine = growth.run()
+        except (TimeoutError, RuntimeError, psycopg.Error) as error:  # this layout's server or run: its log says
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            layouts[layout] = {"reached": False, "stopped": f"failed: {first_line}", "steps": []}
+        if machine:  # after each layout, so a layout interrupted later leaves the earlier ones' results
+            write_results(out, as_document(settings, started, machine, layouts))
+    return 0 if all(result["reached"] for result in layouts.values()) else 1
+
+
+def write_results(out: Path, document: dict) -> None:
+    """grow.png, grow.csv, grow.md and grow.json in `out`."""
     render_chart(document, out / "grow.png")
     (out / "grow.csv").write_text(render_csv(document))
     write_report(out, "grow", render_markdown(document), document)
-    return 0 if all(result["reached"] for result in layouts.values()) else 1
 
 
 class Growth:
