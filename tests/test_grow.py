@@ -18,7 +18,7 @@ from firehose.tools.grow.burst import DEPENDENCY_MAP
 from users.queries import load_queries
 
 MB = 1024**2
-TO_MB, STEP_MB = 20, 10
+TO_MB, STEP_MB = 30, 10
 
 
 @pytest.fixture
@@ -48,15 +48,16 @@ def test_grow_records_each_step_and_stops_at_the_size(scratch, tmp_path):
     result = document["layouts"]["partitioned"]
     assert result["reached"] and result["stopped"] == f"reached --to {TO_MB:.1f} MB"
     steps = result["steps"]
-    assert len(steps) >= 2  # a mark every 10 MB up to 30 MB (one burst may write past two)
+    assert len(steps) >= 2  # a mark every 10 MB up to 30 MB, from the first rows on (one burst may write past two)
     sizes = [step["size_bytes"] for step in steps]
     assert sizes == sorted(sizes) and sizes[0] >= STEP_MB * MB and sizes[-1] >= TO_MB * MB
     assert result["final"]["size_bytes"] >= sizes[-1]  # stopped: after the last burst, no further mark
     assert result["writer"]["exit_code"] == 0 and result["writer"]["events"]["lost"] == 0
     for step in steps:
         writing, burst = step["writing"], step["burst"]
-        assert writing["rows"] > 0 and writing["wal_bytes"] > writing["rows"] * 100  # a row is KBs of WAL
-        assert writing["rows_per_s"] is None or 100 < writing["rows_per_s"] < 1_000_000
+        # A backend reports its inserts within ~1 s: a phase of a second or two here may see none of its rows yet.
+        assert writing["seconds"] >= 0 and writing["rows"] >= 0 and writing["wal_bytes"] >= 0
+        assert writing["rows_per_s"] is None or 0 <= writing["rows_per_s"] < 1_000_000
         assert burst["seconds"] >= 1 and burst["rows_per_s"] is not None
         for phase in (writing, burst):
             assert phase["hit_ratio"] is None or 0 <= phase["hit_ratio"] <= 1
@@ -70,7 +71,10 @@ def test_grow_records_each_step_and_stops_at_the_size(scratch, tmp_path):
             assert query["window_s"] == (86_400 if name == DEPENDENCY_MAP else 3_600)
             if query["count"]:
                 assert 0 < query["p50_ms"] <= query["p95_ms"] <= query["max_ms"]
-    assert any(step["writing"]["rows_per_s"] for step in steps)
+    counted = sum(step[phase]["rows"] for step in steps for phase in ("writing", "burst"))
+    inserted = result["final"]["rows"]  # read once the writers' backends had gone: every insert reported
+    assert 0 < counted <= inserted == result["writer"]["events"]["in_database"]
+    assert result["final"]["wal_bytes"] - result["begin"]["wal_bytes"] > inserted * 1000  # a row is KBs of WAL
     assert steps[-1]["data_span_h"] > 0  # live timestamps: the newest data moved forward
 
     with (out / "grow.csv").open() as file:

@@ -295,7 +295,7 @@ class Growth:
         since = begin = Counters.read(conn)
         first_data, _ = newest_data(conn)
         deadline = since.at + settings.max_time_s
-        mark = min(settings.step_bytes, settings.to_bytes)
+        mark = self._next_mark(begin)
         steps: list[dict] = []
         stopped = None
         while stopped is None:
@@ -306,7 +306,7 @@ class Growth:
                 _print_step(self.layout, step)
                 if now.size_bytes >= settings.to_bytes:
                     stopped = f"reached --to {pretty(settings.to_bytes)}"
-                mark = min((since.size_bytes // settings.step_bytes + 1) * settings.step_bytes, settings.to_bytes)
+                mark = self._next_mark(since)
             elif self.writer.poll() is not None:
                 stopped = self._why_ended()
             elif time.monotonic() > deadline:
@@ -319,6 +319,12 @@ class Growth:
             "begin": begin.as_dict(),
             "steps": steps,
         }
+
+    def _next_mark(self, look: Counters) -> int:
+        """The first multiple of --step past the size at `look` (at most --to): the first rows come by whole COPY
+        batches, and a burst writes on, so a mark may be passed before its phase began."""
+        step = self.settings.step_bytes
+        return min((look.size_bytes // step + 1) * step, self.settings.to_bytes)
 
     def _step(self, conn: psycopg.Connection, since: Counters, at_mark: Counters, first_data) -> tuple[dict, Counters]:
         """The step that ends at `at_mark`: the writing phase since `since`, then the burst; the look after it."""
