@@ -24,10 +24,11 @@ LEAVES = " UNION ALL ".join(
 """Every table that holds telemetry rows: the three plain tables, or their partitions."""
 SIZES = f"""
 SELECT coalesce(sum(pg_table_size(relid)), 0)::bigint, coalesce(sum(pg_indexes_size(relid)), 0)::bigint,
-       count(*) FILTER (WHERE pg_partition_root(relid) IS NOT NULL AND pg_table_size(relid) > 0)::int
+       count(*) FILTER (WHERE pg_partition_root(relid) IS NOT NULL AND pg_relation_size(relid) > 0)::int
 FROM ({LEAVES}) AS leaves
 """
-"""Bytes of the tables (their TOAST included) and of their indexes, and how many partitions hold rows."""
+"""Bytes of the tables (their TOAST included) and of their indexes, and how many partitions hold rows (their own
+pages: an empty partition's TOAST table has an index page)."""
 ROWS = f"SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables WHERE relid IN ({LEAVES})"
 """Rows inserted into the telemetry tables since the server's statistics began (a backend reports within ~1 s)."""
 NEWEST = "SELECT max(start_time), (array_agg(trace_id ORDER BY event_id DESC))[1] FROM ({newest}) AS newest"
