@@ -34,9 +34,9 @@ ROWS = f"SELECT coalesce(sum(n_tup_ins), 0)::bigint FROM pg_stat_user_tables WHE
 NEWEST = "SELECT max(start_time), (array_agg(trace_id ORDER BY event_id DESC))[1] FROM ({newest}) AS newest"
 NEWEST_SPANS = "SELECT start_time, trace_id, event_id FROM spans ORDER BY event_id DESC LIMIT 1000"
 """The newest spans by event id (numbered as composed: a backward scan of the primary key, cheap in both layouts)."""
-SHORTEST_PHASE_S = 1.0
-"""A phase shorter than this has no rate: rows arrive by whole COPY batches (a first mark passed by the first
-commits of a small --step)."""
+SHORTEST_PHASE_S = 0.5
+"""A phase shorter than this has no rate: rows arrive by whole COPY batches, and a backend reports its inserts
+within ~1 s (a mark passed by the first commits of a small --step)."""
 
 
 def lsn_bytes(lsn: str) -> int:
