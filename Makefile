@@ -11,7 +11,7 @@ EMBEDDED_PORT ?=
 EMBEDDED_DATA_DIR ?=
 EMBEDDED := $(if $(EMBEDDED_PORT),--embedded-port $(EMBEDDED_PORT)) $(if $(EMBEDDED_DATA_DIR),--embedded-data-dir $(EMBEDDED_DATA_DIR))
 
-.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants capacity
+.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants capacity grow
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,14 @@ CAPACITY_STRATEGIES ?= CopyEngineer,BatchedEngineer,NaiveEngineer
 CAPACITY_ARGS ?=
 capacity: $(BIN)/.installed
 	$(BIN)/firehose capacity --strategies $(CAPACITY_STRATEGIES) $(EMBEDDED) $(CAPACITY_ARGS)
+
+## grow: COPY writes continuously (rows stamped as written) into each layout (plain, then partitioned), each on a
+## PostgreSQL of its own in a new data directory under /var/tmp (removed when done), until the tables and indexes reach
+## 30GB; every 2GB the rows/s, WAL, checkpoints, hit ratio, bytes read and a 30 s burst of the 8 queries ->
+## results/grow-<timestamp>/ (grow.md, .csv, .json, .png) (GROW_ARGS="--layout partitioned --to 10GB --indexes")
+GROW_ARGS ?=
+grow: $(BIN)/.installed
+	$(BIN)/firehose grow $(GROW_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
 ## TEST_WORKERS pytest-xdist workers (default: cores + 1, each with a PostgreSQL of its own), then the `serial` ones

@@ -1,0 +1,1 @@
+"""`firehose grow`: the growth curve, per layout."""
