@@ -25,6 +25,9 @@ def test_a_lock_held_by_a_writer_fails_the_probe_by_lock_timeout(dsn):
     assert report["attempts"] == 2 and report["failed"] == 1 and report["failures"] == {"lock_timeout": 1}
     assert report["lock_wait_ms"]["count"] == 1 and report["connect_ms"]["count"] == 2
     assert "1 failed (lock_timeout 1)" in render_probe(report)
+    (_, failed_on, no_wait, failure), (_, got_on, wait, no_failure) = report["timeline"]  # by time
+    assert (failed_on, no_wait, failure) == ("metrics", None, "lock_timeout")
+    assert (got_on, no_failure) == ("logs", None) and wait == pytest.approx(report["lock_wait_ms"]["max"], abs=1e-3)
 
 
 def test_the_probe_reaches_the_summary_of_a_run(dsn, tmp_path):
