@@ -68,9 +68,10 @@ SCHEMA_VERSION = "firehose schema 3"
 _SCHEMA_IN_PLACE = "SELECT obj_description(to_regclass('firehose_runs'), 'pg_class') = %s"
 
 
-def apply_schema(conninfo: str, layout: str = "plain") -> None:
+def apply_schema(conninfo: str, layout: str | None = None) -> None:
     """Create or upgrade the tables and bookkeeping unless the database has this version of them (idempotent), the
-    telemetry tables in `layout` (LAYOUTS); LayoutMismatch when they exist in the other one.
+    telemetry tables in `layout` (LAYOUTS; None: whichever they are, plain when new); LayoutMismatch when they exist
+    in another.
 
     Checked first, so a role without DDL rights (a least-privilege writer) can run against a prepared database.
     """
@@ -83,8 +84,7 @@ def apply_schema(conninfo: str, layout: str = "plain") -> None:
                 conn.execute(SCHEMA_SQL.read_text())
             finally:
                 conn.execute("SELECT pg_advisory_unlock(7415)")
-        found = table_layout(conn)
-        if found != layout:
+        if layout is not None and (found := table_layout(conn)) != layout:
             raise LayoutMismatch(found, layout)
 
 
@@ -218,7 +218,7 @@ class EmbeddedPostgres:
     def log_file(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def start(self, layout: str = "plain") -> str:
+    def start(self, layout: str | None = None) -> str:
         """Start the server unless it already runs; create the database and schema (the telemetry tables in
         `layout`: LayoutMismatch when they exist in the other). Returns the DSN for clients: `listen_dsn` when
         listening beyond loopback, else `dsn`."""

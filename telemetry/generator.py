@@ -83,11 +83,29 @@ class TraceRows:
         return tuple((table, getattr(self, table)) for table in TABLES)
 
 
+class LiveClock:
+    """--timestamps live: the data's time now, in microseconds since the epoch: the run's anchor (its start) plus the
+    time since, `scale` times faster (60: a run's minute stands for an hour), so rows carry the time they are written
+    and time moves forward through the partitions."""
+
+    def __init__(self, anchor_us: int, scale: float = 1.0) -> None:
+        self.anchor_us = anchor_us
+        self.scale = scale
+
+    def __call__(self) -> int:
+        return self.at(time.time())
+
+    def at(self, wall_s: float) -> int:
+        """The data's time at wall-clock time `wall_s`."""
+        return self.anchor_us + int((wall_s * 1_000_000 - self.anchor_us) * self.scale)
+
+
 class EngineerTelemetry:
     """One simulated engineer: `traces` traces with their metrics and logs, deterministic from `seed`.
 
     `anchor_us` (microseconds since the epoch) ends the time window the traces fall in; pass it
-    explicitly for reproducible output, as the run does with its start time.
+    explicitly for reproducible output, as the run does with its start time. With a `clock` (LiveClock), each trace
+    starts at the clock's time when it is composed instead (the rest stays deterministic from `seed`).
     """
 
     def __init__(
@@ -98,8 +116,10 @@ class EngineerTelemetry:
         anchor_us: int | None = None,
         traces: int = TRACES_PER_ENGINEER,
         window_s: int = WINDOW_S,
+        clock: LiveClock | None = None,
     ) -> None:
         self._pools = pools
+        self._clock = clock
         self._rng = random.Random(seed)
         self.traces_left = traces
         anchor = int(time.time() * 1_000_000) if anchor_us is None else anchor_us
@@ -150,7 +170,7 @@ class EngineerTelemetry:
         starts = [0] * n_spans
         ends = [0] * n_spans
         errors = [False] * n_spans
-        t0 = self._start_us + int(rand() * self._window_us)
+        t0 = self._start_us + int(rand() * self._window_us) if self._clock is None else self._clock()
         first_second = t0 // 1_000_000
         seconds = [_second(first_second + offset) for offset in range(TRACE_SECONDS)]
         for i, span in enumerate(shape):

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from services.postgres import LayoutMismatch, apply_schema, create_partitions
+from tests.conftest import load_summary, run_locust
 from telemetry.layout import TABLES
 
 pytestmark = pytest.mark.slow
@@ -50,3 +51,33 @@ def test_a_database_in_one_layout_is_refused_for_the_other(partitioned_dsn, dsn)
         apply_schema(dsn, "partitioned")
     apply_schema(partitioned_dsn, "partitioned")
     apply_schema(dsn, "plain")
+
+
+def test_live_timestamps_move_forward_through_partitions_made_ahead(partitioned_dsn, tmp_path):
+    """--timestamps live at --time-scale 3600 (a second stands for an hour) on hourly partitions: the rows carry
+    their write time, so a run of a few seconds spans several partitions, every one made before a row needed it
+    (lost 0, failed 0), and the summary names the layout."""
+    path, before = tmp_path / "summary.json", datetime.now(UTC)
+    result = run_locust(
+        "CopyEngineer", "-u", "2", "-r", "2", "--traces-per-engineer", "40", "--engineer-rate", "200",
+        "--layout", "partitioned", "--partition-interval", "1h", "--timestamps", "live", "--time-scale", "3600",
+        "--pg-dsn", partitioned_dsn, "--summary-json", str(path),
+    )  # fmt: skip
+    summary = load_summary(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary["run"]["layout"] == "partitioned" and summary["context"]["timestamps"] == "live"
+    events = summary["events"]
+    assert events["lost"] == 0 and events["failed"] == 0 and events["in_database"] == events["generated"] > 0
+    with psycopg.connect(partitioned_dsn) as conn:
+        first, last, hours = conn.execute(
+            "SELECT min(start_time), max(start_time), count(DISTINCT date_trunc('hour', start_time)) FROM spans"
+        ).fetchone()
+    assert hours >= 3, f"{first} .. {last}: time did not move forward through the hourly partitions"
+    assert first >= before - timedelta(seconds=5), "live rows start at the run's start, not in --history before it"
+
+
+def test_a_run_in_the_other_layout_is_refused_naming_the_fix(partitioned_dsn):
+    result = run_locust("CopyEngineer", "-u", "1", "-r", "1", "--traces-per-engineer", "1", "--pg-dsn", partitioned_dsn,
+                        "--layout", "plain")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "tables are partitioned, not plain: run with --layout partitioned" in result.stderr

@@ -62,7 +62,5 @@ def copy_deduplicated(conn: psycopg.Connection, table: str, data: bytes) -> int:
     columns = ", ".join(COLUMNS[table])
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
     copy_rows(conn, copy_statement(table, staging), data)
-    inserted = conn.execute(
-        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT DO NOTHING"
-    )
+    inserted = conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT DO NOTHING")
     return inserted.rowcount

@@ -36,11 +36,11 @@ from locust.runners import STATE_INIT, STATE_RUNNING, STATE_SPAWNING, MasterRunn
 from locust.stats import StatsError
 
 from firehose.report import checks
-from firehose.run import budget, disk_guard, kept, preflight, replica, tuning
+from firehose.run import budget, disk_guard, kept, partitions, preflight, replica, tuning
 from firehose.run.endpoints import RunServices
 from firehose.run.exit_codes import ExitCode, of_failures, of_verdict
 from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, WRITER_KEY, RunStart
-from firehose.run.process_run import WritingProcess
+from firehose.run.process_run import WritingProcess, history_seconds
 from firehose.run.records import open_run
 from firehose.run.summary import RunSummary, count_in_database
 from firehose.run.worker_ledger import WorkerLedger
@@ -95,6 +95,7 @@ class Coordinator:
         self.summary: RunSummary | None = None
         self._summary_kept = False
         self.replica_watch: replica.ReplicaWatch | None = None
+        self.partition_keeper: partitions.PartitionKeeper | None = None
         self.summary_extras: dict[str, Callable[[], object]] = {
             "connection_budget": lambda: self.connection_budget,
             "disk_guard": self.disk_guard.report,
@@ -202,6 +203,14 @@ class Coordinator:
         if self.workers is not None:
             self.workers.begin(run_id)
         self.disk_guard.start()
+        if partitions.layout(self.options) == "partitioned":  # before any row is written: none may find no partition
+            self.partition_keeper = partitions.PartitionKeeper(
+                self.postgres, self.options, self.run.anchor_us, history_seconds(self.options)
+            )
+            try:
+                self.partition_keeper.start()
+            except psycopg.Error as error:
+                self.on_fatal(f"the partitions of the run could not be made: {error.diag.message_primary or error}")
         if self.replica_how is not None:
             backup = self.services.replica.backup if self.services.replica is not None else None
             self.replica_watch = replica.ReplicaWatch(
@@ -280,6 +289,8 @@ class Coordinator:
         if self.run is None or self.summary is not None:
             return
         self.disk_guard.stop()  # what is buffered is committed whatever it costs: the rows are generated already
+        if self.partition_keeper is not None:
+            self.partition_keeper.stop()
         if self.local is not None and (report := self.local.drain()) is not None:
             self.reports[report["writer_key"]] = report
         if self.is_master:
@@ -357,6 +368,7 @@ class Coordinator:
             run_id=self.run.run_id,
             seed=self.run.seed,
             database=redact(self.postgres),
+            layout=partitions.layout(self.options),
             started_at=self.started_at,
             ended_at=time.time(),
             reports=list(self.reports.values()),

@@ -25,6 +25,7 @@ from services.ports import free_port
 from services.postgres import (
     EMBEDDED_PORT,
     EmbeddedPostgres,
+    LayoutMismatch,
     ListeningElsewhere,
     apply_schema,
     dsn_from_environment,
@@ -157,9 +158,12 @@ class RunServices:
         embedded_port: int = EMBEDDED_PORT,
         embedded_data_dir: str | None = None,
         listen: str | None = None,
+        layout: str | None = None,
     ) -> None:
-        """`listen`: also listen there, beyond loopback, with a password of this object's own."""
+        """`listen`: also listen there, beyond loopback, with a password of this object's own; `layout`: the
+        telemetry tables' (services.postgres.LAYOUTS), made so and checked (None: whichever they are, plain if new)."""
         self.given = given
+        self.layout = layout
         self.embedded_port = embedded_port
         self.embedded_data_dir = embedded_data_dir
         self.listen = listen
@@ -178,6 +182,7 @@ class RunServices:
             embedded_port=options.embedded_port,
             embedded_data_dir=options.embedded_data_dir,
             listen=options.embedded_listen,
+            layout=getattr(options, "layout", None),
         )
 
     @property
@@ -189,7 +194,10 @@ class RunServices:
         """The DSN given (its schema created if missing), else the embedded server's, started now."""
         if "postgres" not in self.addresses:
             if "postgres" in self.given:
-                apply_schema(self.given["postgres"])
+                try:
+                    apply_schema(self.given["postgres"], self.layout)
+                except LayoutMismatch as error:
+                    raise Refused(str(error), "layout") from None
                 self.addresses["postgres"] = self.given["postgres"]
             else:
                 self.embedded = EmbeddedPostgres(
@@ -200,9 +208,12 @@ class RunServices:
                     watchdog=self.watchdog,
                 )
                 try:
-                    self.addresses["postgres"] = self.embedded.start()
+                    self.addresses["postgres"] = self.embedded.start(self.layout)
                 except ListeningElsewhere as error:
                     raise Refused(str(error)) from None
+                except LayoutMismatch as error:
+                    self.embedded.stop()
+                    raise Refused(str(error), "layout") from None
                 self._stops.append(self.embedded.stop)
                 logger.info("embedded PostgreSQL on %s (data in %s)", redact(self.postgres), self.embedded.data_dir)
         return self.postgres

@@ -50,6 +50,8 @@ ORDER BY indexname
 """
 POPULATION = ("num_users", "population", "traces_per_engineer", "continuous", "run_time", "analysts", "engineer_rate")
 """Options that set how much a run does, recorded with it (`users_total` is -u; `population`: --population)."""
+TABLES_AND_TIME = ("layout", "partition_interval", "timestamps", "time_scale", "history")
+"""Options that set the tables a run writes and the times its rows carry (firehose.run.partitions), recorded too."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +135,7 @@ def context(conninfo: str, options: argparse.Namespace, started_at: float, user_
             if hasattr(options, name)
         },
         "seed_given": getattr(options, "seed", None) not in (None, ""),
+        **{name: getattr(options, name, None) for name in TABLES_AND_TIME if hasattr(options, name)},
         "pg_settings": dict(sorted(given.items())),
         "jsonb_compression": getattr(options, "jsonb_compression", None),
         **server(conninfo, given),

@@ -24,7 +24,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from firehose.report import webui
 from firehose.report.telemetry import Telemetry
-from firehose.run import budget, disk_guard, endpoints, kept, parts, replica, tuning
+from firehose.run import budget, disk_guard, endpoints, kept, partitions, parts, replica, tuning
 from firehose.run.coordinator import DRAIN_TIMEOUT_S, Coordinator
 from firehose.run.messages import FATAL, SNAPSHOT
 from firehose.run.preflight import Refused, check_options
@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Span of time the generated telemetry falls in, ending when the run starts (e.g. 1h, 3d), so that "
         "the analysts' time filters select a fraction of the table.",
     )
+    partitions.add_arguments(parser)
     parser.add_argument("--summary-json", default=None, help="Also write the end-of-run summary to this JSON file.")
     parser.add_argument(
         "--drain-timeout",

@@ -127,6 +127,9 @@ def check_options(options: argparse.Namespace) -> None:
         if (dsn := getattr(options, dest, None)) is not None:
             check_dsn(dsn, dest)
     check_history(getattr(options, "history", None))
+    partition_interval_s(options)
+    if getattr(options, "time_scale", 1.0) <= 0:
+        raise Refused(f"--time-scale {options.time_scale}: give a factor above 0, e.g. 1 or 60", "time_scale")
     check_run_time(options)
     check_population(options)
     disk_guard.check_options(options)
@@ -173,6 +176,18 @@ def check_history(history: str | None) -> None:
         seconds = None
     if not seconds:
         raise Refused(f"--history {history}: give a span of time longer than 0, e.g. 1h or 3d", "history")
+
+
+def partition_interval_s(options: argparse.Namespace) -> int:
+    """--partition-interval in seconds: a duration above 0 (the form sends "" for the default, 1d)."""
+    text = getattr(options, "partition_interval", None) or "1d"
+    try:
+        seconds = parse_duration(str(text))
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise Refused(f"--partition-interval {text}: give a span of time, e.g. 1d, 6h or 1h", "partition_interval")
+    return seconds
 
 
 def check_run_time(options: argparse.Namespace) -> None:

@@ -32,6 +32,7 @@ from firehose.run import parts
 from firehose.run.endpoints import given_addresses
 from firehose.run.exit_codes import ExitCode
 from firehose.run.messages import DRAIN, DRAINED, FATAL, JOIN, REFUSED, RUN_START, SNAPSHOT, WRITER_KEY, RunStart
+from firehose.run.partitions import live_clock
 from firehose.run.preflight import cannot_connect
 from firehose.run.reach import refusal
 from firehose.run.records import register_writer_key
@@ -44,6 +45,11 @@ from users.run import P, Part
 from writers.base import OnFatal, Writer, WriterContext
 
 logger = logging.getLogger("firehose")
+
+
+def history_seconds(options: argparse.Namespace) -> int:
+    """--history in seconds (the generator's hour when the option is absent or empty)."""
+    return parse_duration(options.history) if getattr(options, "history", None) else WINDOW_S
 
 
 class ProcessRun:
@@ -73,8 +79,10 @@ class ProcessRun:
         self.process_index = process_index
         self.users = run.users
         self.processes = run.processes
-        self.history_s = parse_duration(options.history) if getattr(options, "history", None) else WINDOW_S
+        self.history_s = history_seconds(options)
         """The span of time generated telemetry falls in, ending at the anchor (--history)."""
+        self.clock = live_clock(options, run.anchor_us)
+        """The data's clock under --timestamps live (each trace stamped when composed); None under history."""
         self.pools = pools
         self.options = options
         self.events = environment.events
@@ -101,7 +109,9 @@ class ProcessRun:
         """The next engineer's telemetry: its seed derives from the run's, so a seed replays a run."""
         self.engineers_started += 1
         seed = engineer_seed(self.seed, self.process_index, self.engineers_started)
-        return EngineerTelemetry(self.pools, seed, anchor_us=self.anchor_us, traces=traces, window_s=self.history_s)
+        return EngineerTelemetry(
+            self.pools, seed, anchor_us=self.anchor_us, traces=traces, window_s=self.history_s, clock=self.clock
+        )
 
     def writer(self, writer_class: type[Writer]) -> Writer:
         """This process's writer of that strategy, created on first use (after Locust forked)."""

@@ -78,6 +78,8 @@ class RunSummary:
     """Writer (strategy) class name -> the user class that wrote through it."""
     extras: dict = field(default_factory=dict)
     """Sections other parts add (e.g. "live": the live counters' totals when the run ended)."""
+    layout: str = "plain"
+    """The telemetry tables' layout (--layout): plain or partitioned."""
 
     @property
     def in_database_counted(self) -> bool:
@@ -238,6 +240,7 @@ class RunSummary:
                 "run_id": self.run_id,
                 "seed": self.seed,
                 "database": self.database,
+                "layout": self.layout,
                 "elapsed_s": self.ended_at - self.started_at,
                 "writing_s": self.writing_s,
                 "stopped_by": self.stopped_by,

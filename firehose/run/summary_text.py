@@ -15,7 +15,8 @@ def render(figures: dict, ended_at: float) -> str:
     processes' last reports are dated from it)."""
     run, events, writes = figures["run"], figures["events"], figures["writes"]
     lines = [
-        f"firehose run {run['run_id']} (seed {run['seed']}) on {run['database']}: {run['writing_s']:.1f} s writing "
+        f"firehose run {run['run_id']} (seed {run['seed']}) on {run['database']} ({run['layout']} tables): "
+        f"{run['writing_s']:.1f} s writing "
         f"({run['elapsed_s']:.1f} s since test start)",
         f"{'table':<10}{'generated':>12}{'acknowledged':>14}{'in database':>13}{'rows/s':>10}{'MB/s':>8}",
     ]
