@@ -18,6 +18,7 @@ COMMANDS = {
     "chaos": "firehose.tools.chaos.main",
     "soak": "firehose.tools.soak.main",
     "capacity": "firehose.tools.capacity.main",
+    "retention": "firehose.tools.retention.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
     "runs": "firehose.tools.runs.listing",
