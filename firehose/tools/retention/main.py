@@ -31,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
             if services.embedded is not None and not args.keep_data_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)
                 services.embedded.log_file.unlink(missing_ok=True)
+                (data_dir.parent / f".{layout}.lock").unlink(missing_ok=True)  # EmbeddedPostgres.start's
+                with suppress(OSError):  # the folder made for the layouts, unless it holds something else
+                    data_dir.parent.rmdir()
     result = {
         "settings": {**vars(settings), "keep": args.keep, "history": args.history, "prefill": args.prefill,
                      "partition_interval": args.partition_interval, "layouts": layouts},
@@ -202,7 +207,7 @@ def layouts_of(text: str) -> list[str]:
     return layouts
 
 
-def measure_layout(dsn: str, layout: str, settings: Settings, out: Path, progress=print) -> dict:
+def measure_layout(dsn: str, layout: str, settings: Settings, out: Path, progress: Callable[..., None] = print) -> dict:
     """Prefill, then the retention while a COPY writer runs, as the JSON document of one layout."""
     empty_tables(dsn)
     anchor_s = int(time.time())
@@ -291,7 +296,7 @@ def measure_steps(
     locust: subprocess.Popen,
     timeline_path: Path,
     tables: dict,
-    progress,
+    progress: Callable[..., None],
 ) -> dict:
     """Writing before, then the retention (and, plain, the VACUUM), each timed with its WAL; `tables` gains each
     step's table figures."""
@@ -316,7 +321,7 @@ def measure_steps(
     return steps
 
 
-def _step(dsn: str, action) -> dict:
+def _step(dsn: str, action: Callable[[], object]) -> dict:
     """`action()` timed: its start and end (seconds since the epoch), WAL positions around it, what it returned."""
     lsn_from, start = remove.wal_lsn(dsn), time.time()
     outcome = action()
