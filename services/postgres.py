@@ -106,6 +106,15 @@ class LayoutMismatch(ValueError):
         )
 
 
+def recreate_tables(conninfo: str, layout: str) -> None:
+    """Drop the telemetry tables (their rows, partitions and indexes with them) and create them in `layout`."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS spans, metrics, logs CASCADE")
+        if layout == "partitioned":
+            conn.execute(PARTITIONED_SQL.read_text())
+        conn.execute(SCHEMA_SQL.read_text())
+
+
 def table_layout(conn: psycopg.Connection) -> str:
     """The layout of the telemetry tables: "partitioned" when all three are partitioned tables, "plain" when none
     is, "mixed" otherwise (no run writes to such a database)."""

@@ -190,9 +190,46 @@ def run_locust(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return result
 
 
+DURATIONS = REPO / "tests" / "durations.json"
+"""Each test's seconds (setup + call + teardown) in a recent run of the suite: `--record-durations` rewrites it."""
+UNKNOWN_SLOW_S, UNKNOWN_FAST_S = 10.0, 0.1
+"""A test not in DURATIONS yet (a new one) is taken to last this long."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-durations",
+        action="store_true",
+        help=f"Write each test's seconds to {DURATIONS.relative_to(REPO)} (merged with those of tests not run).",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Fast tests first, then the slow end-to-end ones: a quick failure is reported quickly."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    """The longest tests first, by their recorded durations: the xdist workers take them in this order, so the
+    long ones start at once, spread over the workers, and the many short ones fill the gaps at the end (a slow test
+    left for last would be run alone while the other workers idle)."""
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+
+    def expected_s(item: pytest.Item) -> float:
+        default = UNKNOWN_SLOW_S if item.get_closest_marker("slow") is not None else UNKNOWN_FAST_S
+        return known.get(item.nodeid, default)
+
+    items.sort(key=expected_s, reverse=True)
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each test's phases, added up (on the xdist controller, from every worker's reports)."""
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.getoption("record_durations") and not hasattr(session.config, "workerinput"):
+        known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+        known.update({nodeid: round(seconds, 2) for nodeid, seconds in _measured.items()})
+        DURATIONS.write_text(json.dumps(dict(sorted(known.items())), indent=0) + "\n")
 
 
 def pytest_configure(config: pytest.Config) -> None:

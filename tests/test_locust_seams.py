@@ -2,15 +2,21 @@
 
 - `webui.parser_actions` reads argparse's private `parser._actions` (argparse lists a parser's options nowhere
   else); Locust's start form reads the same list to show a locustfile's options (`ui_extra_args_dict`).
+- `process_run.send_request_stats` calls a worker runner's private `_send_stats` (Locust's own periodic report),
+  so a worker's request stats reach the master before its drained report.
 """
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import inspect
+from types import SimpleNamespace
+
 from locust import events
+from locust.runners import WorkerRunner
 from locust.argument_parser import get_empty_argument_parser, setup_parser_arguments, ui_extra_args_dict
 
 from firehose.report import webui
-from firehose.run import lifecycle
+from firehose.run import lifecycle, process_run
 from tests.conftest import REPO
 
 SHOWN = {"traces_per_engineer", "analyst_pool_size", "engineer_rate", "migration_probe", "drain_timeout"}
@@ -47,13 +53,25 @@ def test_locusts_start_form_shows_firehose_options_and_hides_addresses():
 
 
 def test_no_other_code_reads_these_private_attributes():
-    """Acceptance of issue 17: `parser._actions` only in `webui.parser_actions`, and no forced stats report
-    (`runner._send_stats()`): a worker's final figures travel in its own drain report."""
+    """Acceptance of issue 17: `parser._actions` only in `webui.parser_actions`, and a forced stats report only in
+    `process_run.send_request_stats` (a worker's own figures travel in its drain report; Locust's request stats
+    need Locust's report)."""
     sources = [REPO / "locustfile.py", *(path for package in PACKAGES for path in (REPO / package).rglob("*.py"))]
     readers = {
         str(path.relative_to(REPO)): text.count("._actions") + text.count("_send_stats")
         for path in sources
         if (text := path.read_text())
     }
-    assert {path: count for path, count in readers.items() if count} == {"firehose/report/webui.py": 1}
+    found = {path: count for path, count in readers.items() if count}
+    assert found == {"firehose/report/webui.py": 1, "firehose/run/process_run.py": 1}
     assert "return list(parser._actions)" in (REPO / "firehose/report/webui.py").read_text()
+    assert "    runner._send_stats()\n" in (REPO / "firehose/run/process_run.py").read_text()
+
+
+def test_send_request_stats_sends_locusts_own_stats_report():
+    """The installed Locust's worker runner reports its stats with `_send_stats()` (no argument but itself), and
+    `send_request_stats` calls exactly that."""
+    assert list(inspect.signature(WorkerRunner._send_stats).parameters) == ["self"]
+    sent = []
+    process_run.send_request_stats(SimpleNamespace(_send_stats=lambda: sent.append("stats")))
+    assert sent == ["stats"]

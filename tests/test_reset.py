@@ -11,7 +11,7 @@ import pytest
 
 from firehose.admin import reset
 from firehose.run import disk_guard
-from services.postgres import EmbeddedPostgres
+from services.postgres import EmbeddedPostgres, apply_schema, table_layout
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -55,6 +55,16 @@ def test_reset_empties_what_runs_left(data_dir):
     assert result.stdout.startswith(f"firehose reset: emptied {data_dir.data_dir}: ")
     assert not data_dir.running()  # the server it started for the TRUNCATE is stopped again
     assert _rows(data_dir) == 0
+
+
+def test_reset_layout_makes_the_tables_anew_in_it(data_dir):
+    """The fix a run in the other layout names: `firehose reset --layout partitioned`."""
+    result = _reset("--embedded-data-dir", str(data_dir.data_dir), "--layout", "partitioned")
+    assert result.returncode == 0, result.stderr
+    assert "its telemetry tables partitioned:" in result.stdout
+    with psycopg.connect(data_dir.start(), autocommit=True) as conn:
+        assert table_layout(conn) == "partitioned"
+    apply_schema(data_dir.dsn, "partitioned")  # what a run with --layout partitioned does: no refusal now
 
 
 def test_reset_gives_back_the_wal(data_dir):

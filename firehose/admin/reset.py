@@ -23,7 +23,7 @@ import psycopg
 from firehose.run.disk_guard import directory_size, pretty
 from services import replica
 from services.ports import free_port
-from services.postgres import EmbeddedPostgres, default_data_dir
+from services.postgres import LAYOUTS, EmbeddedPostgres, default_data_dir, recreate_tables
 
 logger = logging.getLogger("firehose")
 
@@ -45,10 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"Data directory of the embedded PostgreSQL (default: {default_data_dir()}).",
     )
-    parser.add_argument(
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument(
         "--remove",
         action="store_true",
         help="Delete the data directory (and its log) instead of emptying its tables: the next run starts afresh.",
+    )
+    how.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=None,
+        help="Also drop the telemetry tables and create them in this layout (a run's --layout must match them).",
     )
 
 
@@ -67,15 +74,17 @@ def running_pid(data_dir: Path) -> int | None:
     return pid
 
 
-def empty(data_dir: Path) -> None:
-    """Start the server on a free port of its own, TRUNCATE what runs left, remove its replica (and slot), give the
-    WAL back, stop it."""
+def empty(data_dir: Path, layout: str | None = None) -> None:
+    """Start the server on a free port of its own, TRUNCATE what runs left (with a `layout`: the telemetry tables
+    made anew in it), remove its replica (and slot), give the WAL back, stop it."""
     server = EmbeddedPostgres(data_dir, port=free_port(), settings=SMALL_WAL)
     dsn = server.start()
     try:
         replica.remove(replica.default_replica_dir(data_dir), dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+            if layout is not None:
+                recreate_tables(dsn, layout)
             give_back_wal(conn)
     finally:
         server.stop()
@@ -114,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         replica.remove(standby_dir, None)  # its slot went with the primary's directory
         sys.stdout.write(f"firehose reset: removed {data_dir} ({pretty(before)})\n")
     else:
-        empty(data_dir)
+        empty(data_dir, args.layout)
         after = directory_size(data_dir)
-        sys.stdout.write(f"firehose reset: emptied {data_dir}: {pretty(before)} -> {pretty(after)}\n")
+        made = f", its telemetry tables {args.layout}" if args.layout else ""
+        sys.stdout.write(f"firehose reset: emptied {data_dir}{made}: {pretty(before)} -> {pretty(after)}\n")
     return 0

@@ -174,6 +174,13 @@ class ProcessRun:
         return self._report
 
 
+def send_request_stats(runner: WorkerRunner) -> None:
+    """Send this worker's request stats to the master now, as Locust does every 3 s (a private method of its runner):
+    at a headless run's end the master waits only 0.5 s for the workers' last stats before it exits, which a loaded
+    machine misses (a short run's requests then never reach the master's stats). The one call of it."""
+    runner._send_stats()
+
+
 def another_runs(run: RunStart, served: str | None, forked_by: int | None, parent: int) -> str | None:
     """Why a worker refuses `run`, if it does: `served` is the master it serves (None before its first run),
     `forked_by` the process that forked it (--processes; None for a worker started on its own), `parent` its
@@ -340,5 +347,7 @@ class WritingProcess:
             self._send_final(self.process_run.drain())
 
     def _send_final(self, report: dict) -> None:
-        """The final report to the master: its figures are the worker's last (its live view and summary read them)."""
+        """The final report to the master: its figures are the worker's last (its live view and summary read them).
+        Locust's request stats go first, so they are in before the master's quit (see `send_request_stats`)."""
+        send_request_stats(self.environment.runner)
         self.environment.runner.send_message(DRAINED, report)
