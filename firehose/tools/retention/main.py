@@ -376,7 +376,7 @@ def assemble(
         else "DELETE ... WHERE <time> < cutoff"
     )  # fmt: skip
     if layout == "partitioned":
-        figures["retention"]["partitions_dropped"] = steps["retention"]["outcome"]
+        figures["retention"].update(steps["retention"]["outcome"])  # partitions, detach_s, drop_s, slowest_detach_s
     kept_prefill, left_older = rows_of_key(dsn, prefill_key), remove.rows_older_than(dsn, cutoff)
     events = (summary or {}).get("events", {})
     checks = {

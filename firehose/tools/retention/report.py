@@ -75,6 +75,9 @@ def _vacuum(layout: dict, render) -> str:
 ROWS = (
     ("method", lambda layout: _step(layout, "retention")["method"]),
     ("rows removed", lambda layout: f"{layout['rows_removed']:,}"),
+    ("partitions dropped: DETACH s, DROP s (slowest DETACH)", lambda layout: (
+        f"{sum(_step(layout, 'retention')['partitions'].values())}: {_step(layout, 'retention')['detach_s']:,.2f} s, "
+        f"{_step(layout, 'retention')['drop_s']:,.2f} s ({_step(layout, 'retention')['slowest_detach_s']:,.2f} s)")),
     ("tables before (rows, size)", lambda layout: f"{_size(layout, 'before', 'live_tuples')}, "
      f"{_bytes(layout, 'before')}"),
     ("retention wall time", lambda layout: f"{_step(layout, 'retention')['wall_s']:,.2f} s"),
