@@ -118,6 +118,7 @@ def test_a_step_counts_the_round_trips_and_probe_attempts_that_overlapped_it(tmp
     assert step["round_trips"] == 1 and step["slowest_round_trip_ms"] == 4_000.0 and step["failed_round_trips"] == 0
     assert step["rows_per_s"] == 100.0 and step["rate_over_s"] == 5.0
     assert timeline.writers(110.0, 120.0, "COPY")["rows_per_s"] == 50.0  # no widening past 5 s
+    assert timeline.rows_between(105.0, 106.0) == 100.0
     attempts = [[104.0, "spans", 10.0, None], [107.5, "logs", None, "lock_timeout"], [107.9, "metrics", 30.0, None]]
     during = probe_during(attempts, 2_000, 105.0, 106.0)  # the timeout waited 105.5-107.5; the last began at 107.87
     assert during == {"attempts": 1, "failures": {"lock_timeout": 1}, "longest_lock_wait_ms": None}

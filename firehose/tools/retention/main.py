@@ -12,11 +12,11 @@ For each layout of --layout (each on an embedded server of its own, its data dir
    older than the cutoff (a pending detach finished with FINALIZE); plain, DELETE ... WHERE <time> < cutoff, then
    the VACUUM it needs, timed apart;
 5. the run is interrupted (SIGINT: it drains and reconciles its own rows), and the prefill's kept rows counted.
-Measured for each step: wall time, WAL bytes (pg_current_wal_lsn before and after; the writers' own WAL at their
-rate before is taken off in `wal_bytes_beyond_writers`), the writers' rows/s and slowest COPY round trip during it
-against before, the migration probe's attempts and longest lock wait during it, each table's size, live and dead
-tuples after. Checks: the rows removed equal the rows older than the cutoff, the prefill's other rows are all there,
-and the run reconciled (its rows are all newer than the cutoff). Results: results/retention-<timestamp>/
+Measured for each step: wall time, WAL bytes (pg_current_wal_lsn before and after; the writers' own WAL, their rows in
+the step at their WAL per row before, is taken off in `wal_bytes_beyond_writers`), the writers' rows/s and slowest COPY
+round trip during it against before, the migration probe's attempts and longest lock wait during it, each table's size,
+live and dead tuples after. Checks: the rows removed equal the rows older than the cutoff, the prefill's other rows are
+all there, and the run reconciled (its rows are all newer than the cutoff). Results: results/retention-<timestamp>/
 (retention.md, retention.json). Exit 1 when a check failed, 2 when refused.
 """
 
@@ -357,16 +357,14 @@ def assemble(
     """One layout's JSON document: each step's figures, the tables, the run and the checks."""
     probe = (summary or {}).get("migration_probe") or {"timeline": [], "lock_timeout_ms": 0}
     before = steps["before"]
-    writers_wal_per_s = before["wal_bytes"] / max(before["end"] - before["start"], 1e-9)
+    writers_wal_per_row = before["wal_bytes"] / max(timeline.rows_between(before["start"], before["end"]), 1)
     figures = {}
     for name, step in steps.items():
-        seconds = step["end"] - step["start"]
+        writers_wal = writers_wal_per_row * timeline.rows_between(step["start"], step["end"])
         figures[name] = {
-            "wall_s": round(seconds, 3),
+            "wall_s": round(step["end"] - step["start"], 3),
             "wal_bytes": step["wal_bytes"],
-            "wal_bytes_beyond_writers": None
-            if name == "before"
-            else round(step["wal_bytes"] - writers_wal_per_s * seconds),
+            "wal_bytes_beyond_writers": None if name == "before" else round(step["wal_bytes"] - writers_wal),
             "writers": timeline.writers(step["start"], step["end"], "COPY"),
             "probe": probe_during(probe["timeline"], probe["lock_timeout_ms"], step["start"], step["end"]),
         }  # fmt: skip

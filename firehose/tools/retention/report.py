@@ -105,6 +105,7 @@ ROWS = (
 
 NOTES = """How to read it: "before" is the writers' last stretch before the retention started (`--before`); "during" is
 the step itself (rows/s over at least 5 s from its start). A round trip or probe attempt counts in a step when it
-overlapped it. WAL is the server's (pg_current_wal_lsn around the step): the writers' own, at their rate before, is
-taken off in brackets. Sizes are pg_total_relation_size summed over each table's partitions (heap, TOAST, indexes);
-tuples from pg_stat_user_tables. A failed probe attempt waited its whole lock_timeout."""
+overlapped it. WAL is the server's (pg_current_wal_lsn around the step): in brackets, without the writers' own (their
+rows in the step at their WAL per row before). Sizes are pg_total_relation_size summed over each table's partitions
+(heap, TOAST, indexes), the writers' new rows included; tuples from pg_stat_user_tables. A failed probe attempt
+waited its whole lock_timeout."""

@@ -51,6 +51,10 @@ class Timeline:
         (t0, r0), (t1, r1) = self.acknowledged[index - 1], self.acknowledged[index]
         return r0 + (r1 - r0) * (moment - t0) / (t1 - t0) if t1 > t0 else float(r1)
 
+    def rows_between(self, start: float, end: float) -> float:
+        """Rows acknowledged in [start, end] (interpolated)."""
+        return self.rows_at(end) - self.rows_at(start)
+
     def writers(self, start: float, end: float, verb: str) -> dict:
         """The writers in [start, end]: rows/s, round trips of `verb` that overlapped it, the slowest, failures."""
         rate_end = max(end, start + MIN_RATE_S)
