@@ -42,6 +42,7 @@ sweep: $(BIN)/.installed $(if $(SWEEP_NEEDS_SERVICES),services)
 ## scripts in bench/pgbench/) with server cost per row, client CPU profiles, levers -> bench/results/
 ## (BENCH_ARGS="--quick" for a small run; "--pg-bin /usr/lib/postgresql/15/bin" for a server built with lz4;
 ## "--only crash_cost" measures what a worker killed -9 loses, per strategy)
+## (its layouts part: COPY into partitioned tables against plain ones; BENCH_ARGS="--layout partitioned": every run)
 BENCH_ARGS ?=
 bench: $(BIN)/.installed services
 	$(BIN)/firehose bench $(EMBEDDED) $(BENCH_ARGS)

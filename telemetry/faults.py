@@ -6,9 +6,10 @@ of themselves, of one of these kinds:
 - nul_byte: a NUL byte inside a text column (PostgreSQL text cannot hold one);
 - null_required: service_name is NULL (NOT NULL);
 - impossible_date: a timestamp on February 30 (well shaped, but no such day);
-- duplicate_id: the row takes the event_id of the engineer's first row of its table. Within one
-  batch the checks refuse it; once that first row's batch has committed, only the server's primary
-  key can, so long runs exercise the writer's isolation of rows the server refuses.
+- duplicate_id: the row takes the event_id and the time of the engineer's first row of its table
+  (the time too: the partitioned layout's primary key is (event_id, time)). Within one batch the
+  checks refuse it; once that first row's batch has committed, only the server's primary key can,
+  so long runs exercise the writer's isolation of rows the server refuses.
 
 The number of rows never changes and every event_id stays in its writer's range, so a run still
 reconciles: each row is in the database or in the quarantine. Which rows break, and how, is drawn
@@ -21,11 +22,10 @@ from __future__ import annotations
 import random
 
 from telemetry.generator import TraceRows
-from telemetry.layout import COLUMNS, NULL, TABLES
+from telemetry.layout import COLUMNS, NULL, TABLES, TIME_COLUMN
 
 KINDS = ("bad_json", "nul_byte", "null_required", "impossible_date", "duplicate_id")
 _TEXT_COLUMN = {"spans": "name", "metrics": "name", "logs": "body"}
-_TIME_COLUMN = {"spans": "start_time", "metrics": "time", "logs": "time"}
 
 
 class Faults:
@@ -59,7 +59,7 @@ class Faults:
 
 
 def corrupt_row(table: str, line: str, kind: str, donor: str | None = None) -> str:
-    """`line` (a COPY text row of `table`) broken as `kind` says; duplicate_id takes `donor`'s event_id."""
+    """`line` (a COPY text row of `table`) broken as `kind` says; duplicate_id takes `donor`'s event_id and time."""
     values = line[:-1].split("\t")
     columns = COLUMNS[table]
     if kind == "bad_json":
@@ -71,12 +71,14 @@ def corrupt_row(table: str, line: str, kind: str, donor: str | None = None) -> s
     elif kind == "null_required":
         values[columns.index("service_name")] = NULL
     elif kind == "impossible_date":
-        index = columns.index(_TIME_COLUMN[table])
+        index = columns.index(TIME_COLUMN[table])
         values[index] = f"{values[index][:4]}-02-30{values[index][10:]}"
     elif kind == "duplicate_id":
         if donor is None:
             raise ValueError("duplicate_id needs a donor row, to take its event_id")
-        values[0] = donor.split("\t", 1)[0]
+        donor_values = donor[:-1].split("\t")
+        time = columns.index(TIME_COLUMN[table])
+        values[0], values[time] = donor_values[0], donor_values[time]
     else:
         raise ValueError(f"unknown fault {kind!r}: one of {', '.join(KINDS)}")
     return "\t".join(values) + "\n"

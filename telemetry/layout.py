@@ -77,6 +77,8 @@ TABLES: tuple[str, ...] = tuple(LAYOUT)
 COLUMNS: dict[str, tuple[str, ...]] = {
     table: tuple(column.name for column in columns) for table, columns in LAYOUT.items()
 }
+TIME_COLUMN: dict[str, str] = {"spans": "start_time", "metrics": "time", "logs": "time"}
+"""Each table's time: what the partitioned layout partitions it on (schema/partitioned.sql), part of its primary key."""
 NULLABLE: dict[str, frozenset[str]] = {
     table: frozenset(column.name for column in columns if column.nullable) for table, columns in LAYOUT.items()
 }

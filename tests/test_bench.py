@@ -64,9 +64,13 @@ def test_quick_bench_writes_results(quick_bench):
     assert valve["us_per_row"]["consumer: rows read from the spool files"] > 0
     assert all("median" in lever or "skipped" in lever for lever in results["levers"].values())
     assert results["client_profile"]["client_cpu_us_per_row"] > 0
+    layouts = results["layouts"]  # COPY into partitioned tables against plain ones, the same rows, both counted
+    assert layouts["rows"] > 0 and layouts["partitions_written"] >= 1 and layouts["ratio"] > 0
+    assert all(len(layouts["rows_per_s"][layout]["values"]) == 1 for layout in ("plain", "partitioned"))
     assert results["client_profile"]["us_per_row"]["compose rows (telemetry.generator)"] > 0
     markdown = json_path.with_suffix(".md").read_text()
     assert "end to end / raw" in markdown and "| CopyEngineer |" in markdown
+    assert "| **COPY into partitioned / plain tables** (same rows) |" in markdown and "| partitioned | " in markdown
     assert (
         "| NaiveEngineer | " in markdown
         and "pgbench naive, -M prepared" in markdown

@@ -1,10 +1,12 @@
-"""The one row layout (telemetry/layout.py) is what schema/tables.sql creates, column for column."""
+"""The one row layout (telemetry/layout.py) is what schema/tables.sql and schema/partitioned.sql create, column for
+column."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import psycopg
 import pytest
 
+from services.postgres import table_layout
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import LAYOUT, TABLES, parse_row
 
@@ -17,10 +19,18 @@ ORDER BY ordinal_position
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["plain", "partitioned"])
 @pytest.mark.parametrize("table", TABLES)
-def test_layout_equals_the_live_databases_columns(postgres, table):
-    with psycopg.connect(postgres.dsn) as conn:
+def test_layout_equals_the_live_databases_columns(request, table, layout):
+    """Both layouts' tables (schema/tables.sql, schema/partitioned.sql) have the row layout's columns."""
+    conninfo = (
+        request.getfixturevalue("postgres").dsn
+        if layout == "plain"
+        else request.getfixturevalue("partitioned_database")
+    )
+    with psycopg.connect(conninfo) as conn:
         live = [tuple(row) for row in conn.execute(COLUMNS_IN_DATABASE, [table])]
+        assert table_layout(conn) == layout
     assert live == [(column.name, column.sql_type, column.nullable) for column in LAYOUT[table]]
 
 

@@ -4,6 +4,7 @@ dataset, and the refusal to touch a database that holds other tables (no timing 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
 import json
+import re
 
 import psycopg
 import pytest
@@ -75,3 +76,26 @@ def test_optimize_refuses_a_database_with_other_tables(tidy, tmp_path, capsys):
             conn.execute("DROP TABLE someone_elses")
     error = capsys.readouterr().err
     assert "someone_elses" in error and "--yes" in error and len(error.strip().splitlines()) == 1
+
+
+def test_optimize_on_partitioned_tables_creates_drops_and_sizes_the_indexes_of_every_partition(
+    partitioned_dsn, tmp_path
+):
+    """indexes.sql on partitioned tables (no CONCURRENTLY there): results identical before and after, sizes added
+    up over the partitions, the partitions' scans named by table and index."""
+    try:
+        assert optimize(partitioned_dsn, tmp_path, "--layout", "partitioned", "--partition-interval", "1h") == 0
+        result = json.loads((tmp_path / "optimize.json").read_text())
+        assert (result["dataset"]["layout"], result["dataset"]["partition_interval"]) == ("partitioned", "1h")
+        assert all(query["identical"] and query["non_empty"] for query in result["queries"].values())
+        assert all(index["bytes"] > 0 for index in result["indexes"].values())
+        assert all(size > 0 for size in result["dataset"]["table_bytes"].values())
+        scans = result["queries"]["recent_errors"]["after"]["scans"]  # a partition's index named as its table's
+        assert any(" firehose_spans_errors_recent" in scan for scan in scans), scans
+        assert any(re.fullmatch(r".* on spans \(\d+ partitions?\)", scan) for scan in scans), scans
+        assert "tables partitioned by time, one partition per 1h" in (tmp_path / "optimize.md").read_text()
+    finally:
+        with psycopg.connect(partitioned_dsn, autocommit=True) as conn:
+            for (name,) in conn.execute(f"SELECT indexname FROM pg_indexes WHERE {OUR_INDEXES}", [list(TABLES)]):
+                conn.execute(f'DROP INDEX "{name}"')
+            conn.execute("DROP TABLE IF EXISTS firehose_datasets")

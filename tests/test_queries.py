@@ -1,5 +1,6 @@
 """The analysts' queries (queries/*.sql), bound to a window, return what an independent Python computation over
-the same generated rows says they must."""
+the same generated rows says they must, on both layouts (the same rows loaded into plain and partitioned tables);
+on the partitioned layout, each windowed query's plan scans only the partitions of its window."""
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
@@ -14,10 +15,11 @@ import orjson
 import psycopg
 import pytest
 from locust.event import Events
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from services.postgres import bundled_bin_dir
-from telemetry.generator import EngineerTelemetry, EventIds
+from services.postgres import apply_schema, bundled_bin_dir, create_partitions
+from telemetry.generator import TRACE_SECONDS, EngineerTelemetry, EventIds
 from users.queries import (
     DEFAULT_METRIC_NAME,
     QUERIES_DIR,
@@ -36,6 +38,15 @@ HISTORY_S = 3 * 3600
 WINDOW_S = 3600
 ENGINEERS = 10
 """~1,000 traces: ~2,800 spans in the window, ~85 of them errors, so recent_errors' LIMIT 50 really cuts."""
+STRADDLING_TRACES = 30
+"""Traces of one more engineer starting within TRACE_SECONDS around the window's start: many of their children fall
+in the window with a parent before it, which the dependency map's bound on the parents must keep."""
+PARTITION = timedelta(hours=1)
+"""Hourly partitions from a day before ANCHOR to an hour after it: a 1 h window needs 2 of the 25 per table."""
+DATABASES = {"plain": "firehose_queries_plain", "partitioned": "firehose_queries_partitioned"}
+"""Databases of this module's own on the session's server, one per layout, loaded once per session: no other test
+empties them between two of ours (tests run in the order of their durations, modules mixed), and the hourly
+partitions never meet another test's partitions of other sizes (conftest's partitioned database keeps them all)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -111,23 +122,56 @@ class Generated:
         return [span for span in self.spans if in_window(span["start_us"])]
 
 
-@pytest.fixture(scope="module")
-def dataset(postgres, pools) -> tuple[str, Generated]:
-    """ENGINEERS engineers' telemetry over HISTORY_S before ANCHOR, loaded with CopyWriter, and parsed."""
+def fresh_database(postgres, layout: str) -> str:
+    """The DSN of a new database of the session's server with the tables in `layout` (hourly partitions over the
+    day before ANCHOR and the hour after it)."""
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE spans, metrics, logs")
-    writer = CopyWriter(postgres.dsn, Events(), batch_size=2000, pool_size=2)
+        conn.execute(f"DROP DATABASE IF EXISTS {DATABASES[layout]} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASES[layout]}")
+    dsn = make_conninfo(postgres.dsn, dbname=DATABASES[layout])
+    apply_schema(dsn, layout)
+    if layout == "partitioned":
+        create_partitions(dsn, ANCHOR - timedelta(days=1), ANCHOR + PARTITION, PARTITION.total_seconds())
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def loaded(postgres, pools) -> tuple[dict[str, str], Generated]:
+    """ENGINEERS engineers' telemetry over HISTORY_S before ANCHOR, plus STRADDLING_TRACES across the window's
+    start, loaded with CopyWriter into a database of each layout (the same rows), and parsed."""
+    targets = {layout: fresh_database(postgres, layout) for layout in DATABASES}
+    writers = [CopyWriter(dsn, Events(), batch_size=2000, pool_size=2) for dsn in targets.values()]
     ids = EventIds(21)
+    engineers = [
+        EngineerTelemetry(pools, seed, anchor_us=epoch_us(ANCHOR), window_s=HISTORY_S) for seed in range(ENGINEERS)
+    ]
+    engineers.append(
+        EngineerTelemetry(
+            pools,
+            ENGINEERS,
+            anchor_us=WINDOW_START_US + TRACE_SECONDS * 500_000,
+            window_s=TRACE_SECONDS,
+            traces=STRADDLING_TRACES,
+        )
+    )
     spans, metrics, logs = [], [], []
-    for seed in range(ENGINEERS):
-        telemetry = EngineerTelemetry(pools, seed, anchor_us=epoch_us(ANCHOR), window_s=HISTORY_S)
+    for telemetry in engineers:
         for rows in telemetry.traces(ids):
-            writer.write(rows)
+            for writer in writers:
+                writer.write(rows)
             spans += rows.spans
             metrics += rows.metrics
             logs += rows.logs
-    writer.close()
-    return postgres.dsn, Generated(spans, metrics, logs)
+    for writer in writers:
+        writer.close()
+    return targets, Generated(spans, metrics, logs)
+
+
+@pytest.fixture(params=["plain", "partitioned"])
+def dataset(request, loaded) -> tuple[str, Generated]:
+    """The loaded dataset in one layout: its DSN and the generated rows."""
+    targets, generated = loaded
+    return targets[request.param], generated
 
 
 def run(dsn: str, name: str, **values: object) -> list[dict]:
@@ -264,11 +308,13 @@ def test_recent_errors(dataset):
 def test_service_dependency_map(dataset):
     dsn, generated = dataset
     by_id = {(span["trace_id"], span["span_id"]): span for span in generated.spans}
-    edges = defaultdict(list)
+    edges, early_parents = defaultdict(list), 0
     for child in generated.window_spans():
         parent = by_id.get((child["trace_id"], child["parent_span_id"]))
         if parent is not None and parent["service_name"] != child["service_name"]:
             edges[parent["service_name"], child["service_name"]].append(child)
+            early_parents += parent["start_us"] <= WINDOW_START_US
+    assert early_parents > 0  # children whose parent started before the window: the parents' bound must keep them
     rows = run(dsn, "service_dependency_map")
     assert {(row["caller"], row["callee"]) for row in rows} == edges.keys()
     for row in rows:
@@ -313,7 +359,7 @@ def test_every_file_runs_in_psql_with_its_variables(dataset, postgres, name):
     variables = []
     for key, value in window_parameters(query, ANCHOR, WINDOW_S, **values).items():
         variables += ["-v", f"{key}={value.isoformat() if isinstance(value, datetime) else value}"]
-    target = f"host=127.0.0.1 port={postgres.port} user=postgres dbname=firehose"
+    target = make_conninfo(dsn, host="127.0.0.1", port=postgres.port)
     psql = subprocess.run(
         [
             str(bundled_bin_dir() / "psql"),
@@ -331,3 +377,104 @@ def test_every_file_runs_in_psql_with_its_variables(dataset, postgres, name):
         check=True,
     )
     assert len(psql.stdout.splitlines()) == len(run(dsn, name, **values)) > 0
+
+
+def test_the_dependency_maps_bound_on_parents_is_the_longest_trace(loaded):
+    """The parents' window is the children's widened by TRACE_SECONDS, and no generated trace lasts longer: a
+    parent starts at most that long before its child, so the bound loses none."""
+    _targets, generated = loaded
+    sql = load_queries()["service_dependency_map"].sql
+    assert f":'window_start'::timestamptz - interval '{TRACE_SECONDS} seconds'" in sql
+    starts = defaultdict(list)
+    for span in generated.spans:
+        starts[span["trace_id"]].append(span["start_us"])
+    assert max(max(times) - min(times) for times in starts.values()) < TRACE_SECONDS * 1_000_000
+
+
+def normalised(rows: list[dict]) -> list[str]:
+    """Result rows comparable across plans: floats to 12 significant digits (a sum over another row order differs
+    in the last bits), as sorted text (ORDER BY ties may come in either order)."""
+    return sorted(
+        repr({key: float(f"{value:.12g}") if isinstance(value, float) else value for key, value in row.items()})
+        for row in rows
+    )
+
+
+def query_values(dsn: str) -> dict[str, object]:
+    with psycopg.connect(dsn) as conn:
+        return {"metric_name": DEFAULT_METRIC_NAME, "trace_id": latest_error_trace(conn, ANCHOR, WINDOW_S)}
+
+
+@pytest.mark.parametrize("name", sorted(load_queries()))
+def test_both_layouts_return_identical_results(loaded, name):
+    targets, _generated = loaded
+    plain, partitioned = (
+        run(targets[layout], name, **query_values(targets[layout])) for layout in ("plain", "partitioned")
+    )
+    assert plain and normalised(plain) == normalised(partitioned)
+
+
+def scanned_partitions(dsn: str, name: str) -> dict[str, set[str]]:
+    """The partitions the plan of `name` reads, by the alias of the table in the query (EXPLAIN, no ANALYZE: the
+    partitions pruned at planning or at executor start-up, which EXPLAIN runs, are not in it)."""
+    query = load_queries()[name]
+    with psycopg.connect(dsn) as conn:
+        values = window_parameters(query, ANCHOR, WINDOW_S, **query_values(dsn))
+        (plan,) = conn.execute(f"EXPLAIN (FORMAT JSON) {query.to_psycopg()}", values).fetchone()[0]
+    scanned: dict[str, set[str]] = defaultdict(set)
+
+    def walk(node: dict) -> None:
+        if "Relation Name" in node:  # a partition's alias is the query's, numbered: child_1, spans_2
+            scanned[re.sub(r"_\d+$", "", node["Alias"])].add(node["Relation Name"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan["Plan"])
+    return dict(scanned)
+
+
+def partitions_of(dsn: str, table: str, low: datetime | None = None, high: datetime | None = None) -> set[str]:
+    """The partitions of `table` that hold some time of (low, high] (every one when no bound is given)."""
+    with psycopg.connect(dsn) as conn:
+        names = [row[0] for row in conn.execute("SELECT relid::text FROM pg_partition_tree(%s) WHERE isleaf", [table])]
+    lowers = {name: datetime.strptime(name.split("_p")[1], "%Y%m%d_%H%M").replace(tzinfo=UTC) for name in names}
+    if low is None or high is None:
+        return set(names)
+    return {name for name, lower in lowers.items() if lower <= high and lower + PARTITION > low}
+
+
+WINDOWED = {
+    "ai_cost_by_model_team": ("spans",),
+    "error_rates": ("spans",),
+    "latency_percentiles": ("spans",),
+    "log_severity": ("logs",),
+    "metric_rollups": ("metrics",),
+    "recent_errors": ("spans",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWED))
+def test_a_windowed_query_scans_only_its_windows_partitions(loaded, name):
+    targets, _generated = loaded
+    dsn, (table,) = targets["partitioned"], WINDOWED[name]
+    window = partitions_of(dsn, table, ANCHOR - timedelta(seconds=WINDOW_S), ANCHOR)
+    assert len(window) == 2 and len(partitions_of(dsn, table)) == 25
+    assert scanned_partitions(dsn, name) == {table: window}
+
+
+def test_the_dependency_map_scans_only_the_partitions_of_its_two_windows(loaded):
+    dsn = loaded[0]["partitioned"]
+    window_start = ANCHOR - timedelta(seconds=WINDOW_S)
+    children = partitions_of(dsn, "spans", window_start, ANCHOR)
+    parents = partitions_of(dsn, "spans", window_start - timedelta(seconds=TRACE_SECONDS), ANCHOR)
+    assert len(children) == 2 and len(parents) == 3  # the parents' window reaches back into the hour before
+    assert scanned_partitions(dsn, "service_dependency_map") == {"child": children, "parent": parents}
+
+
+def test_trace_lookup_has_no_window_and_scans_every_partition(loaded):
+    """Documented (docs/queries.md): a trace id says nothing of time, so no partition is pruned."""
+    dsn = loaded[0]["partitioned"]
+    assert scanned_partitions(dsn, "trace_lookup") == {
+        "s": partitions_of(dsn, "spans"),
+        "logs": partitions_of(dsn, "logs"),
+    }

@@ -91,7 +91,7 @@ class BatchedWriter(BufferedWriter):
             with psycopg.RawCursor(conn) as cursor:
                 cursor.execute(statement, values, prepare=self.prepare)
 
-        self.deliver_rows(table, len(lines), size, attempt)
+        self.deliver_rows(table, lines, size, attempt)
 
 
 @lru_cache(maxsize=64)

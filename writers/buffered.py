@@ -24,6 +24,7 @@ from telemetry.generator import TraceRows
 from telemetry.layout import TABLES
 from writers.base import OnFatal, Writer, WriterContext
 from writers.delivery import Outcome, RetryPolicy, SetupError, open_pool
+from writers.partitions import rows_outside_partitions
 
 logger = logging.getLogger("firehose")
 
@@ -156,15 +157,21 @@ class BufferedWriter(Writer):
         """Store one batch of COPY text rows of `table` in a transaction of its own (usually via `deliver_rows`)."""
 
     def deliver_rows(
-        self, table: str, rows: int, size: int, attempt: Callable[[psycopg.Connection, bool], None]
+        self, table: str, lines: list[str], size: int, attempt: Callable[[psycopg.Connection, bool], None]
     ) -> None:
-        """`deliver` one batch of `rows` rows and tally it: acknowledged once committed, else failed."""
+        """`deliver` one batch of rows and tally it: acknowledged once committed, else failed. When the server refused
+        it for rows whose time has no partition (writers.partitions), only those fail: the others are sent again."""
         try:
             delivery = self.deliver(self._pool, self.verb, table, size, attempt)
         except SetupError:
-            self.tally.failed[table] += rows
+            self.tally.failed[table] += len(lines)
             raise
         if delivery.outcome is Outcome.COMMITTED:
-            self.acknowledge(table, rows, size)
-        else:
-            self.tally.failed[table] += rows
+            self.acknowledge(table, len(lines), size)
+            return
+        outside = rows_outside_partitions(self, self._pool, table, lines, delivery.error)
+        self.tally.failed[table] += len(outside) or len(lines)
+        if outside:
+            split = set(outside)
+            if kept := [line for position, line in enumerate(lines) if position not in split]:
+                self.send(table, kept)

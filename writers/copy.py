@@ -40,7 +40,7 @@ class CopyWriter(BufferedWriter):
             else:
                 copy_rows(conn, copy_statement(table), data)
 
-        self.deliver_rows(table, len(lines), len(data), attempt)
+        self.deliver_rows(table, lines, len(data), attempt)
 
 
 def copy_data(lines: list[str]) -> bytes:

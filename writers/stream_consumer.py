@@ -32,6 +32,7 @@ import redis
 from telemetry.layout import TABLES, copy_statement
 from writers.copy import copy_deduplicated, copy_rows
 from writers.delivery import Outcome, SetupError, open_pool
+from writers.partitions import rows_outside_partitions
 
 if TYPE_CHECKING:
     from writers.stream import StreamWriter
@@ -76,6 +77,21 @@ class TableBatch:
     @property
     def rows(self) -> int:
         return sum(self.counts)
+
+    def without(self, positions: set[int]) -> TableBatch:
+        """This batch less its rows at `positions` (0 = the first row of `data`), each entry keeping its hand-over."""
+        rows, kept, counts, start = split_rows(self.data), [], [], 0
+        for count in self.counts:
+            mine = [rows[position] for position in range(start, start + count) if position not in positions]
+            kept += mine
+            counts.append(len(mine))
+            start += count
+        return TableBatch(self.table, b"".join(kept), counts, self.handed_at)
+
+
+def split_rows(data: bytes) -> list[bytes]:
+    """COPY text back to its rows, each ending in its newline (a row's own newlines are escaped)."""
+    return [row + b"\n" for row in data.split(b"\n")[:-1]]
 
 
 def next_batch(
@@ -175,12 +191,15 @@ class StreamConsumers:
         """COPY a batch table by table, then settle its entries. Claimed ones may be in the database already."""
         entries = self.writer.read_entries(entries)
         refused = []
+        split_out: dict[str, set[int]] = {}
         for batch in by_table(entries):
-            outcome = self._copy(batch, deduplicate=claimed)
+            outcome, outside = self._copy(batch, deduplicate=claimed)
             if outcome is Outcome.UNAVAILABLE:  # the database is gone (the run stops): the entries stay pending
                 return
             if outcome is Outcome.REFUSED:
                 refused.append(batch.table)
+            elif outside:
+                split_out[batch.table] = outside
         # Retried through a Redis restart (XACK and XDEL are idempotent): a MULTI that Redis wrote to its append-only
         # file just before it died has no reply, and its entries would leave no trace to settle them by later.
         try:
@@ -195,15 +214,21 @@ class StreamConsumers:
             logger.error(
                 "%d entries refused by %s kept in %s", len(entries), ", ".join(refused), self.writer.keys.refused
             )
-        # Rows of a refused table count as failed only where the entry was still pending (not settled elsewhere).
+        # Rows of a refused table, and rows split out of a table's batch, count as failed only where the entry was
+        # still pending (not settled elsewhere).
         for (_, fields), was_pending in zip(entries, acked, strict=True):
             if was_pending:
                 for table, field in zip(TABLES, FIELDS, strict=True):
                     if table in refused:
                         self.writer.tally.failed[table] += fields[field].count(b"\n")
+                    elif table in split_out:
+                        rows = split_rows(fields[field])
+                        self.writer.tally.failed[table] += sum(_event_id(row) in split_out[table] for row in rows)
 
-    def _copy(self, batch: TableBatch, *, deduplicate: bool) -> Outcome:
-        """COPY one table's rows of a batch in its own transaction, and tally the rows it stored.
+    def _copy(self, batch: TableBatch, *, deduplicate: bool) -> tuple[Outcome, set[int]]:
+        """COPY one table's rows of a batch in its own transaction, and tally the rows it stored; with the event ids
+        of the rows whose time no partition takes, split out of the batch while the others were stored
+        (writers.partitions).
 
         Claimed entries go through the deduplicating path, which counts only the rows it inserted: the others
         were stored (and counted) by the transaction that inserted them.
@@ -227,15 +252,24 @@ class StreamConsumers:
             delivery = writer.deliver(self.pool, writer.verb, table, len(data), attempt, deduplicate=deduplicate)
         except SetupError as error:
             writer.fail(error)
-            return Outcome.UNAVAILABLE
+            return Outcome.UNAVAILABLE, set()
         if delivery.outcome is Outcome.REFUSED:
+            lines = split_rows(data)
+            if outside := rows_outside_partitions(writer, self.pool, table, lines, delivery.error):
+                kept = batch.without(set(outside))
+                outcome, more = self._copy(kept, deduplicate=deduplicate) if kept.rows else (Outcome.COMMITTED, set())
+                return outcome, more | {_event_id(lines[position]) for position in outside}
             logger.error("%s refused a batch of %d rows: %s", table, rows, delivery.error)
         elif delivery.outcome is Outcome.COMMITTED and stored:
             writer.tally.acknowledge(table, stored, len(data) * stored // rows)
             if stored == rows:
                 for handed_at, count in zip(batch.handed_at, batch.counts, strict=True):
-                    if handed_at:
+                    if handed_at and count:
                         writer.tally.record_freshness(table, count, float(handed_at))
             elif handed := [float(handed_at) for handed_at in batch.handed_at if handed_at]:
                 writer.tally.record_freshness(table, stored, min(handed))  # which rows were new is not known
-        return delivery.outcome
+        return delivery.outcome, set()
+
+
+def _event_id(row: bytes) -> int:
+    return int(row[: row.find(b"\t")])

@@ -7,7 +7,9 @@
 2. When the server still refuses a COPY (an event_id an earlier batch committed, a CHECK), the
    batch is split where COPY's error names the failing line: the rows before it are sent again and
    commit, that row is quarantined with the server's error, the rows after it are sent again. An
-   error that names no line (say, a deferred constraint, at commit) halves the batch instead.
+   error that names no line (say, a deferred constraint, at commit) halves the batch instead. Rows
+   whose time has no partition (SQLSTATE 23514) are all found in one round trip (writers.partitions)
+   and quarantined together.
 3. The quarantined rows are inserted right after the batch's good rows, with the run id, the reason
    and the row's bytes as received.
 
@@ -31,6 +33,7 @@ from writers.base import OnFatal, WriterContext
 from writers.checks import Triage
 from writers.copy import CopyWriter, copy_deduplicated, copy_rows
 from writers.delivery import Outcome, RetryPolicy, RowsRefused, SetupError
+from writers.partitions import outside_reason, rows_outside_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +152,11 @@ class ValidatedCopyWriter(CopyWriter):
                     pending.append(rest)
             elif len(chunk) == 1:
                 rejected += [(row, _reason(error)) for row in chunk]
+            elif outside := rows_outside_partitions(self, self._pool, table, chunk, error):
+                split = set(outside)
+                rejected += [(chunk[position], outside_reason(table)) for position in outside]
+                if rest := [row for position, row in enumerate(chunk) if position not in split]:
+                    pending.append(rest)
             elif (line := _failed_line(error)) is not None and 1 <= line <= len(chunk):
                 rejected.append((chunk[line - 1], _reason(error)))
                 pending += [part for part in (chunk[line:], chunk[: line - 1]) if part]

@@ -65,9 +65,10 @@ APPLIED_AT_START_ONLY = (
     "disk_floor",
     "analysts",
     "worker_gone_after",
+    "layout",
 )
-"""Options firehose applies once, when Locust starts (the embedded server, the tables' levers, the disk guard,
-the analysts' fixed count): the form does not offer them, since a value there would change nothing."""
+"""Options firehose applies once, when Locust starts (the embedded server, the tables' levers and layout, the disk
+guard, the analysts' fixed count): the form does not offer them, since a value there would change nothing."""
 FORM_LABEL_CHARS = 100
 """A form label is the option's name and its help on one line, and Locust's text field cuts a longer one with
 "…" (measured in Chromium at 1500 px: ~105 characters fit in an empty field's label, ~140 in a filled one's,

@@ -3,8 +3,9 @@
 Writers report per process (`ProcessRun.drain`); the database is counted per writer key (one per process).
 `lost` = generated - in the database - quarantined, over the processes that reported their final figures:
 rows an engineer handed over that never landed and were not set aside as malformed. `duplicates` counts
-spans of the run stored more than once (same trace and span id under another event id): a writer that
-re-sends must not produce any.
+rows of the run stored more than once (an event id repeated in a table: possible on the partitioned layout,
+whose primary key is (event_id, time), when a copy carries another time): a writer that re-sends must not
+produce any.
 
 A process with no final report (its worker killed, or past --drain-timeout) cannot be reconciled: its rows in
 the database are known, what it received only up to its last stats report. It is named apart ("unaccounted"),
@@ -30,7 +31,7 @@ from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.layout import TABLES
 
 _COUNT_PER_KEY = """
-SELECT k.writer_key, count(t.event_id) FROM firehose_writer_keys AS k
+SELECT k.writer_key, count(t.event_id), count(t.event_id) - count(DISTINCT t.event_id) FROM firehose_writer_keys AS k
 LEFT JOIN {table} AS t
   ON t.event_id >= k.writer_key << 32 AND t.event_id < (k.writer_key + 1) << 32
 WHERE k.run_id = %s
@@ -38,22 +39,17 @@ GROUP BY k.writer_key
 """
 
 
-_DUPLICATE_SPANS = """
-SELECT count(*) - count(DISTINCT (t.trace_id, t.span_id)) FROM spans AS t
-JOIN firehose_writer_keys AS k
-  ON t.event_id >= k.writer_key << 32 AND t.event_id < (k.writer_key + 1) << 32
-WHERE k.run_id = %s
-"""
-
-
 def count_in_database(conninfo: str, run_id: int) -> tuple[dict[int, dict[str, int]], int]:
-    """Rows of the run per writer key and table (primary-key range scans), and the run's duplicate spans."""
+    """Rows of the run per writer key and table (primary-key range scans), and the run's rows stored more than once
+    (repeated event ids, on all three tables)."""
     counts: dict[int, dict[str, int]] = {}
+    duplicates = 0
     with psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         for table in TABLES:
-            for key, rows in conn.execute(_COUNT_PER_KEY.format(table=table), [run_id]):
+            for key, rows, repeated in conn.execute(_COUNT_PER_KEY.format(table=table), [run_id]):
                 counts.setdefault(key, dict.fromkeys(TABLES, 0))[table] = rows
-        return counts, conn.execute(_DUPLICATE_SPANS, [run_id]).fetchone()[0]
+                duplicates += repeated
+    return counts, duplicates
 
 
 @dataclass

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from services.postgres import add_embedded_arguments, redact
+from services.postgres import LAYOUTS, add_embedded_arguments, apply_schema, create_partitions, redact
+from telemetry.durations import parse_duration
 from telemetry.layout import TABLES
 
 logger = logging.getLogger("firehose")
@@ -18,6 +20,8 @@ FIREHOSE_TABLES = frozenset(
     {*TABLES_TO_EMPTY, "firehose_runs", "firehose_writer_keys", "firehose_run_summaries", "firehose_datasets"}
 )
 """The tables firehose creates: a database holding any other is someone else's, and is not emptied unasked."""
+DEFAULT_PARTITION_INTERVAL = "1d"
+"""As a run's --partition-interval: one partition a day."""
 
 
 def empty_tables(dsn: str) -> None:
@@ -69,3 +73,36 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         "--pg-dsn", default=None, help="Target PostgreSQL (default: the PG* variables, else the embedded server)."
     )
     add_embedded_arguments(parser)
+
+
+def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--layout` and `--partition-interval`, as a run takes them: the layout of the tables a tool loads and its
+    Locust runs write (see `layout_arguments`)."""
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="plain",
+        help="The telemetry tables: plain, or range-partitioned on time (docs/partitioning.md) (default: plain).",
+    )
+    parser.add_argument(
+        "--partition-interval",
+        default=DEFAULT_PARTITION_INTERVAL,
+        help="With --layout partitioned: the time each partition holds, e.g. 1d, 1h (default: %(default)s).",
+    )
+
+
+def layout_arguments(args: argparse.Namespace) -> list[str]:
+    """A tool's --layout and --partition-interval for its Locust runs (none on the plain layout, the runs' default)."""
+    if args.layout == "plain":
+        return []
+    return ["--layout", args.layout, "--partition-interval", args.partition_interval]
+
+
+def prepare_layout(dsn: str, layout: str, interval: str, start: datetime, end: datetime) -> list[str]:
+    """The telemetry tables in a tool's --layout (LayoutMismatch when the database has the other one) and, on the
+    partitioned layout, the partitions of --partition-interval `interval` for [start, end) that were missing,
+    created (returned)."""
+    apply_schema(dsn, layout)
+    if layout == "plain":
+        return []
+    return create_partitions(dsn, start, end, parse_duration(interval))

@@ -10,6 +10,8 @@
 4. Levers: CopyEngineer with one option changed at a time (lz4, WAL compression, synchronous_commit,
    checkpoints, COPY batch size, flushing connections).
 5. Client profile and 6. profiles: where our client's CPU goes per row (bench.profiles).
+7. Layouts: COPY rows/s into partitioned tables against plain ones, the same rows (bench.layouts).
+With --layout partitioned, every Locust run and reference writes partitioned tables (the layouts part compares both).
 Every figure is the median of `--repetitions` runs, reported with its spread (min-max); bench.report renders them.
 """
 
@@ -30,8 +32,9 @@ from pathlib import Path
 import psycopg
 from locust.event import Events
 
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.strategies import Strategy, all_strategies, baseline
-from firehose.tools.bench import crash_cost
+from firehose.tools.bench import crash_cost, layouts
 from firehose.tools.bench.figures import BENCH_SEED, END_TO_END, Figure, median_costs
 from firehose.tools.bench.generator import time_dict_orjson, time_faker_per_event, time_generator
 from firehose.tools.bench.profiles import (
@@ -42,7 +45,14 @@ from firehose.tools.bench.profiles import (
     profile_writer,
 )
 from firehose.tools.bench.report import render_markdown
-from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
+from firehose.tools.database import (
+    add_empty_arguments,
+    add_layout_arguments,
+    empty_tables,
+    layout_arguments,
+    prepare_layout,
+    refusal_to_empty,
+)
 from firehose.tools.headless import REPO, run_headless
 from firehose.tools.references import (
     LABELS,
@@ -54,7 +64,7 @@ from firehose.tools.references import (
 )
 from firehose.tools.server_cost import ServerCost, process_cpu_s
 from services.pgbouncer import DEFAULT_POOL_SIZE, PgBouncer
-from services.postgres import EmbeddedPostgres, add_embedded_arguments, redact
+from services.postgres import EmbeddedPostgres, LayoutMismatch, add_embedded_arguments, redact
 from services.redis_server import LocalRedis
 from telemetry.durations import parse_duration
 from telemetry.generator import TRACES_PER_ENGINEER
@@ -139,6 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="In the strategies and profiles parts, run only this strategy and its reference (repeatable; default: "
         "all). A strategy whose reference is another strategy's run brings that strategy.",
     )
+    add_layout_arguments(parser)
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="Directory of the results files.")
 
 
@@ -151,15 +162,26 @@ def apply_sizes(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     apply_sizes(args)
+    try:
+        partition_interval_s(args)
+    except Refused as error:
+        sys.stderr.write(f"firehose bench: {error}\n")
+        return 2
     if args.pg_dsn is not None and (refusal := refusal_to_empty(args.pg_dsn, "bench", args.yes)) is not None:
         sys.stderr.write(refusal + "\n")
         return 2
     server = None
-    if args.pg_dsn is None:
-        server = EmbeddedPostgres(args.embedded_data_dir, args.embedded_port, bin_dir=args.pg_bin)
-        args.pg_dsn = server.start()
     try:
+        if args.pg_dsn is None:
+            server = EmbeddedPostgres(args.embedded_data_dir, args.embedded_port, bin_dir=args.pg_bin)
+            args.pg_dsn = server.start(args.layout)
+        now = datetime.datetime.now(datetime.UTC)  # the references' rows: the last hour; a long bench: a day on
+        earliest, latest = now - datetime.timedelta(hours=2), now + datetime.timedelta(days=1)
+        prepare_layout(args.pg_dsn, args.layout, args.partition_interval, earliest, latest)
         results = Bench(args).run()
+    except LayoutMismatch as error:
+        sys.stderr.write(f"firehose bench: {error}\n")
+        return 2
     finally:
         if server is not None:
             server.stop()
@@ -208,6 +230,7 @@ class Bench:
             "database": redact(self.dsn),
             "engineers": self.args.engineers,
             "repetitions": self.args.repetitions,
+            "layout": self.args.layout,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
 
@@ -246,7 +269,8 @@ class Bench:
     def copy_engineers(self, extra: tuple[str, ...] = ()) -> float:
         result = run_headless(
             END_TO_END, self.args.engineers, pg_dsn=self.dsn,
-            extra=["--seed", str(BENCH_SEED), "--traces-per-engineer", str(self.traces), *extra],
+            extra=["--seed", str(BENCH_SEED), "--traces-per-engineer", str(self.traces), *layout_arguments(self.args),
+                   *extra],
         )  # fmt: skip
         if not result.ok or result.summary["events"]["lost"]:
             raise RuntimeError(f"{END_TO_END} run failed or lost rows:\n{result.output}")
@@ -286,7 +310,7 @@ class Bench:
                         before, redis_before = cost.sample(), process_cpu_s(redis_server.pid)
                         result = run_headless(
                             name, self.args.strategy_users, pg_dsn=self.dsn, run_time=run_time,
-                            extra=[*volume, "--seed", str(BENCH_SEED), *services],
+                            extra=[*volume, "--seed", str(BENCH_SEED), *services, *layout_arguments(self.args)],
                         )  # fmt: skip
                         if not result.ok or result.summary["events"]["lost"]:
                             raise RuntimeError(f"{name} run failed or lost rows:\n{result.output}")
@@ -387,6 +411,13 @@ class Bench:
         """What a worker killed -9 while it writes loses, per strategy (firehose.tools.bench.crash_cost)."""
         return crash_cost.measure(self.dsn, progress=_progress)
 
+    def layouts(self, pools: Pools, _results: dict) -> dict:
+        """COPY rows/s into partitioned tables against plain ones (firehose.tools.bench.layouts)."""
+        return layouts.measure(
+            self.dsn, self.args.layout, parse_duration(self.args.partition_interval), pools,
+            self.args.engineers, self.traces, self.args.repetitions, progress=_progress,
+        )  # fmt: skip
+
     def levers(self, _pools: Pools, results: dict) -> dict:
         baseline_rate = results["end_to_end"]["copy_engineer_rows_per_s"]
         lz4 = self.supports_lz4()
@@ -428,6 +459,7 @@ PARTS: tuple[Part, ...] = (
     Part("profiles", Bench.profiles),
     Part("strategies", Bench.strategies),
     Part("levers", Bench.levers),
+    Part("layouts", Bench.layouts),
     Part("crash_cost", Bench.crash_cost, optional=True),
 )
 """What a bench measures, in this order (the strategies read the profiles, the levers the end-to-end figure)."""

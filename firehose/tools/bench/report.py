@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firehose.tools.bench import crash_cost
+from firehose.tools.bench import crash_cost, layouts
 from firehose.tools.bench.figures import END_TO_END, Figure
 from firehose.tools.references import RAW_CONNECTIONS
 
@@ -14,7 +14,8 @@ def render_markdown(results: dict) -> str:
     lines = [
         f"## firehose bench, {machine['date']}",
         "",
-        f"{machine['cores']} cores, PostgreSQL {machine['postgresql']} ({settings}), Python {machine['python']}; "
+        f"{machine['cores']} cores, PostgreSQL {machine['postgresql']} ({settings}; {machine.get('layout', 'plain')} "
+        f"tables), Python {machine['python']}; "
         f"median of {machine['repetitions']} (min-max).",
         "",
         "| figure | value |",
@@ -147,13 +148,14 @@ def _profile_lines(profile: dict) -> list[str]:
     return lines
 
 
-TABLE_ROWS = {"generator": _generator_rows, "end_to_end": _end_to_end_rows}
+TABLE_ROWS = {"generator": _generator_rows, "end_to_end": _end_to_end_rows, "layouts": layouts.table_rows}
 """Parts whose figures are rows of the headline table, in this order."""
 SECTIONS = {
     "client_profile": _profile_lines,
     "strategies": _strategy_lines,
     "profiles": _profiles_lines,
     "levers": _lever_lines,
+    "layouts": layouts.markdown_lines,
     "crash_cost": crash_cost.markdown_lines,
 }
 """Parts rendered as sections of their own after the table, in this order: a new part adds its renderer here."""

@@ -15,7 +15,8 @@ once it replayed everything.
 Prints and writes (results/chaos-<timestamp>/chaos.md, chaos.json): rows/s alone and with analysts, the retention
 ratio, queries served per second of writing, per query count, during_writes and p50/p95/p99 ms (HDR), each
 check, table sizes before and after, who used the CPU (firehose.tools.cpu_usage), the machine's cores, and the
-reference's figures beside ours. Exit 1 when a check fails, a run failed, or rows were lost.
+reference's figures beside ours. Exit 1 when a check fails, a run failed, or rows were lost. With --layout
+partitioned, the prefill's partitions are made before it, and both runs get --layout (they make their own).
 """
 
 from __future__ import annotations
@@ -24,25 +25,34 @@ import argparse
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg
 from locust.event import Events
 from psycopg.rows import dict_row
 
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.strategies import strategy_named
 from firehose.tools.chaos.report import render_markdown
 from firehose.tools.cpu_usage import CpuUsage
-from firehose.tools.database import add_target_arguments, empty_tables, refusal_to_empty
+from firehose.tools.database import (
+    add_layout_arguments,
+    add_target_arguments,
+    empty_tables,
+    layout_arguments,
+    prepare_layout,
+    refusal_to_empty,
+)
 from firehose.tools.dataset import own_ids
 from firehose.tools.headless import RUN_OVERHEAD_S, passed_to_locust, results_dir, run_headless
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
-from services.postgres import redact
+from services.postgres import LayoutMismatch, redact
 from services.replica import wait_caught_up
 from telemetry.counts import GeneratedCounts, merge_counts
 from telemetry.durations import parse_duration
-from telemetry.generator import EngineerTelemetry, EventIds, TraceRows, engineer_seed
+from telemetry.generator import TRACE_SECONDS, EngineerTelemetry, EventIds, TraceRows, engineer_seed
 from telemetry.layout import TABLES
 from telemetry.pools import CATALOGUE_SEED, Pools
 from users import CopyEngineer
@@ -82,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--analysts", type=int, default=ANALYSTS, help="Analysts of the second phase (default: 8).")
     parser.add_argument("--processes", type=int, default=0, help="Locust --processes of each run (default: one).")
     add_target_arguments(parser)
+    add_layout_arguments(parser)
     parser.add_argument(
         "--replica",
         action="store_true",
@@ -103,14 +114,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         parse_duration(args.duration)
         history_s = parse_duration(args.history)
+        partition_interval_s(args)
         strategy_named(args.strategy)
-    except ValueError as error:
+    except (ValueError, Refused) as error:
         sys.stderr.write(f"firehose chaos: {error}\n")
         return 2
     out = results_dir(args.out, "chaos")
     locust_args = passed_to_locust(args.locust_args)
     services = RunServices(
-        given_addresses(args), embedded_port=args.embedded_port, embedded_data_dir=args.embedded_data_dir
+        given_addresses(args),
+        embedded_port=args.embedded_port,
+        embedded_data_dir=args.embedded_data_dir,
+        layout=args.layout,
     )
     try:
         dsn = services.start_postgres()
@@ -127,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         addresses = services.start(needed)  # once for both phases, like the sweep
         service_args = [arg for name in needed for arg in (FLAGS[name], addresses[name])]
         result = measure(dsn, args, history_s, [*service_args, *locust_args], replica_dsn)
+    except (LayoutMismatch, Refused) as error:  # the tables in the other layout
+        sys.stderr.write(f"firehose chaos: {error}\n")
+        return 2
     finally:
         services.stop()
     write_report(out, "chaos", render_markdown(result), result)
@@ -138,6 +156,9 @@ def measure(
 ) -> dict:
     """Both phases (three with a replica), as the JSON document written to chaos.json."""
     anchor_us = int(time.time()) * 1_000_000
+    newest = from_epoch_us(anchor_us)
+    earliest, latest = newest - timedelta(seconds=history_s), newest + timedelta(seconds=TRACE_SECONDS)
+    prepare_layout(dsn, args.layout, args.partition_interval, earliest, latest)  # the prefill's
     phases = {}
     plan = [("alone", 0, None), ("with_analysts", args.analysts, None)]
     if replica_dsn is not None:
@@ -172,6 +193,7 @@ def measure(
             "prefill_rows": args.prefill,
             "history_s": history_s,
             "processes": args.processes,
+            "layout": args.layout,
             "locust_args": locust_args,
             "database": redact(dsn),
             "newest_prefill_data": from_epoch_us(anchor_us).isoformat(),
@@ -201,7 +223,7 @@ def run_phase(
     prefill_counts = prefill(dsn, args.prefill, history_s, anchor_us)
     before = table_sizes(dsn)
     user_classes = [args.strategy, *(["Analyst"] if analysts else [])]
-    extra = ["--continuous", "--history", args.history, "--seed", str(RUN_SEED), *locust_args]
+    extra = ["--continuous", "--history", args.history, "--seed", str(RUN_SEED), *layout_arguments(args), *locust_args]
     if analysts:
         extra += ["--analysts", str(analysts)]
     if replica_dsn is not None:
@@ -277,12 +299,17 @@ def prefill(dsn: str, rows: int, history_s: int, anchor_us: int) -> dict:
 
 
 def table_sizes(dsn: str) -> dict[str, dict[str, int]]:
-    """Rows and pg_total_relation_size (table, TOAST and indexes) of each telemetry table."""
+    """Rows and pg_total_relation_size (table, TOAST and indexes; a partitioned table's partitions added up) of each
+    telemetry table."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         return {
             table: {
                 "rows": conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0],
-                "bytes": conn.execute("SELECT pg_total_relation_size(%s::regclass)", [table]).fetchone()[0],
+                "bytes": conn.execute(
+                    "SELECT pg_total_relation_size(%(table)s) + (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)"
+                    " FROM pg_partition_tree(%(table)s) WHERE relid <> %(table)s::regclass)::bigint",
+                    {"table": table},
+                ).fetchone()[0],
             }
             for table in TABLES
         }

@@ -15,7 +15,8 @@ def render_markdown(result: dict) -> str:
         f"({', '.join(f'{table} {count:,}' for table, count in rows.items())}), "
         f"history {dataset['history_s'] / 3600:g} h, window {result['settings']['window_s'] / 3600:g} h",
         "",
-        f"PostgreSQL {machine['postgres_version']} on {machine['cores']} cores; newest data {dataset['newest_data']}"
+        f"PostgreSQL {machine['postgres_version']} on {machine['cores']} cores; {_layout(dataset)}; newest data "
+        f"{dataset['newest_data']}"
         f" ({'reused' if dataset['reused'] else 'loaded'}); table sizes "
         + ", ".join(f"{table} {size / 2**20:,.0f} MB" for table, size in dataset["table_bytes"].items())
         + f"; median of {result['settings']['repeat']} runs per query and phase.",
@@ -51,6 +52,12 @@ def render_markdown(result: dict) -> str:
         f"({writes['ratio']:g} of it).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _layout(dataset: dict) -> str:
+    if dataset["layout"] == "partitioned":
+        return f"tables partitioned by time, one partition per {dataset['partition_interval']}"
+    return "plain tables"
 
 
 def _row(*cells: str) -> str:

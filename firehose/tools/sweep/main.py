@@ -33,15 +33,24 @@ from psycopg.conninfo import conninfo_to_dict
 
 from firehose.run.budget import SHRINK_FLAG
 from firehose.run.endpoints import FLAGS, RunServices, given_addresses
+from firehose.run.preflight import Refused, partition_interval_s
 from firehose.strategies import all_strategies, available_strategies, resolve_strategies, strategy_named
-from firehose.tools.database import add_empty_arguments, empty_tables, refusal_to_empty
+from firehose.tools.database import (
+    DEFAULT_PARTITION_INTERVAL,
+    add_empty_arguments,
+    add_layout_arguments,
+    empty_tables,
+    layout_arguments,
+    prepare_layout,
+    refusal_to_empty,
+)
 from firehose.tools.headless import RUN_OVERHEAD_S, locust_command, passed_to_locust, results_dir, run_bounded
 from firehose.tools.machine import machine_info
 from firehose.tools.references import run_reference
 from firehose.tools.server_cost import ServerCost
 from firehose.tools.sweep.report import BASELINE, Cell, SweepResult, render_table, write_results
 from services.pgbouncer import DEFAULT_POOL_SIZE
-from services.postgres import EMBEDDED_PORT, add_embedded_arguments, redact
+from services.postgres import EMBEDDED_PORT, LayoutMismatch, add_embedded_arguments, redact
 from telemetry.durations import parse_duration
 from telemetry.pools import CATALOGUE_SEED, Pools
 from users.engineer import Engineer
@@ -83,6 +92,9 @@ class SweepPlan:
     """Client-connection counts of the connection-scale axis (empty: no axis)."""
     references: bool = True
     """Run each strategy's C-client reference once (the database's own ratio)."""
+    layout: str = "plain"
+    """The telemetry tables' layout (--layout): the cells' runs get it, the references' rows get partitions."""
+    partition_interval: str = DEFAULT_PARTITION_INTERVAL
 
 
 def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) -> SweepResult:
@@ -92,9 +104,14 @@ def run_sweep(plan: SweepPlan, progress: Callable[[str], None] | None = None) ->
     timeout = plan.cell_timeout_s or parse_duration(plan.duration) + RUN_OVERHEAD_S
     (plan.out / "cells").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    services = RunServices(_given(plan), embedded_port=plan.embedded_port, embedded_data_dir=plan.embedded_data_dir)
+    services = RunServices(
+        _given(plan), embedded_port=plan.embedded_port, embedded_data_dir=plan.embedded_data_dir, layout=plan.layout
+    )
     try:
         dsn = services.start_postgres()
+        now = datetime.datetime.now(datetime.UTC)  # the references write rows of their last hour; a sweep: hours
+        later = now + datetime.timedelta(days=1)
+        prepare_layout(dsn, plan.layout, plan.partition_interval, now - datetime.timedelta(hours=2), later)
         result = SweepResult(cells=[], machine=machine_info(dsn), settings=_settings(plan, dsn))
         scale = [row for row in all_strategies() if row.scale_option is not None and plan.connections]
         total = len(engineers) * len(plan.user_counts) + len(scale) * len(plan.connections)
@@ -275,6 +292,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="Run the migration-lock probe every SECONDS in every cell (Locust's --migration-probe).",
     )
+    add_layout_arguments(parser)
     parser.add_argument(
         "locust_args",
         nargs=argparse.REMAINDER,
@@ -308,9 +326,13 @@ def plan_from_args(args: argparse.Namespace) -> SweepPlan:
         embedded_data_dir=args.embedded_data_dir,
         connections=parse_user_counts(args.connections) if args.connections.strip() else [],
         references=not args.no_references,
+        layout=args.layout,
+        partition_interval=args.partition_interval,
     )
     if args.migration_probe:
         plan.locust_args += ["--migration-probe", str(args.migration_probe)]
+    plan.locust_args += layout_arguments(args)
+    partition_interval_s(args)
     parse_duration(plan.duration)
     resolve_strategies(plan.strategies)
     if SHRINK_FLAG in plan.locust_args:
@@ -322,14 +344,18 @@ def run(args: argparse.Namespace) -> int:
     """Run the sweep, write its results, print the table; 0 when every cell of the grid is clean."""
     try:
         plan = plan_from_args(args)
-    except ValueError as error:
+    except (ValueError, Refused) as error:
         sys.stderr.write(f"firehose sweep: {error}\n")
         return 2
     given = _given(plan).get("postgres")  # the embedded server holds firehose's tables only
     if given is not None and (refusal := refusal_to_empty(given, "sweep", args.yes)) is not None:
         sys.stderr.write(refusal + "\n")
         return 2
-    result = run_sweep(plan)
+    try:
+        result = run_sweep(plan)
+    except (LayoutMismatch, Refused) as error:  # the tables in the other layout
+        sys.stderr.write(f"firehose sweep: {error}\n")
+        return 2
     paths = write_results(result, plan.out)
     sys.stdout.write("\n" + render_table(result) + "\n\n" + "\n".join(str(path) for path in paths.values()) + "\n")
     # A connection-scale cell may fail by design (direct connections past max_connections): it is marked, not an error.
@@ -352,6 +378,7 @@ def _settings(plan: SweepPlan, dsn: str) -> dict:
         "processes": plan.processes,
         "locust_args": plan.locust_args,
         "connections": plan.connections,
+        "layout": plan.layout,
         "scale_users": SCALE_USERS,
         "bouncer_pool_size": DEFAULT_POOL_SIZE,
         "database": redact(dsn),
