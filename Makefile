@@ -11,7 +11,7 @@ EMBEDDED_PORT ?=
 EMBEDDED_DATA_DIR ?=
 EMBEDDED := $(if $(EMBEDDED_PORT),--embedded-port $(EMBEDDED_PORT)) $(if $(EMBEDDED_DATA_DIR),--embedded-data-dir $(EMBEDDED_DATA_DIR))
 
-.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants capacity grow
+.PHONY: run test test-fast lint services clean sweep bench optimize chaos soak mutants capacity grow retention
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,16 @@ capacity: $(BIN)/.installed
 GROW_ARGS ?=
 grow: $(BIN)/.installed
 	$(BIN)/firehose grow $(GROW_ARGS)
+## retention: per layout (RETENTION_LAYOUTS), RETENTION_PREFILL of telemetry over 24 h, then the rows older than
+## RETENTION_KEEP removed while 20 COPY engineers write: DETACH PARTITION ... CONCURRENTLY + DROP against DELETE +
+## VACUUM, side by side -> results/retention-<timestamp>/ (RETENTION_ARGS="--before 60s -- --seed 3")
+RETENTION_LAYOUTS ?= plain,partitioned
+RETENTION_PREFILL ?= 5GB
+RETENTION_KEEP ?= 12h
+RETENTION_ARGS ?=
+retention: $(BIN)/.installed
+	$(BIN)/firehose retention --layout $(RETENTION_LAYOUTS) --prefill $(RETENTION_PREFILL) --keep $(RETENTION_KEEP) \
+		$(EMBEDDED) $(RETENTION_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
 ## TEST_WORKERS pytest-xdist workers (default: cores + 1, each with a PostgreSQL of its own), then the `serial` ones

@@ -19,6 +19,7 @@ COMMANDS = {
     "soak": "firehose.tools.soak.main",
     "capacity": "firehose.tools.capacity.main",
     "grow": "firehose.tools.grow.main",
+    "retention": "firehose.tools.retention.main",
     "roles": "firehose.admin.roles",
     "reset": "firehose.admin.reset",
     "runs": "firehose.tools.runs.listing",

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from firehose.run.probe import MigrationProbe, merge_probe_reports, render_probe
-from tests.conftest import run_locust
+from tests.conftest import load_summary, run_locust
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,9 @@ def test_a_lock_held_by_a_writer_fails_the_probe_by_lock_timeout(dsn):
     assert report["attempts"] == 2 and report["failed"] == 1 and report["failures"] == {"lock_timeout": 1}
     assert report["lock_wait_ms"]["count"] == 1 and report["connect_ms"]["count"] == 2
     assert "1 failed (lock_timeout 1)" in render_probe(report)
+    (_, failed_on, no_wait, failure), (_, got_on, wait, no_failure) = report["timeline"]  # by time
+    assert (failed_on, no_wait, failure) == ("metrics", None, "lock_timeout")
+    assert (got_on, no_failure) == ("logs", None) and wait == pytest.approx(report["lock_wait_ms"]["max"], abs=1e-3)
 
 
 def test_the_probe_reaches_the_summary_of_a_run(dsn, tmp_path):
@@ -34,10 +37,10 @@ def test_the_probe_reaches_the_summary_of_a_run(dsn, tmp_path):
         "--summary-json", str(path), "--migration-probe", "0.2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(path.read_text())
+    summary = load_summary(path)  # the schema holds the probe's timeline too
     probe = summary["migration_probe"]
     assert probe["attempts"] >= 1  # the first at test start, then every 0.2 s until the drain
-    assert probe["attempts"] == probe["failed"] + probe["lock_wait_ms"]["count"]
+    assert probe["attempts"] == probe["failed"] + probe["lock_wait_ms"]["count"] == len(probe["timeline"])
     assert probe["lock_timeout_ms"] == 2000 and probe["interval_s"] == 0.2
     assert "migration probe (LOCK TABLE ... ACCESS EXCLUSIVE every 0.2 s" in result.stdout
     assert summary["events"]["lost"] == 0

@@ -10,7 +10,8 @@ of a ROLLBACK, it barely disturbs the writers.
 
 One probe runs in each writing process, as a part of its run (users.run.Part) that starts with it when the
 option asks for one: its `report()` goes to the master with the process's drain report and the summary
-merges them (`merge_probe_reports`).
+merges them (`merge_probe_reports`). Each attempt is also kept with its time (`timeline`), so that a tool can
+say what the probe met during one stretch of the run (`firehose retention`: during a DETACH or a DELETE).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class MigrationProbe(Part):
         self.lock_wait_ms: list[float] = []
         self.failures: dict[str, int] = {}
         self.attempts = 0
+        self.timeline: list[list] = []
+        """Per attempt: [when it ended (seconds since the epoch), table, lock wait ms or None, failure or None]."""
         self._greenlet = gevent.spawn(self._run)
 
     @classmethod
@@ -88,7 +91,7 @@ class MigrationProbe(Part):
                 self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="firehose probe"
             )
         except psycopg.Error as error:
-            self._fail(f"connect: {error.sqlstate or type(error).__name__}")
+            self._fail(table, f"connect: {error.sqlstate or type(error).__name__}")
             return
         self.connect_ms.append((time.perf_counter() - start) * 1000)
         try:
@@ -98,18 +101,20 @@ class MigrationProbe(Part):
                 conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
                 waited_ms = (time.perf_counter() - start) * 1000
         except psycopg.errors.LockNotAvailable:
-            self._fail("lock_timeout")
+            self._fail(table, "lock_timeout")
         except psycopg.Error as error:
-            self._fail(f"lock: {error.sqlstate or type(error).__name__}")
+            self._fail(table, f"lock: {error.sqlstate or type(error).__name__}")
         else:
             self.attempts += 1
             self.lock_wait_ms.append(waited_ms)
+            self.timeline.append([round(time.time(), 3), table, round(waited_ms, 3), None])
         finally:
             conn.close()
 
-    def _fail(self, kind: str) -> None:
+    def _fail(self, table: str, kind: str) -> None:
         self.attempts += 1
         self.failures[kind] = self.failures.get(kind, 0) + 1
+        self.timeline.append([round(time.time(), 3), table, None, kind])
 
     def close(self) -> None:
         self._greenlet.kill()
@@ -122,6 +127,7 @@ class MigrationProbe(Part):
             "failures": dict(self.failures),
             "connect_ms": self.connect_ms,
             "lock_wait_ms": self.lock_wait_ms,
+            "timeline": self.timeline,
         }
 
     @staticmethod
@@ -151,6 +157,7 @@ def merge_probe_reports(reports: list[dict]) -> dict | None:
         "failures": failures,
         "connect_ms": _percentiles(connect),
         "lock_wait_ms": _percentiles(waits),
+        "timeline": sorted(attempt for report in reports for attempt in report.get("timeline", [])),
     }
 
 
