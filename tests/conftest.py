@@ -168,9 +168,16 @@ def partitioned_database(postgres) -> str:
 
 @pytest.fixture
 def partitioned_dsn(partitioned_database):
-    """As `dsn`, in the partitioned layout: its telemetry tables emptied (their partitions kept)."""
+    """As `dsn`, in the partitioned layout: its telemetry tables without a partition (tests make those they need, of
+    the interval they need: partitions of another interval left by an earlier test would overlap them)."""
     with psycopg.connect(partitioned_database, autocommit=True) as conn:
-        conn.execute("TRUNCATE spans, metrics, logs, quarantine")
+        partitions = conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname ~ '^(spans|metrics|logs)_p[0-9]{8}_[0-9]{4}$'"
+            " AND c.relkind = 'r'"
+        ).fetchall()
+        if partitions:
+            conn.execute(f"DROP TABLE {', '.join(name for (name,) in partitions)}")
+        conn.execute("TRUNCATE quarantine")
     return partitioned_database
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from datetime import datetime
 
 import psycopg
@@ -34,13 +35,20 @@ def empty_tables(dsn: str) -> None:
             logger.info("no privilege to CHECKPOINT between runs: a run may pay for the previous one's writes")
 
 
+_PARTITION = re.compile(r"(spans|metrics|logs)_p\d{8}_\d{4}")
+"""A partition of a telemetry table, as firehose_create_partitions names it."""
+
+
 def foreign_tables(conn: psycopg.Connection) -> list[str]:
-    """Tables of the database that firehose did not create (outside the system schemas)."""
+    """Tables of the database that firehose did not create (outside the system schemas): the telemetry tables'
+    partitions (schema/partitioned.sql names them <table>_pYYYYMMDD_HHMI), attached or detached, are firehose's."""
     rows = conn.execute(
         "SELECT schemaname || '.' || tablename, tablename FROM pg_tables"
         " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
     ).fetchall()
-    return sorted(qualified for qualified, table in rows if table not in FIREHOSE_TABLES)
+    return sorted(
+        qualified for qualified, table in rows if table not in FIREHOSE_TABLES and not _PARTITION.fullmatch(table)
+    )
 
 
 def refusal_to_empty(dsn: str, tool: str, yes: bool) -> str | None:
