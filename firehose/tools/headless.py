@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from services.ports import free_port
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "locustfile.py"
@@ -40,6 +43,14 @@ class HeadlessRun:
 def passed_to_locust(locust_args: list[str]) -> list[str]:
     """A tool's trailing arguments for Locust, without the `--` that separates them from the tool's own."""
     return locust_args[1:] if locust_args[:1] == ["--"] else locust_args
+
+
+def parsed_option(flag: str, parse: Callable[[str], T], text: str) -> T:
+    """`parse(text)` of a tool's option, a ValueError naming the flag (the tool refuses with it, exit code 2)."""
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
 
 
 def results_dir(out: str | None, tool: str) -> Path:

@@ -40,7 +40,7 @@ from firehose.strategies import strategy_named
 from firehose.tools.grow.burst import run_burst
 from firehose.tools.grow.figures import Counters, newest_data, shared_buffers_bytes
 from firehose.tools.grow.report import render_chart, render_csv, render_markdown
-from firehose.tools.headless import RUN_OVERHEAD_S, passed_to_locust, results_dir
+from firehose.tools.headless import RUN_OVERHEAD_S, parsed_option, passed_to_locust, results_dir
 from firehose.tools.locust_processes import start_locust, wait_for
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
@@ -147,10 +147,13 @@ class Settings:
         layouts = [layout.strip() for layout in args.layout.split(",") if layout.strip()]
         if not layouts or any(layout not in LAYOUTS for layout in layouts):
             raise ValueError(f"--layout: choose from {', '.join(LAYOUTS)} (comma-separated)")
-        to_bytes, step_bytes = _parsed("--to", parse_size, args.to), _parsed("--step", parse_size, args.step)
+        to_bytes, step_bytes = (
+            parsed_option("--to", parse_size, args.to),
+            parsed_option("--step", parse_size, args.step),
+        )
         if not 0 < step_bytes <= to_bytes:
             raise ValueError("--step must be more than 0 and at most --to")
-        burst_s = _parsed("--burst", parse_duration, args.burst)
+        burst_s = parsed_option("--burst", parse_duration, args.burst)
         if not 0 < burst_s <= MAX_BURST_S:
             raise ValueError(f"--burst must be more than 0 and at most {MAX_BURST_S}s")
         if args.users < 1 or args.time_scale <= 0:
@@ -169,11 +172,11 @@ class Settings:
             time_scale=args.time_scale,
             partition_interval=args.partition_interval,
             burst_s=burst_s,
-            window_s=_parsed("--window", parse_duration, args.window),
-            dependency_window_s=_parsed("--dependency-window", parse_duration, args.dependency_window),
+            window_s=parsed_option("--window", parse_duration, args.window),
+            dependency_window_s=parsed_option("--dependency-window", parse_duration, args.dependency_window),
             indexes=args.indexes,
-            budget_bytes=_parsed("--disk-budget", parse_size, budget) if budget else _default_budget(to_bytes),
-            max_time_s=_parsed("--max-time", parse_duration, args.max_time),
+            budget_bytes=parsed_option("--disk-budget", parse_size, budget) if budget else _default_budget(to_bytes),
+            max_time_s=parsed_option("--max-time", parse_duration, args.max_time),
             data_dir=data_dir,
             port=args.embedded_port or free_port(),
             locust_args=passed_to_locust(args.locust_args),
@@ -182,13 +185,6 @@ class Settings:
 
 def _default_budget(to_bytes: int) -> int:
     return to_bytes + max(int(to_bytes * BUDGET_MARGIN_SHARE), BUDGET_MARGIN_BYTES)
-
-
-def _parsed(flag: str, parse, text: str) -> int:
-    try:
-        return parse(text)
-    except ValueError as error:
-        raise ValueError(f"{flag}: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from firehose.strategies import class_names, strategy_named
-from firehose.tools.headless import RUN_OVERHEAD_S, passed_to_locust, results_dir
+from firehose.tools.headless import RUN_OVERHEAD_S, parsed_option, passed_to_locust, results_dir
 from firehose.tools.locust_processes import DEADLINE_S, start_locust, wait_for, writer_key_of
 from firehose.tools.machine import machine_info
 from firehose.tools.results import write_report
@@ -157,7 +157,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The settings `args` give; a ValueError names what is wrong."""
-        duration_s = _duration("--duration", args.duration)
+        duration_s = parsed_option("--duration", parse_duration, args.duration)
         strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
         services = sorted({service for name in strategies for service in strategy_named(name).services})
         kinds = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
@@ -169,21 +169,17 @@ class Settings:
             raise ValueError(f"--users: at least one engineer per strategy ({len(strategies)})")
         seed = args.seed if args.seed is not None else random.randrange(2**31)
         if args.every is not None:
-            plan = fixed_schedule(kinds, _duration("--every", args.every))
+            plan = fixed_schedule(kinds, parsed_option("--every", parse_duration, args.every))
         else:
-            gaps = (_duration("--min-gap", args.min_gap), _duration("--max-gap", args.max_gap))
+            gaps = (
+                parsed_option("--min-gap", parse_duration, args.min_gap),
+                parsed_option("--max-gap", parse_duration, args.max_gap),
+            )
             if not 0 < gaps[0] <= gaps[1]:
                 raise ValueError("--min-gap must be more than 0 and at most --max-gap")
             plan = schedule(seed, kinds, duration_s - TAIL_S, gaps) if kinds else []
         locust_args = passed_to_locust(args.locust_args)
         return cls(duration_s, strategies, args.users, seed, kinds, plan, services, list(locust_args))
-
-
-def _duration(flag: str, text: str) -> int:
-    try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise ValueError(f"{flag}: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
