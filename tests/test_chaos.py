@@ -22,8 +22,9 @@ ENGINEERS = 8
 """~15k rows over 2 processes, paced (ENGINEER_RATE): ~4 s of writing, while the 8 analysts query."""
 ENGINEER_RATE = "500"
 """Events/s per engineer: the writes last while the analysts query, without the CPU of a run at full speed."""
-BATCH_ROWS = 500
-"""Small COPY batches: each process commits every ~0.25 s, so most queries see a commit (the overlap measured)."""
+BATCH_ROWS = 100
+"""Small COPY batches: each process commits ~20 times a second, so every query meets commits (the overlap measured;
+with 500 rows a batch, 4 commits a second met by queries of ~15 ms, a query might meet none in a run)."""
 RUN_BOUND = "120s"
 """Locust's -t, only a bound: the run must end by itself, when every engineer has emitted its telemetry."""
 
