@@ -211,12 +211,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest test files first, by their tests' recorded durations, each file's tests together in their own
-    order: the xdist workers take contiguous runs of this list, so the long files start at once, spread over the
-    workers, and the many short ones fill the gaps at the end (a long test left for last would run alone while the
-    other workers idle). Together, because a module's fixtures are set up again whenever another module's test
-    runs between two of its tests."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist (`make test`): the longest test files first, by their tests' recorded durations, each file's tests
+    together in their own order. The workers take contiguous runs of this list, so the long files start at once,
+    spread over the workers, and the many short ones fill the gaps at the end (a long test left for last would run
+    alone while the other workers idle); together, because a module's fixtures are set up again whenever another
+    module's test runs between two of its tests. In one process (e.g. `make mutants`' `pytest -x`): the fast tests
+    first, then the slow ones, so a failure is reported quickly."""
+    if not hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+        return
     known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
 
     def expected_s(item: pytest.Item) -> float:
