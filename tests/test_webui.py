@@ -252,8 +252,22 @@ def test_telemetry_tab_rows_per_s_matches_the_database(dsn):
 
             # A second run, of two writing classes on purpose (Mixed) and the analysts: the summary and the tab break
             # rows/s down per class, and the tab shows the analysts' query percentiles at the end.
+            # The run is stopped once each writing class committed rows and an analyst's query was counted (a query
+            # still in flight when a run ends is not: after a 25 s run's rows, a first query can outlast a short run).
             classes = {"CopyEngineer", "BatchedEngineer", "Analyst"}
-            start_run(driver, url, classes, users=6, run_time="4s", new=True, mixed=True)
+            start_run(driver, url, classes, users=6, run_time="120s", new=True, mixed=True)
+            driver.get(f"{url}/?tab=telemetry")
+
+            def each_class_wrote_and_a_query_counted(d) -> bool:
+                rows = telemetry_rows(d)
+                wrote = all(  # each class's rows/s now
+                    float((rows.get(name, ["", ""])[1] or "0").replace(",", "")) > 0
+                    for name in ("class CopyEngineer", "class BatchedEngineer")
+                )
+                return wrote and any(name.startswith("» query ") for name in rows)
+
+            WebDriverWait(driver, WAIT_S, poll_frequency=0.5).until(each_class_wrote_and_a_query_counted)
+            driver.find_element(By.XPATH, "//button[normalize-space()='Stop']").click()
             driver.get(f"{url}/telemetry")
             WebDriverWait(driver, WAIT_S, poll_frequency=0.5).until(
                 lambda d: (
