@@ -55,14 +55,18 @@ CREATE TABLE IF NOT EXISTS logs (
 
 -- One partition of each table per `step` covering [from_time, to_time), aligned to `step` since the Unix epoch
 -- (a day's partitions start at midnight UTC), named <table>_pYYYYMMDD_HH24MI (UTC) by their lower bound.
--- Idempotent: existing partitions are kept, so every run can call it for the times it will write. Returns the
--- partitions it created.
+-- Idempotent: existing partitions are kept, so every run can call it for the times it will write. Partitions of
+-- another width (an earlier run's --partition-interval, or made by hand) are kept too: a step they cover in part
+-- gets partitions for its gaps only, so no row's time is left without one. Returns the partitions it created.
 CREATE OR REPLACE FUNCTION firehose_create_partitions(from_time timestamptz, to_time timestamptz, step interval)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
     step_s  double precision := extract(epoch FROM step);
     exact   interval := make_interval(secs => extract(epoch FROM step));  -- '1 day' as 86,400 s, whatever the zone
     lower   timestamptz := to_timestamp(floor(extract(epoch FROM from_time) / step_s) * step_s);
+    upper   timestamptz;
+    gap     timestamptz;  -- the start of the step's first time no partition takes yet
+    taken   record;
     part    text;
     tbl     text;
 BEGIN
@@ -70,15 +74,36 @@ BEGIN
         RAISE EXCEPTION 'firehose_create_partitions: the step must be longer than 0, not %', step;
     END IF;
     WHILE lower < to_time LOOP
+        upper := lower + exact;
         FOREACH tbl IN ARRAY ARRAY['spans', 'metrics', 'logs'] LOOP
-            part := format('%s_p%s', tbl, to_char(lower AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MI'));
-            IF to_regclass(part) IS NULL THEN
-                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                               part, tbl, lower, lower + exact);
+            gap := lower;
+            FOR taken IN
+                SELECT bounds.low, bounds.high FROM (
+                    SELECT coalesce((regexp_match(bound, $re$FROM \('([^']+)'\)$re$))[1]::timestamptz, '-infinity') AS low,
+                           coalesce((regexp_match(bound, $re$TO \('([^']+)'\)$re$))[1]::timestamptz, 'infinity') AS high
+                    FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound
+                          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                          WHERE i.inhparent = tbl::regclass) AS parts
+                    WHERE bound <> 'DEFAULT'
+                ) AS bounds
+                WHERE bounds.low < upper AND bounds.high > lower
+                ORDER BY bounds.low
+            LOOP
+                IF taken.low > gap THEN
+                    part := format('%s_p%s', tbl, to_char(gap AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MI'));
+                    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                                   part, tbl, gap, taken.low);
+                    RETURN NEXT part;
+                END IF;
+                gap := greatest(gap, taken.high);
+            END LOOP;
+            IF gap < upper THEN
+                part := format('%s_p%s', tbl, to_char(gap AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MI'));
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)', part, tbl, gap, upper);
                 RETURN NEXT part;
             END IF;
         END LOOP;
-        lower := lower + exact;
+        lower := upper;
     END LOOP;
 END
 $$;

@@ -43,6 +43,28 @@ def test_partitions_are_made_ahead_aligned_once_and_refuse_a_row_outside_them(pa
         assert refused.value.sqlstate == "23514"
 
 
+def test_partitions_of_another_width_are_kept_and_only_their_gaps_filled(partitioned_dsn):
+    """A run with another --partition-interval than an earlier one's: hourly partitions next to a day's partition
+    make no overlap error; a day asked over hourly partitions gets its gaps; every hour of the range then has one
+    partition, and a row at any time in it is stored."""
+    day = datetime(2026, 7, 1, tzinfo=UTC)
+    create_partitions(partitioned_dsn, day, day + timedelta(hours=1), 86_400)  # July 1st, one day wide
+    made = create_partitions(partitioned_dsn, day + timedelta(hours=22), day + timedelta(hours=26), 3_600)
+    assert sorted(made) == sorted(f"{t}_p20260702_{hh}00" for t in TABLES for hh in ("00", "01"))
+    create_partitions(partitioned_dsn, day + timedelta(days=2, hours=5), day + timedelta(days=2, hours=6), 3_600)
+    made = create_partitions(partitioned_dsn, day + 2 * DAY, day + 3 * DAY, 86_400)  # July 3rd, around its 05:00
+    assert sorted(made) == sorted(f"{t}_p20260703_{hhmm}" for t in TABLES for hhmm in ("0000", "0600"))
+    with psycopg.connect(partitioned_dsn) as conn:
+        assert dict(_partitions(conn, "spans"))["spans_p20260703_0000"] == (
+            "FOR VALUES FROM ('2026-07-03 00:00:00+00') TO ('2026-07-03 05:00:00+00')"
+        )
+        insert = "INSERT INTO logs VALUES (%s, %s, 9, 'INFO', 'svc', NULL, NULL, 'b', '{}')"
+        hours = [day + timedelta(hours=h, minutes=30) for h in (*range(0, 26), *range(48, 72))]
+        for event_id, time in enumerate(hours):
+            conn.execute(insert, [event_id, time])
+        assert conn.execute("SELECT count(*) FROM logs WHERE time >= %s", [day]).fetchone()[0] == len(hours)
+
+
 def test_a_database_in_one_layout_is_refused_for_the_other(partitioned_dsn, dsn):
     with pytest.raises(LayoutMismatch, match=r"partitioned, not plain: run with --layout partitioned.*reset"):
         apply_schema(partitioned_dsn, "plain")
