@@ -237,19 +237,18 @@ def test_the_web_uis_own_parse_is_not_checked_again():
 @pytest.mark.slow
 def test_a_processes_run_refused_at_init_leaves_no_worker_alive():
     """Refused after Locust forked its two workers (the DSN is checked at init): exit 2, one line, and the workers
-    are gone when the master has exited (they carry the master's command line, with the DSN's unique port)."""
+    are gone when the master has exited (they carry the master's command line, with the DSN's unique port). Not
+    timed: three processes starting on cores other tests share (the serial test above times a refused run alone)."""
     port = free_port()
     dsn = f"host=127.0.0.1 port={port} connect_timeout=2"
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *COMMON, "CopyEngineer", "--processes", "2",
                "--pg-dsn", dsn]  # fmt: skip
-    start = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - start
     output = result.stdout + result.stderr
     assert result.returncode == ExitCode.BAD_SETTING, output[-3000:]
     assert "Traceback" not in output and "Uncaught exception" not in output, output[-3000:]
     [line] = [line for line in output.splitlines() if line.startswith("firehose:")]
-    assert line.startswith(f"firehose: cannot connect to PostgreSQL at {redact(dsn)}: ") and elapsed < REFUSAL_S
+    assert line.startswith(f"firehose: cannot connect to PostgreSQL at {redact(dsn)}: ")
     assert not _processes_with(f"port={port}"), "a worker of the refused run is still alive"
 
 
