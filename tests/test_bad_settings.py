@@ -432,20 +432,41 @@ def test_a_redis_older_than_7(dsn):
 
 
 def _answer_like_redis_6(listener: socket.socket) -> None:
-    """HELLO (a RESP3 map) and INFO answer as a 6.2 server does; any other command (CLIENT SETINFO, ...) +OK."""
+    """HELLO (a RESP3 map) and INFO answer as a 6.2 server does; any other command (CLIENT SETINFO, ...) +OK. One
+    reply per command: a busy machine can deliver several of the client's commands in one read."""
     info = b"# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n"
     hello = b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n6.2.14\r\n$5\r\nproto\r\n:3\r\n"
     while True:
         conn, _ = listener.accept()
         with conn:
+            pending = b""
             while data := conn.recv(65536):
-                command = data.upper()
-                if b"HELLO" in command:
-                    conn.sendall(hello)
-                elif b"INFO" in command:
-                    conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
-                else:
-                    conn.sendall(b"+OK\r\n")
+                pending += data
+                while (command := _next_command(pending)) is not None:
+                    name, pending = command
+                    if name == b"HELLO":
+                        conn.sendall(hello)
+                    elif name == b"INFO":
+                        conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
+                    else:
+                        conn.sendall(b"+OK\r\n")
+
+
+def _next_command(buffer: bytes) -> tuple[bytes, bytes] | None:
+    """The first whole RESP command of `buffer` (its name upper-cased) and what follows it; None until one is whole."""
+    if not buffer.startswith(b"*") or b"\r\n" not in buffer:
+        return None
+    head, rest = buffer[1:].split(b"\r\n", 1)
+    words = []
+    for _ in range(int(head)):
+        if b"\r\n" not in rest:
+            return None
+        length, rest = rest[1:].split(b"\r\n", 1)
+        if len(rest) < int(length) + 2:
+            return None
+        words.append(rest[: int(length)])
+        rest = rest[int(length) + 2 :]
+    return words[0].upper(), rest
 
 
 def test_a_service_binary_that_is_missing(embedded_options, monkeypatch):
