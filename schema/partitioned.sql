@@ -79,8 +79,11 @@ BEGIN
             gap := lower;
             FOR taken IN
                 SELECT bounds.low, bounds.high FROM (
-                    SELECT coalesce((regexp_match(bound, $re$FROM \('([^']+)'\)$re$))[1]::timestamptz, '-infinity') AS low,
-                           coalesce((regexp_match(bound, $re$TO \('([^']+)'\)$re$))[1]::timestamptz, 'infinity') AS high
+                    -- FROM ('...') TO ('...'); MINVALUE / MAXVALUE (hand-made partitions) as unbounded
+                    SELECT coalesce((regexp_match(bound, $re$FROM \('([^']+)'\)$re$))[1]::timestamptz,
+                                    '-infinity') AS low,
+                           coalesce((regexp_match(bound, $re$TO \('([^']+)'\)$re$))[1]::timestamptz,
+                                    'infinity') AS high
                     FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound
                           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                           WHERE i.inhparent = tbl::regclass) AS parts
