@@ -82,7 +82,7 @@ def test_grow_records_each_step_and_stops_at_the_size(scratch, tmp_path):
     with (out / "grow.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == len(steps) and int(rows[-1]["size_bytes"]) == sizes[-1]
-    p95 = steps[0]["burst"]["queries"][DEPENDENCY_MAP]["p95_ms"]  # None when the burst cut its every execution
+    p95 = steps[0]["burst"]["queries"][DEPENDENCY_MAP]["p95_ms"]  # None when the burst cut every execution short
     assert rows[0][f"{DEPENDENCY_MAP}_p95_ms"] == ("" if p95 is None else str(p95))
     markdown = (out / "grow.md").read_text()
     assert "## partitioned" in markdown and "past shared_buffers | not reached" in markdown
