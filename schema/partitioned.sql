@@ -61,11 +61,11 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE OR REPLACE FUNCTION firehose_create_partitions(from_time timestamptz, to_time timestamptz, step interval)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
-    step_s  double precision := extract(epoch FROM step);
-    exact   interval := make_interval(secs => extract(epoch FROM step));  -- '1 day' as 86,400 s, whatever the zone
-    lower   timestamptz := to_timestamp(floor(extract(epoch FROM from_time) / step_s) * step_s);
-    upper   timestamptz;
-    gap     timestamptz;  -- the start of the step's first time no partition takes yet
+    step_s  double precision := extract(epoch FROM step);  -- '1 day' as 86,400 s, whatever the zone
+    first   timestamptz := to_timestamp(floor(extract(epoch FROM from_time) / step_s) * step_s);
+    last    timestamptz := to_timestamp(ceil(extract(epoch FROM to_time) / step_s) * step_s);
+    gap     timestamptz;  -- from here on, no partition of the table is known yet
+    upto    timestamptz;
     taken   record;
     part    text;
     tbl     text;
@@ -73,40 +73,32 @@ BEGIN
     IF step_s <= 0 THEN
         RAISE EXCEPTION 'firehose_create_partitions: the step must be longer than 0, not %', step;
     END IF;
-    WHILE lower < to_time LOOP
-        upper := lower + exact;
-        FOREACH tbl IN ARRAY ARRAY['spans', 'metrics', 'logs'] LOOP
-            gap := lower;
-            FOR taken IN
-                SELECT bounds.low, bounds.high FROM (
-                    -- FROM ('...') TO ('...'); MINVALUE / MAXVALUE (hand-made partitions) as unbounded
-                    SELECT coalesce((regexp_match(bound, $re$FROM \('([^']+)'\)$re$))[1]::timestamptz,
-                                    '-infinity') AS low,
-                           coalesce((regexp_match(bound, $re$TO \('([^']+)'\)$re$))[1]::timestamptz,
-                                    'infinity') AS high
-                    FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound
-                          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                          WHERE i.inhparent = tbl::regclass) AS parts
-                    WHERE bound <> 'DEFAULT'
-                ) AS bounds
-                WHERE bounds.low < upper AND bounds.high > lower
-                ORDER BY bounds.low
-            LOOP
-                IF taken.low > gap THEN
-                    part := format('%s_p%s', tbl, to_char(gap AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MI'));
-                    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                                   part, tbl, gap, taken.low);
-                    RETURN NEXT part;
-                END IF;
-                gap := greatest(gap, taken.high);
-            END LOOP;
-            IF gap < upper THEN
+    FOREACH tbl IN ARRAY ARRAY['spans', 'metrics', 'logs'] LOOP
+        gap := first;
+        -- the table's partitions within [first, last), in order, then the range's end (so its last gap is filled)
+        FOR taken IN
+            SELECT low, high FROM (
+                -- FROM ('...') TO ('...'); MINVALUE / MAXVALUE (hand-made partitions) as unbounded
+                SELECT coalesce((regexp_match(bound, $re$FROM \('([^']+)'\)$re$))[1]::timestamptz, '-infinity') AS low,
+                       coalesce((regexp_match(bound, $re$TO \('([^']+)'\)$re$))[1]::timestamptz, 'infinity') AS high
+                FROM (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound
+                      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = tbl::regclass) AS parts
+                WHERE bound <> 'DEFAULT'
+            ) AS bounds
+            WHERE low < last AND high > first
+            UNION ALL SELECT last, last
+            ORDER BY 1
+        LOOP
+            WHILE gap < taken.low LOOP  -- one partition per step, cut short where a partition already starts
+                upto := least(to_timestamp((floor(extract(epoch FROM gap) / step_s) + 1) * step_s), taken.low);
                 part := format('%s_p%s', tbl, to_char(gap AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MI'));
-                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)', part, tbl, gap, upper);
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)', part, tbl, gap, upto);
                 RETURN NEXT part;
-            END IF;
+                gap := upto;
+            END LOOP;
+            gap := greatest(gap, taken.high);
         END LOOP;
-        lower := upper;
     END LOOP;
 END
 $$;
