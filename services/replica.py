@@ -127,10 +127,7 @@ def wait_caught_up(primary_dsn: str, replica_dsn: str, timeout_s: float, poll_s:
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(replica_dsn, autocommit=True) as replica:
         while True:
-            behind = replica.execute(
-                "SELECT greatest(pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn()), 0)::bigint", [target]
-            )
-            behind = behind.fetchone()[0]
+            behind = replica.execute(_BEHIND, [target]).fetchone()[0]
             if behind == 0 or time.monotonic() >= deadline:
                 return behind
             time.sleep(poll_s)

@@ -94,6 +94,29 @@ def _pids_under(path: Path) -> list[int]:
     return found
 
 
+def _server_processes(data_dir: Path) -> set[int]:
+    """A running server's postmaster (its postmaster.pid) and its children, whose command lines are their titles."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if parent == postmaster:
+                children.add(int(entry.name))
+    return {postmaster, *children}
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie awaiting its parent)."""
+    try:
+        return (Path(f"/proc/{pid}/stat")).read_text().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 class Run:
     """A headless Locust run in the background, its output in a file, killed if the test fails first."""
 
@@ -156,6 +179,8 @@ def test_the_analysts_query_the_replica_which_catches_up_and_stops_with_the_run(
     )  # fmt: skip
     run.wait_for("the analysts' backends on the replica", lambda: _analysts_on(standby.dsn) > 0)
     assert _analysts_on(primary.dsn) == 0  # the writers' server serves no analyst
+    replica_processes = _server_processes(standby.data_dir)  # its postmaster, startup, walreceiver, backends
+    assert len(replica_processes) >= 3, replica_processes
     run.wait_for("rows on the primary", lambda: spans_in(primary.dsn) > 0)
     assert _analysts_on(primary.dsn) == 0
     returncode = run.end()
@@ -173,7 +198,8 @@ def test_the_analysts_query_the_replica_which_catches_up_and_stops_with_the_run(
     assert fresh["samples"] > 0 and fresh["p95_ms"] is not None and fresh["unseen_at_end"] == 0, fresh
     assert section["end"]["caught_up"] and section["end"]["behind_bytes"] == 0, section["end"]
     assert "visible on the replica after commit" in log and "replica at the end: caught up" in log
-    assert not _pids_under(standby.data_dir), "the replica's processes outlived the run"
+    assert not _pids_under(standby.data_dir), "the replica's postmaster outlived the run"
+    assert not [pid for pid in replica_processes if _alive(pid)], "a process of the replica outlived the run"
 
 
 @pytest.mark.slow

@@ -56,6 +56,28 @@ def test_figures_are_read_from_the_summary():
     worst = max(row["p99_ms"] for row in summary["freshness"]["by_table"].values())
     assert found["freshness_p99_ms"] == worst
     assert found["lost"] == 0
+    assert "lag_p99_s" not in found and "replica_lag_p95_ms" not in found  # an unpaced run on the primary
+
+
+def test_a_paced_run_on_a_replica_has_its_lags_as_figures(capsys):
+    """The lag behind schedule (--engineer-rate, --population) and the replica's replay lag and visible freshness
+    are figures to compare and check, where a run has them."""
+    first, second = real_summary("paced"), real_summary("paced later", minute=1)
+    for summary, lag_p99_s, replay_p95_ms in ((first, 0.2, 40.0), (second, 0.5, 90.0)):
+        summary["open_model"] = {"lag_p50_s": 0.01, "lag_p99_s": lag_p99_s, "lag_max_s": 2 * lag_p99_s}
+        summary["replica"] = {"lag": {"replay_ms": {"p95": replay_p95_ms}}, "visible_freshness": {"p95_ms": None}}
+    found = figures(first)
+    assert (found["lag_p99_s"], found["lag_max_s"], found["replica_lag_p95_ms"]) == (0.2, 0.4, 40.0)
+    assert "replica_visible_p95_ms" not in found  # no sample: absent, not 0
+    assert checks.Check.parse("lag_p99_s <= 1").judge(found)["passed"]
+    assert not checks.Check.parse("replica_lag_p95_ms <= 30").judge(found)["passed"]
+    for summary in (first, second):
+        store.save(summary)
+    assert cli.main(["compare", "paced", "paced later", "--json"]) == 0
+    rows = {row["figure"]: row for row in json.loads(capsys.readouterr().out)["rows"]}
+    lag = rows["lag_p99_s"]["deltas"][1]
+    assert lag["abs"] == pytest.approx(0.3) and lag["pct"] == pytest.approx(150.0) and not lag["better"]
+    assert rows["replica_lag_p95_ms"]["deltas"][1]["abs"] == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +196,28 @@ def test_compare_prints_deltas_computed_from_the_summaries(capsys):
     assert "before" in text and "after (delta to first)" in text
     rate_line = next(line for line in text.splitlines() if line.startswith("rows_per_s "))
     assert 1 <= expected < 100 and f"+{expected:,.2f} +50.0% (better)" in rate_line  # 2 decimals between 1 and 100
+
+
+def test_a_difference_between_groups_is_judged_against_their_spreads(capsys):
+    """Three groups of three runs: a rate twice as high with ranges apart is beyond the spread; one whose range
+    overlaps the first group's is within it, however its median moved."""
+    scales = {"base": (0.95, 1.0, 1.05), "doubled": (1.9, 2.0, 2.1), "overlapping": (1.0, 1.04, 1.2)}
+    run_id = 0
+    for label, group in scales.items():
+        for scale in group:
+            run_id += 1
+            store.save(real_summary(label, scale, run_id, minute=run_id))
+    assert cli.main(["compare", "base", "doubled", "overlapping", "--json"]) == 0
+    rate = next(row for row in json.loads(capsys.readouterr().out)["rows"] if row["figure"] == "rows_per_s")
+    base = real_summary()["writes"]["rows_per_s"]
+    assert [value["median"] for value in rate["values"]] == pytest.approx([base, 2 * base, 1.04 * base])
+    assert [value["runs"] for value in rate["values"]] == [3, 3, 3]
+    doubled, overlapping = rate["deltas"][1:]
+    assert doubled["beyond_spread"] is True and doubled["better"]
+    assert overlapping["beyond_spread"] is False and overlapping["pct"] == pytest.approx(4.0)
+    assert cli.main(["compare", "base", "doubled", "overlapping"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("rows_per_s "))
+    assert "+100.0% (better, beyond spread)" in line and "+4.0% (better, within spread)" in line, line
 
 
 def test_compare_warns_where_settings_differ(capsys):

@@ -9,7 +9,9 @@ immediate restart), tests/test_worker_loss.py (a writing process killed -9, its 
 
 import locust  # noqa: F401, I001  (first: gevent must patch before psycopg is imported)
 
+import json
 import socket
+from pathlib import Path
 
 import gevent
 import psycopg
@@ -17,11 +19,13 @@ import pytest
 import redis
 from locust.event import Events
 
+from firehose.run import summary_text
 from services.redis_server import LocalRedis
 from telemetry.generator import EngineerTelemetry, EventIds
 from telemetry.layout import TABLES
 from writers import stream_consumer
 from writers.spool import chunk_files, spool_bytes, spooled_rows
+from tests.conftest import validate_summary
 from writers.valve import ValveWriter, flush_spool, left_in_spools
 
 pytestmark = pytest.mark.slow
@@ -29,6 +33,8 @@ pytestmark = pytest.mark.slow
 WAIT_S = 60
 """Upper bound on waiting for a condition, so a broken writer fails the test instead of hanging it."""
 MAX_SPOOL = 2 * 1024**3
+SUMMARY = Path(__file__).parent / "data" / "summary.json"
+"""A real run's summary, given a valve section to render."""
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +127,14 @@ def test_a_spool_nobody_consumes_is_counted_then_flushed_once(empty_tables, redi
     assert spooled_rows(spool) == (len(chunk_files(spool)), written) and spool_bytes(spool) > 0
     assert writer.gauges()["valve_pointers"] == len(chunk_files(spool))
     where = f"{socket.gethostname()}:{spool.resolve()}"  # what the summary names "spooled, not written"
-    assert left_in_spools(redis_url, 2) == [{"spool": where, "pointers": len(chunk_files(spool)), "rows": written}]
+    left = left_in_spools(redis_url, 2)
+    assert left == [{"spool": where, "pointers": len(chunk_files(spool)), "rows": written}]
+    figures = validate_summary({**json.loads(SUMMARY.read_text()), "valve": left})  # as the coordinator adds it
+    pointers, directory = len(chunk_files(spool)), spool.resolve()
+    assert (
+        f"spooled, not written: {written:,} rows behind {pointers:,} pointers in spool {directory} "
+        f"on {socket.gethostname()} (load them there with `firehose valve flush --spool {directory}`)"
+    ) in summary_text.render(figures, ended_at=0.0).splitlines()
     flushed = flush_spool(dsn, spool)
     assert (flushed.rows, flushed.stored, flushed.partial) == (written, written, 0)
     assert _in_database(dsn) == written and not chunk_files(spool)

@@ -32,8 +32,15 @@ RUN_WIDE = (
     "failed",
     "quarantined",
     "writing_s",
+    "lag_p50_s",
+    "lag_p99_s",
+    "lag_max_s",
+    "replica_lag_p95_ms",
+    "replica_visible_p95_ms",
 )
-"""Figures of the whole run. Freshness run-wide is the worst table's (the summary keeps percentiles per table)."""
+"""Figures of the whole run. Freshness run-wide is the worst table's (the summary keeps percentiles per table). The
+lag behind schedule exists only in paced runs (--engineer-rate, --population), the replica's figures only where
+the analysts queried one (its replay lag, and how long after its commit a row was visible there)."""
 _NAME = re.compile(r"^([a-z0-9_]+)(?:\[([A-Za-z0-9_]+)\])?$")
 
 
@@ -92,6 +99,14 @@ def figures(summary: dict) -> dict[str, float]:
         found.update({f"freshness_{p}_ms[{table}]": value for table, value in per_table.items()})
         if per_table:
             found[f"freshness_{p}_ms"] = max(per_table.values())
+    if paced := summary.get("open_model"):
+        found.update({name: paced[name] for name in ("lag_p50_s", "lag_p99_s", "lag_max_s") if paced[name] is not None})
+    if replica := summary.get("replica"):
+        measured = {
+            "replica_lag_p95_ms": replica["lag"]["replay_ms"]["p95"],
+            "replica_visible_p95_ms": replica["visible_freshness"]["p95_ms"],
+        }
+        found.update({name: value for name, value in measured.items() if value is not None})
     writing_s = max(summary["run"]["writing_s"], 1e-9)
     for name, query in (summary.get("queries") or {}).items():
         found[f"query_per_s[{name}]"] = query["count"] / writing_s

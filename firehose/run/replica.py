@@ -179,10 +179,24 @@ class ReplicaWatch:
         return dict(self.latest)
 
     def _gone(self, error: Exception) -> None:
-        if self.went_away is None:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            self.went_away = {"at_s": round(time.monotonic() - self.started, 1), "error": message}
-            logger.error("the analysts' replica went away: %s", message)
+        """A sampling connection failed: the replica went away unless it still answers (the error was the
+        primary's, or a connection slow to open on a loaded machine: sampled again, not a lost replica)."""
+        if self.went_away is not None:
+            return
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if self._replica_answers():
+            logger.warning("the replica's sampling was interrupted (%s); the replica answers: sampling again", message)
+            return
+        self.went_away = {"at_s": round(time.monotonic() - self.started, 1), "error": message}
+        logger.error("the analysts' replica went away: %s", message)
+
+    def _replica_answers(self) -> bool:
+        try:
+            with psycopg.connect(self.replica, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
 
     def _sample_lag_forever(self) -> None:
         while True:

@@ -248,8 +248,7 @@ def run_phase(
     events = summary.get("events", {})
     expected = merge_counts([prefill_counts, summary.get("generated_counts", {})])
     window = (anchor_us - (history_s + CHECK_MARGIN_S) * 1_000_000, int((time.time() + CHECK_MARGIN_S) * 1_000_000))
-    if replica_dsn is not None:
-        wait_caught_up(dsn, replica_dsn, CATCH_UP_S)
+    behind_at_checks = wait_caught_up(dsn, replica_dsn, CATCH_UP_S) if replica_dsn is not None else None
     checks = check_queries(replica_dsn or dsn, expected, window) if outcome.ok else {}
     clean = outcome.ok and events.get("lost") == 0 and not events.get("quarantined") and not events.get("duplicates")
     return {
@@ -264,6 +263,7 @@ def run_phase(
         "tables_after": after,
         "cpu": cpu.as_dict(),
         "replica": summary.get("replica"),
+        "replica_behind_at_checks_bytes": behind_at_checks,
         "checks": checks,
         "ok": clean and bool(checks) and all(check["ok"] is not False for check in checks.values()),
     }

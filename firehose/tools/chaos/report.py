@@ -155,6 +155,7 @@ def render_replica(result: dict) -> list[str]:
         f"({fresh.get('samples', 0):,} samples, resolution {_num(fresh.get('resolution_ms'), '{:g}')} ms) |",
         f"| replica at the end | - | {'caught up' if end.get('caught_up') else 'NOT caught up'} in "
         f"{_num(end.get('waited_s'), '{:.2f}')} s |",
+        f"| replica when its queries were checked | - | {_behind(on_replica.get('replica_behind_at_checks_bytes'))} |",
         f"| recovery conflicts (SQLSTATE 40001), hot_standby_feedback {replica.get('hot_standby_feedback')} | - "
         f"| {sum(query.get('conflicts', 0) for query in on_replica['queries'].values()):,} |",
         f"| lost rows | {mixed['events'].get('lost', '?')} | {on_replica['events'].get('lost', '?')} |",
@@ -185,6 +186,14 @@ def render_replica(result: dict) -> list[str]:
         )
     )
     return lines
+
+
+def _behind(behind_bytes: int | None) -> str:
+    """The checks compare the replica's answers with the generator's counts: they hold only on a replica that caught
+    up, so one still behind is said beside their verdicts."""
+    if behind_bytes is None:
+        return "-"
+    return "caught up" if behind_bytes == 0 else f"{_mb(behind_bytes)} behind (the wait for it ran out)"
 
 
 def _mb(value: float | None) -> str:
