@@ -146,6 +146,23 @@ def test_a_spool_nobody_consumes_is_counted_then_flushed_once(empty_tables, redi
     writer.close()
 
 
+def test_a_spool_with_chunks_of_an_earlier_run_is_named_at_start(empty_tables, redis_url, pools, tmp_path, caplog):
+    """A run that crashed left chunks: the next run on the same spool does not read them (its pointers are its own)
+    but says so, with the command that loads them, since they count against --valve-max-spool."""
+    dsn, spool = empty_tables, tmp_path / "spool"
+    crashed = ValveWriter(dsn, Events(), redis_url=redis_url, run_id=4, spool=spool, max_spool=MAX_SPOOL, consumers=0)
+    _write(crashed, pools, range(1), EventIds(34))
+    with caplog.at_level("WARNING", logger="writers.valve"):
+        ValveWriter(dsn, Events(), redis_url=redis_url, run_id=40, spool=spool, max_spool=MAX_SPOOL).close()
+    [warning] = [record.getMessage() for record in caplog.records if "earlier runs" in record.getMessage()]
+    assert f"{spool.resolve()} holds {len(chunk_files(spool))} chunks of earlier runs" in warning, warning
+    assert f"`firehose valve flush --spool {spool.resolve()}`" in warning
+    flush_spool(dsn, spool)
+    # The crashed run's pointers settle (their chunks flushed) before it closes, else its close waits for a consumer.
+    ValveWriter(dsn, Events(), redis_url=redis_url, run_id=4, spool=spool, max_spool=MAX_SPOOL).close()
+    crashed.close()
+
+
 def test_a_full_spool_makes_engineers_wait(empty_tables, redis_url, pools, tmp_path):
     """With no consumer and a bound of one trace's bytes, the second write waits until the spool has room."""
     dsn, spool = empty_tables, tmp_path / "spool"

@@ -113,6 +113,12 @@ class ValveWriter(StreamWriter):
             max_len=max_spool, claim_idle_s=claim_idle_s, on_fatal=on_fatal, retry_policy=retry_policy,
         )  # fmt: skip
         self._length = spool_bytes(self.spool)
+        if earlier := [path for path in chunk_files(self.spool) if not path.name.startswith(f"{run_id}-")]:
+            logger.warning(
+                "valve: %s holds %d chunks of earlier runs, whose pointers this run does not read: they count "
+                "against --valve-max-spool; load them with `firehose valve flush --spool %s`",
+                self.spool, len(earlier), self.spool,
+            )  # fmt: skip
         spool_id = self.stream.split(":")[3]
         where = f"{socket.gethostname()}:{self.spool}"  # for the summary's "spooled, not written" (`left_in_spools`)
         self.with_redis(lambda: self.redis.hset(spools_key(run_id), spool_id, where))
