@@ -21,13 +21,14 @@ import gevent
 import psycopg
 import pytest
 
+from firehose.admin import reset
 from firehose.run import replica
 from firehose.run.exit_codes import ExitCode
 from firehose.run.preflight import Refused
 from firehose.tools.headless import REPO, locust_command
 from services.ports import free_port
 from services.postgres import EmbeddedPostgres
-from services.replica import StreamingReplica
+from services.replica import SLOT, StreamingReplica, default_replica_dir, wait_caught_up
 from tests.conftest import TEST_SETTINGS, _scratch_root, load_summary, run_locust, spans_in
 from users.analyst import APPLICATION_NAME
 
@@ -241,3 +242,48 @@ def test_a_replica_stopped_mid_run_loses_no_row_and_the_run_says_it_went_away(ow
     section = summary["replica"]
     assert section["went_away"] is not None and not section["end"]["caught_up"], section
     assert "REPLICA WENT AWAY" in log and "Traceback" not in log, _lines(log)
+
+
+def _slot(dsn: str) -> tuple | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [SLOT]).fetchone()
+
+
+@pytest.mark.slow
+def test_the_replica_is_reused_rebuilt_past_an_orphaned_slot_and_reset_with_its_primary(own_postgres):
+    """Between runs, without a run: the replica's directory is kept and reused (no new backup), replaying through
+    its slot what the primary wrote while it was down; its directory gone, the slot left behind is an orphan,
+    dropped before a new replica is made (pg_basebackup's -C would refuse an existing slot); `firehose reset`
+    removes the directory and the slot (which would hold back the primary's WAL)."""
+    primary, port = own_postgres(), free_port()
+    label = "written while the replica was down"
+    first = StreamingReplica(primary, port)
+    try:
+        first.start()
+        assert first.backup is not None and first.data_dir == default_replica_dir(primary.data_dir)
+    finally:
+        first.stop()
+    with psycopg.connect(primary.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO firehose_runs (seed, label) VALUES (1, %s)", [label])
+    again = StreamingReplica(primary, port)
+    try:
+        again.start()
+        assert again.backup is None, "a standby of this primary was rebuilt instead of reused"
+        assert wait_caught_up(primary.dsn, again.dsn, DEADLINE_S) == 0
+        with psycopg.connect(again.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM firehose_runs WHERE label = %s", [label]).fetchone()[0] == 1
+    finally:
+        again.stop()
+    shutil.rmtree(again.data_dir)
+    assert _slot(primary.dsn) == (False,), "the orphan to drop"
+    rebuilt = StreamingReplica(primary, port)
+    try:
+        rebuilt.start()
+        assert rebuilt.backup is not None
+    finally:
+        rebuilt.stop()
+    primary.stop()
+    reset.empty(primary.data_dir)
+    assert not rebuilt.data_dir.exists()
+    primary.start()
+    assert _slot(primary.dsn) is None, "firehose reset left the replica's slot on the primary"
