@@ -97,9 +97,9 @@ retention: $(BIN)/.installed
 		$(EMBEDDED) $(RETENTION_ARGS)
 
 ## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
-## TEST_WORKERS pytest-xdist workers (default: cores + 1, each with a PostgreSQL of its own), then the `serial` ones
+## TEST_WORKERS pytest-xdist workers (default: cores + 2, each with a PostgreSQL of its own), then the `serial` ones
 ## alone on the cores (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
