@@ -244,9 +244,9 @@ def test_a_replica_stopped_mid_run_loses_no_row_and_the_run_says_it_went_away(ow
     assert "REPLICA WENT AWAY" in log and "Traceback" not in log, _lines(log)
 
 
-def _slot(dsn: str) -> tuple | None:
+def _has_slot(dsn: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", [SLOT]).fetchone()
+        return conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [SLOT]).fetchone() is not None
 
 
 @pytest.mark.slow
@@ -275,7 +275,7 @@ def test_the_replica_is_reused_rebuilt_past_an_orphaned_slot_and_reset_with_its_
     finally:
         again.stop()
     shutil.rmtree(again.data_dir)
-    assert _slot(primary.dsn) == (False,), "the orphan to drop"
+    assert _has_slot(primary.dsn), "the orphan to drop"
     rebuilt = StreamingReplica(primary, port)
     try:
         rebuilt.start()
@@ -286,4 +286,4 @@ def test_the_replica_is_reused_rebuilt_past_an_orphaned_slot_and_reset_with_its_
     reset.empty(primary.data_dir)
     assert not rebuilt.data_dir.exists()
     primary.start()
-    assert _slot(primary.dsn) is None, "firehose reset left the replica's slot on the primary"
+    assert not _has_slot(primary.dsn), "firehose reset left the replica's slot on the primary"
