@@ -115,6 +115,16 @@ def chunk_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"*{CHUNK_SUFFIX}"))
 
 
+def chunk_prefix(run_id: int, host: str, pid: int) -> str:
+    """The start of a writing process's chunk names: RUN-HOST-PID (its sequence and the suffix follow)."""
+    return f"{run_id}-{host}-{pid}"
+
+
+def chunks_of_other_runs(directory: Path, run_id: int) -> list[Path]:
+    """The whole chunks in a spool directory that a run other than `run_id` wrote (the RUN of their names)."""
+    return [path for path in chunk_files(directory) if path.name.split("-", 1)[0] != str(run_id)]
+
+
 def partial_files(directory: Path) -> list[Path]:
     """Chunks a crash cut while they were written (never acknowledged to an engineer)."""
     return sorted(directory.glob(f"*{PARTIAL_SUFFIX}")) if directory.is_dir() else []

@@ -47,6 +47,8 @@ from writers.spool import (
     PARTIAL_SUFFIX,
     Section,
     chunk_files,
+    chunk_prefix,
+    chunks_of_other_runs,
     parse_size,
     partial_files,
     read_chunk,
@@ -106,14 +108,14 @@ class ValveWriter(StreamWriter):
     ) -> None:
         spool.mkdir(parents=True, exist_ok=True)
         self.spool = spool.resolve()
-        self._prefix = f"{run_id}-{socket.gethostname()}-{os.getpid()}"
+        self._prefix = chunk_prefix(run_id, socket.gethostname(), os.getpid())
         self._sequence = count()
         super().__init__(
             conninfo, events, redis_url=redis_url, run_id=run_id, batch_size=batch_size, consumers=consumers,
             max_len=max_spool, claim_idle_s=claim_idle_s, on_fatal=on_fatal, retry_policy=retry_policy,
         )  # fmt: skip
         self._length = spool_bytes(self.spool)
-        if earlier := [path for path in chunk_files(self.spool) if not path.name.startswith(f"{run_id}-")]:
+        if earlier := chunks_of_other_runs(self.spool, run_id):
             logger.warning(
                 "valve: %s holds %d chunks of earlier runs, whose pointers this run does not read: they count "
                 "against --valve-max-spool; load them with `firehose valve flush --spool %s`",
