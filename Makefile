@@ -96,16 +96,15 @@ retention: $(BIN)/.installed
 	$(BIN)/firehose retention --layout $(RETENTION_LAYOUTS) --prefill $(RETENTION_PREFILL) --keep $(RETENTION_KEEP) \
 		$(EMBEDDED) $(RETENTION_ARGS)
 
-## test: lint, layer rules (import-linter), dependencies (deptry), then every test: those not marked `serial` on
-## TEST_WORKERS pytest-xdist workers (default: cores + 2, each with a PostgreSQL of its own), then the `serial` ones
-## alone on the cores (rates, timings, network namespaces); each pytest prints its 25 slowest tests (docs/contributing.md)
+## test: lint, layer rules (import-linter), dependencies (deptry), then every test on TEST_WORKERS pytest-xdist
+## workers (default: cores + 2, each with a PostgreSQL of its own); a test that compares a rate or a timing raises its
+## own priority (tests/conftest.py, rate_priority); pytest prints the 25 slowest tests (docs/contributing.md)
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 2 )))
 test: $(BIN)/.installed services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/deptry .
-	$(BIN)/python -m pytest -m "not serial" -n $(TEST_WORKERS)
-	$(BIN)/python -m pytest -m serial
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 ## test-fast: the tests that start no server and run no Locust (~30 s)
 test-fast: $(BIN)/.installed

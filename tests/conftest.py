@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 import jsonschema
@@ -152,6 +153,47 @@ def dsn(postgres):
     return postgres.dsn
 
 
+RATE_NICE = -10
+"""The nice value of a test that compares a rate while the rest of the suite shares its cores: Linux's scheduler then
+weighs each of its processes ~9 times one of theirs (9,548 against 1,024), so the rate gets the CPU it asks for (a
+fraction of a core here) and the other tests the rest."""
+
+
+def _with_children(pid: int) -> list[int]:
+    """`pid` and its children (a postmaster's backends and auxiliary processes)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended while we looked
+        if parent == pid:
+            children.append(int(stat.parent.name))
+    return [pid, *children]
+
+
+def _renice(pids: list[int], nice: int) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):  # gone meanwhile
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+@pytest.fixture
+def rate_priority(postgres) -> Iterator[None]:
+    """For a test that compares a rate (`@pytest.mark.usefixtures("rate_priority")`): while it lasts, the session
+    server's processes and this process (whose nice value the Locust processes it starts inherit) run at RATE_NICE.
+    Raising a priority takes root, as `make test` has in CI; without it the test is skipped rather than judged on
+    cores it does not get."""
+    if os.geteuid() != 0:
+        pytest.skip("a rate compared while other tests run needs root to raise its priority (nice -10)")
+    postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    _renice([os.getpid(), *_with_children(postmaster)], RATE_NICE)
+    try:
+        yield
+    finally:
+        _renice([os.getpid(), *_with_children(postmaster)], 0)
+
+
 PARTITIONED_DATABASE = "firehose_partitioned"
 """The session server's second database: the telemetry tables in the partitioned layout (schema/partitioned.sql)."""
 
@@ -211,13 +253,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+MODULE_SETUP_FILES = frozenset(
+    f"tests/{path.name}" for path in (REPO / "tests").glob("test_*.py") if 'scope="module"' in path.read_text()
+)
+"""Test files with a module-scoped fixture (one quick bench, one web UI and browser, one network of namespaces...):
+all their tests go to one xdist worker, which sets it up once."""
+
+
+def work_unit(nodeid: str) -> str:
+    """What one xdist worker runs at once: a test, or the whole of a file in MODULE_SETUP_FILES."""
+    path = nodeid.split("::", 1)[0]
+    return path if path in MODULE_SETUP_FILES else nodeid
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist (`make test`): the longest test files first, by their tests' recorded durations, each file's tests
-    together in their own order. The workers take contiguous runs of this list, so the long files start at once,
-    spread over the workers, and the many short ones fill the gaps at the end (a long test left for last would run
-    alone while the other workers idle); together, because a module's fixtures are set up again whenever another
-    module's test runs between two of its tests. In one process (e.g. `make mutants`' `pytest -x`): the fast tests
-    first, then the slow ones, so a failure is reported quickly."""
+    """Under xdist (`make test`): the longest work units first (`work_unit`, by their tests' recorded durations),
+    each unit's tests together in their own order. Each worker takes the next unit when it is done with its own
+    (`pytest_xdist_make_scheduler`), so the long ones start at once, spread over the workers, and the many short
+    ones fill the gaps at the end (a long test left for last would run alone while the other workers idle). In one
+    process (e.g. `make mutants`' `pytest -x`): the fast tests first, then the slow ones, so a failure is reported
+    quickly."""
     if not hasattr(config, "workerinput"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
         return
@@ -227,11 +282,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         default = UNKNOWN_SLOW_S if item.get_closest_marker("slow") is not None else UNKNOWN_FAST_S
         return known.get(item.nodeid, default)
 
-    per_file: dict[str, float] = {}
+    per_unit: dict[str, float] = {}
     for item in items:
-        per_file[item.location[0]] = per_file.get(item.location[0], 0.0) + expected_s(item)
+        unit = work_unit(item.nodeid)
+        per_unit[unit] = per_unit.get(unit, 0.0) + expected_s(item)
     order = {item.nodeid: position for position, item in enumerate(items)}
-    items.sort(key=lambda item: (-per_file[item.location[0]], item.location[0], order[item.nodeid]))
+    items.sort(key=lambda item: (-per_unit[work_unit(item.nodeid)], work_unit(item.nodeid), order[item.nodeid]))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's default (`--dist load`) hands each worker a fixed share of the list up front, which splits files and
+    leaves the last long tests queued behind others: instead, one `work_unit` at a time, in the order above."""
+    if config.getvalue("dist") != "load":
+        return None  # a --dist asked for on the command line
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneUnitAtATime(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the longest-first order, not the units' sizes in tests
+    return OneUnitAtATime(config, log)
 
 
 _measured: dict[str, float] = {}

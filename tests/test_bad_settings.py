@@ -188,7 +188,7 @@ def test_a_master_port_that_is_taken(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # a timing: refused well under REFUSAL_S
+@pytest.mark.usefixtures("rate_priority")  # a timing: refused well under REFUSAL_S
 def test_a_refusal_exits_2_with_one_line_no_traceback_and_nothing_left_running(embedded_options):
     """The whole exit, in a real `locust` process: what every in-process check above relies on."""
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *COMMON, "CopyEngineer", "--copy-batch-size",
@@ -238,7 +238,7 @@ def test_the_web_uis_own_parse_is_not_checked_again():
 def test_a_processes_run_refused_at_init_leaves_no_worker_alive():
     """Refused after Locust forked its two workers (the DSN is checked at init): exit 2, one line, and the workers
     are gone when the master has exited (they carry the master's command line, with the DSN's unique port). Not
-    timed: three processes starting on cores other tests share (the serial test above times a refused run alone)."""
+    timed: three processes starting (the test above times one refused run, at a raised priority)."""
     port = free_port()
     dsn = f"host=127.0.0.1 port={port} connect_timeout=2"
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *COMMON, "CopyEngineer", "--processes", "2",

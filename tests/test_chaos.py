@@ -25,6 +25,9 @@ ENGINEER_RATE = "500"
 BATCH_ROWS = 100
 """Small COPY batches: each process commits ~20 times a second, so every query meets commits (the overlap measured;
 with 500 rows a batch, 4 commits a second met by queries of ~15 ms, a query might meet none in a run)."""
+THINK_S = "0.25"
+"""`firehose chaos`'s analysts pause between queries (its figures are not judged here): ~4 queries a second each,
+without 8 backends querying back to back. The run above keeps no think time: each query must meet commits."""
 RUN_BOUND = "120s"
 """Locust's -t, only a bound: the run must end by itself, when every engineer has emitted its telemetry."""
 
@@ -53,9 +56,11 @@ def test_copy_engineers_and_analysts_in_two_processes(dsn, tmp_path):
 
 
 def chaos(dsn: str, out, *extra: str) -> int:
-    """The README's `firehose chaos` line with tiny sizes (the last value of an option wins), on the test's server."""
-    tiny = ["--users", "4", "--duration", "5s", "--prefill", "5000", "--history", "3h"]
-    return main([*readme_tool_command("chaos"), *tiny, "--pg-dsn", dsn, "--out", str(out), *extra])
+    """The README's `firehose chaos` line with tiny sizes (the last value of an option wins), on the test's server;
+    both runs paced (engineers and analysts), since no figure is judged here."""
+    tiny = ["--users", "4", "--duration", "4s", "--prefill", "5000", "--history", "3h"]
+    paced = ["--", "--engineer-rate", ENGINEER_RATE, "--analyst-think-time", THINK_S]
+    return main([*readme_tool_command("chaos"), *tiny, "--pg-dsn", dsn, "--out", str(out), *extra, *paced])
 
 
 def test_chaos_reports_both_phases_and_every_check_passes(dsn, tmp_path):

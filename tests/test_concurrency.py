@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]  # a timing: 10 sleeps of 0.5 s overlap within 1.5 s
+# A timing (10 sleeps of 0.5 s overlap within 1.5 s): at a raised priority, on cores other tests share.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("rate_priority")]
 
 # Run in a fresh interpreter that imports our writer module *first*: the package must patch by itself.
 SCRIPT = textwrap.dedent(

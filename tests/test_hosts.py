@@ -34,11 +34,14 @@ from services.pgbouncer import PgBouncer
 from services.postgres import EmbeddedPostgres, as_user, bundled_bin_dir, server_user
 from tests.conftest import REPO, load_summary
 
-MASTER_ADDRESS = "10.213.0.1"
+SESSION = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+"""This pytest process's index among the suite's (xdist) workers: the network below is its own, by name and range,
+so two workers may each run some of these tests at once."""
+MASTER_ADDRESS = f"10.213.{SESSION}.1"
 """The master's address on the bridge: a private range no interface here uses (checked with `ip addr`)."""
-WORKERS = {"fhhosts-w1": "10.213.0.2", "fhhosts-w2": "10.213.0.3"}
+WORKERS = {f"fhhosts{SESSION}-w1": f"10.213.{SESSION}.2", f"fhhosts{SESSION}-w2": f"10.213.{SESSION}.3"}
 """Network namespace (a worker's "machine") -> its address on the bridge."""
-BRIDGE = "fhhosts-br"
+BRIDGE = f"fhhosts{SESSION}-br"
 PREFIX = 24
 IP_TIMEOUT_S = 10
 RUN_TIMEOUT_S = 240
@@ -47,7 +50,6 @@ WORKER_EXIT_S = 60
 """Bound on a worker's exit once its master has gone."""
 ALL_PATHS = ["CopyEngineer", "PooledEngineer", "StreamEngineer"]
 """Direct COPY, through pgBouncer, through Redis: one of each per worker (Locust deals users round-robin)."""
-pytestmark = pytest.mark.serial  # the namespaces and the bridge have fixed names: one test at a time, machine-wide
 
 PASSWORD_SHOWN = re.compile(r"password=(?!\*\*\*)|redis://[^/@\s]*:(?!\*\*\*@)[^/@\s]+@")
 """A DSN's or a Redis URL's password that was not redacted."""

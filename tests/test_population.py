@@ -75,7 +75,7 @@ def count_in_database(dsn: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.serial  # a rate compared: on shared cores the server falls behind and the events/s with it
+@pytest.mark.usefixtures("rate_priority")  # a rate compared while other tests share the cores
 def test_200000_engineers_for_60_s_write_their_days_rate_from_as_many_engineers(dsn, tmp_path):
     population, seconds = 200_000, 60
     path = tmp_path / "summary.json"

@@ -38,7 +38,8 @@ def test_no_artifact_of_a_run_made_with_passwords_holds_them(dsn, tmp_path):
     command = [
         *(sys.executable, "-m", "locust", "-f", "locustfile.py", "CopyEngineer", "PooledEngineer", "Analyst"),
         *("--web-host", "127.0.0.1", "--web-port", str(port), "--autostart", "--autoquit", "5"),
-        *("-u", "6", "-r", "6", "-t", "12s", "--continuous", "--analysts", "2"),
+        *("-u", "6", "-r", "6", "-t", "10s", "--continuous", "--analysts", "2"),
+        *("--engineer-rate", "300", "--analyst-think-time", "0.25"),  # paced: where passwords go, not how fast
         *("--pg-dsn", with_password, "--analyst-dsn", with_password, "--summary-json", str(tmp_path / "summary.json")),
         *("--html", str(tmp_path / "report.html"), "--csv", str(prefix), "--csv-full-history"),
         *("--logfile", str(tmp_path / "locust.log"), "--loglevel", "DEBUG"),

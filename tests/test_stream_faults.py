@@ -80,7 +80,7 @@ def test_a_redis_restart_mid_run_loses_nothing(dsn, tmp_path, local_redis, strat
         "ValveEngineer": ("--valve-spool", str(spool), "--valve-claim-idle", "1"),
     }
     command = locust_command(
-        strategy, "-u", "10", "-r", "10", "-t", "12s", "--continuous", *options[strategy],
+        strategy, "-u", "10", "-r", "10", "-t", "8s", "--continuous", *options[strategy],
         "--pg-dsn", dsn, "--redis-url", local_redis.url, "--summary-json", str(summary_path),
     )  # fmt: skip
     client = redis.Redis.from_url(local_redis.url)

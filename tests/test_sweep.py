@@ -215,7 +215,7 @@ def test_a_short_sweep_writes_every_result_file(dsn, tmp_path):
     out = tmp_path / "sweep"
     exit_code = cli.main(
         [
-            *readme_tool_command("sweep"), "--users", "2,4", "--duration", "3s", "--pg-dsn", dsn,
+            *readme_tool_command("sweep"), "--users", "2,4", "--duration", "1s", "--pg-dsn", dsn,
             "--out", str(out), "--", "--traces-per-engineer", "5",
         ]
     )  # fmt: skip

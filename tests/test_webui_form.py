@@ -2,7 +2,7 @@
 refuses each bad value before anything starts, naming the field; the Telemetry tab shows a run's end state
 (drained, reconciled) without a reload; and the installed Locust page's polling rule that this relies on.
 
-Not serial (no rates compared): one Locust web UI and one browser serve every bad value of the form."""
+No rate is compared: one Locust web UI and one browser serve every bad value of the form."""
 
 import locust  # noqa: I001  (first: gevent must patch before psycopg is imported)
 

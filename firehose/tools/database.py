@@ -41,10 +41,11 @@ _PARTITION = re.compile(r"(spans|metrics|logs)_p\d{8}_\d{4}")
 
 def foreign_tables(conn: psycopg.Connection) -> list[str]:
     """Tables of the database that firehose did not create (outside the system schemas): the telemetry tables'
-    partitions (schema/partitioned.sql names them <table>_pYYYYMMDD_HHMI), attached or detached, are firehose's."""
+    partitions (schema/partitioned.sql names them <table>_pYYYYMMDD_HHMI), attached or detached, are firehose's.
+    Other sessions' temporary tables are not the database's (e.g. a running writer's retry staging tables)."""
     rows = conn.execute(
         "SELECT schemaname || '.' || tablename, tablename FROM pg_tables"
-        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname NOT LIKE 'pg\\_temp\\_%'"
     ).fetchall()
     return sorted(
         qualified for qualified, table in rows if table not in FIREHOSE_TABLES and not _PARTITION.fullmatch(table)
