@@ -108,7 +108,7 @@ def test_a_fixed_volume_run_ends_by_itself_after_a_worker_is_killed(dsn, tmp_pat
 def test_a_stream_workers_crash_is_named_with_its_rows_and_nothing_else_is_lost(dsn, tmp_path):
     """The stream path's crash bound: its rows pass through Redis, consumed by any process (what every strategy's
     crash costs is measured by `firehose bench --crash-cost`, not judged here)."""
-    run = _killed(dsn, "StreamEngineer", tmp_path, *CONTINUOUS, "-t", "8s", *PACED)
+    run = _killed(dsn, "StreamEngineer", tmp_path, *CONTINUOUS, "-t", "8s", *PACED, "--stream-claim-idle", "2")
     summary = run.summary
     assert run.returncode == ExitCode.INCOMPLETE and summary["run"]["verdict"] == "INCOMPLETE", run.output[-4000:]
     (dead,) = summary["unaccounted"]
