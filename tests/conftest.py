@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 
 from psycopg.conninfo import make_conninfo
 
+from firehose.admin.reset import running_pid
+from firehose.tools.server_cost import living_children
 from services.postgres import EmbeddedPostgres, apply_schema
 from firehose.tools.headless import locust_command, run_bounded
 from services.ports import free_port
@@ -159,19 +161,6 @@ weighs each of its processes ~9 times one of theirs (9,548 against 1,024), so th
 fraction of a core here) and the other tests the rest."""
 
 
-def _with_children(pid: int) -> list[int]:
-    """`pid` and its children (a postmaster's backends and auxiliary processes)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # a process that ended while we looked
-        if parent == pid:
-            children.append(int(stat.parent.name))
-    return [pid, *children]
-
-
 def _renice(pids: list[int], nice: int) -> None:
     for pid in pids:
         with suppress(ProcessLookupError):  # gone meanwhile
@@ -186,12 +175,12 @@ def rate_priority(postgres) -> Iterator[None]:
     cores it does not get."""
     if os.geteuid() != 0:
         pytest.skip("a rate compared while other tests run needs root to raise its priority (nice -10)")
-    postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    _renice([os.getpid(), *_with_children(postmaster)], RATE_NICE)
+    postmaster = running_pid(postgres.data_dir)
+    _renice([os.getpid(), postmaster, *living_children(postmaster)], RATE_NICE)
     try:
         yield
     finally:
-        _renice([os.getpid(), *_with_children(postmaster)], 0)
+        _renice([os.getpid(), postmaster, *living_children(postmaster)], 0)
 
 
 PARTITIONED_DATABASE = "firehose_partitioned"

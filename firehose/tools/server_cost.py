@@ -127,10 +127,18 @@ def process_cpu_s(pid: int) -> float | None:
         return None
     # Its own time and its reaped children's (cutime, cstime), then its living children's.
     ticks = sum(int(value) for value in parent[11:15])
+    ticks += sum(int(child[11]) + int(child[12]) for child in living_children(pid).values())
+    return ticks / _TICKS
+
+
+def living_children(pid: int) -> dict[int, list[str]]:
+    """The processes `pid` forked that are still running (a postmaster's backends and auxiliary processes), each
+    with its /proc/PID/stat fields as `_stat` gives them."""
+    children = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit() and (child := _stat(int(entry.name))) is not None and int(child[1]) == pid:
-            ticks += int(child[11]) + int(child[12])
-    return ticks / _TICKS
+            children[int(entry.name)] = child
+    return children
 
 
 def _stat(pid: int) -> list[str] | None:
